@@ -1,0 +1,87 @@
+# Production image for the phone bridge (FastAPI app served by uvicorn).
+#
+# Build (BuildKit; it is the default builder of current Docker):
+#   docker build -t twilio-realtime-bridge .
+# Behind a TLS-intercepting proxy or with a private index, hand pip the host's CA
+# bundle as a build secret (mounted for one RUN, never stored in the image) and
+# the index URL as a build arg (used only in the build stage):
+#   docker build \
+#     --secret id=cacert,src=/etc/ssl/certs/ca-certificates.crt \
+#     --build-arg PIP_INDEX_URL_ARG=https://pypi.example/simple \
+#     -t twilio-realtime-bridge .
+# With no base image to pull, build on any base that has python3 (>= 3.11) with
+# its venv module: --build-arg BASE_IMAGE=local/py-base (README, "Docker").
+#
+# Run (PID 1 is uvicorn itself, so `docker stop` SIGTERM reaches it and the app
+# drains its calls; give the drain time with `docker stop -t` / --stop-timeout):
+#   docker run --env-file .env -p 8000:8000 twilio-realtime-bridge
+
+ARG BASE_IMAGE=python:3.12-slim
+
+# ---------------------------------------------------------------- build stage
+FROM ${BASE_IMAGE} AS build
+
+# Index settings for pip, empty = PyPI. Declared in this stage only, so their
+# values never reach the final image's history.
+ARG PIP_INDEX_URL_ARG=""
+ARG PIP_EXTRA_INDEX_URL_ARG=""
+
+ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+# A venv, not the system interpreter: Debian-style bases forbid system-wide pip
+# (PEP 668) and some have no `python` or `pip` on PATH at all.
+RUN python3 -m venv /opt/venv
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY app/ ./app/
+
+# Runtime dependencies only (no dev extras). The CA secret is optional: without
+# it pip uses the base image's trust store.
+RUN --mount=type=secret,id=cacert,target=/run/secrets/cacert \
+    set -eu; \
+    if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi; \
+    if [ -n "$PIP_INDEX_URL_ARG" ]; then export PIP_INDEX_URL="$PIP_INDEX_URL_ARG"; fi; \
+    if [ -n "$PIP_EXTRA_INDEX_URL_ARG" ]; then export PIP_EXTRA_INDEX_URL="$PIP_EXTRA_INDEX_URL_ARG"; fi; \
+    pip install . ; \
+    pip check
+
+# -------------------------------------------------------------- runtime stage
+FROM ${BASE_IMAGE}
+
+# PATH is spelled out: an imported rootfs base image carries no ENV at all.
+ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    LANG=C.UTF-8 \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PORT=8000
+
+RUN groupadd --system --gid 10001 app \
+ && useradd --system --uid 10001 --gid app --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin app
+
+COPY --from=build /opt/venv /opt/venv
+
+# The source tree runs from /srv (uvicorn puts its working directory first on
+# sys.path), so files in app/ that are not Python modules are there too; the
+# venv holds the dependencies and the package metadata.
+WORKDIR /srv
+COPY app/ ./app/
+RUN python -m compileall -q app
+
+USER 10001:10001
+
+EXPOSE 8000
+
+# urllib, not curl: slim bases have no curl. Non-2xx raises, so exits non-zero.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=4)"]
+
+# `exec` replaces the shell, so uvicorn is PID 1 and gets SIGTERM directly.
+# Behind a load balancer: trust X-Forwarded-* (the app's Twilio signature check
+# needs the public scheme and host). No --timeout-graceful-shutdown: the app
+# drains its own calls on shutdown.
+CMD ["sh", "-c", "exec uvicorn app.main:app --host 0.0.0.0 --port \"${PORT:-8000}\" --proxy-headers --forwarded-allow-ips '*'"]

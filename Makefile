@@ -1,0 +1,39 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PORT   ?= 8000
+
+.PHONY: run test lint bench clean tools
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Test audio is real speech made with espeak-ng + sox; install them when missing.
+tools:
+	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || { \
+	  echo "installing espeak-ng and sox (test speech)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng sox >/dev/null; }
+
+run: $(STAMP)
+	$(BIN)/uvicorn app.main:app --host 0.0.0.0 --port $(PORT) $(if $(wildcard .env),--env-file .env,)
+
+lint: $(STAMP)
+	$(BIN)/ruff check app tests bench
+	$(BIN)/ruff format --check app tests bench
+
+test: $(STAMP) tools lint
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.hot_path
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache tests/.cache

@@ -1,0 +1,268 @@
+"""The asyncio layer around one `CallSession`: two sockets, timers, nothing else.
+
+Everything that happens on a call goes through one inbox and is handled by one task,
+in arrival order: Twilio frames (read by one task), Realtime events (read by another),
+timer expiries and socket lifecycle events. That task feeds each input to the core and
+carries out the actions it returns, in order, before taking the next input. So the call
+is handled exactly as a replay of its recording would handle it, and nothing needs a
+lock. Frames are parsed with `json.loads` once; audio stays base64 text throughout.
+
+Teardown is total: whichever way a call ends, both sockets are closed, every task of the
+call is cancelled and awaited, every timer is cancelled, and one `call.summary` line is
+logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketState
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from app.call.actions import (
+    Action,
+    CancelTimer,
+    CloseRealtime,
+    CloseTwilio,
+    ConnectRealtime,
+    SetTimer,
+    ToRealtime,
+    ToTwilio,
+)
+from app.call.session import CallSession
+from app.observability import bind_call, log_event
+from app.protocol.twilio import MAX_INBOUND_CHARS
+from app.realtime_socket import RealtimeEndpoint, RealtimeUnavailable, open_realtime
+
+logger = logging.getLogger("app.bridge")
+
+_dumps = json.dumps
+_loads = json.loads
+
+
+class Bridge:
+    """Pairs one Twilio media stream with one Realtime socket for the length of a call."""
+
+    def __init__(
+        self,
+        twilio: WebSocket,
+        session: CallSession,
+        endpoint: RealtimeEndpoint,
+        *,
+        log_transcripts: bool = True,
+    ) -> None:
+        self.twilio = twilio
+        self.session = session
+        self.endpoint = endpoint
+        self.log_transcripts = log_transcripts
+        self.realtime: ClientConnection | None = None
+        self._loop = asyncio.get_running_loop()
+        self._t0 = self._loop.time()
+        self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._twilio_open = True
+
+    def now(self) -> float:
+        """Call time in ms since the media stream opened."""
+        return (self._loop.time() - self._t0) * 1000.0
+
+    async def run(self) -> None:
+        """Handle the call until it is over; never raises for the call's own failures."""
+        self._spawn(self._read_twilio())
+        try:
+            while not self.session.done:
+                kind, data = await self._inbox.get()
+                await self._execute(self._dispatch(kind, data))
+        except Exception:
+            logger.exception("bridge.crashed")
+            self.session.end_reason = self.session.end_reason or "bridge_error"
+        finally:
+            await self._teardown()
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def _dispatch(self, kind: str, data: Any) -> list[Action]:
+        s, now = self.session, self.now()
+        if kind == "twilio":
+            actions = s.twilio_message(now, data)
+            if data.get("event") == "start" and s.call_sid:
+                bind_call(call_sid=s.call_sid, stream_sid=s.stream_sid)
+            return actions
+        if kind == "realtime":
+            return s.realtime_message(now, data)
+        if kind == "timer":
+            self._timers.pop(data, None)
+            return s.timer(now, data)
+        if kind == "twilio_bad":
+            return s.bad_twilio_frame(data)
+        if kind == "realtime_bad":
+            return s.bad_realtime_frame(data)
+        if kind == "twilio_closed":
+            self._twilio_open = False
+            return s.twilio_closed(now)
+        if kind == "realtime_open":
+            if s.done:
+                self._spawn(data.close())
+                return []
+            self.realtime = data
+            self._spawn(self._read_realtime(data))
+            return s.realtime_open(now)
+        if kind == "realtime_failed":
+            return s.realtime_failed(now, data)
+        if kind == "realtime_closed":
+            self.realtime = None
+            return s.realtime_closed(now, *data)
+        raise AssertionError(f"unknown inbox kind {kind}")
+
+    async def _read_twilio(self) -> None:
+        put = self._inbox.put_nowait
+        try:
+            while True:
+                message = await self.twilio.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                text = message.get("text")
+                if text is None:
+                    put(("twilio_bad", "binary_frame"))
+                elif len(text) > MAX_INBOUND_CHARS:
+                    put(("twilio_bad", "oversized_frame"))
+                else:
+                    try:
+                        msg = _loads(text)
+                    except ValueError:
+                        put(("twilio_bad", "not_json"))
+                        continue
+                    if isinstance(msg, dict):
+                        put(("twilio", msg))
+                    else:
+                        put(("twilio_bad", "not_an_object"))
+        except Exception:  # a broken transport is a hang-up like any other
+            pass
+        put(("twilio_closed", None))
+
+    async def _read_realtime(self, conn: ClientConnection) -> None:
+        put = self._inbox.put_nowait
+        code: int | None = None
+        reason = ""
+        try:
+            async for frame in conn:
+                if isinstance(frame, bytes):
+                    put(("realtime_bad", "binary_frame"))
+                    continue
+                try:
+                    event = _loads(frame)
+                except ValueError:
+                    put(("realtime_bad", "not_json"))
+                    continue
+                if isinstance(event, dict):
+                    put(("realtime", event))
+                else:
+                    put(("realtime_bad", "not_an_object"))
+        except ConnectionClosed:
+            pass
+        if conn.close_code is not None:
+            code, reason = conn.close_code, conn.close_reason or ""
+        put(("realtime_closed", (code, reason)))
+
+    async def _connect_realtime(self) -> None:
+        timeout_s = self.session.config.realtime_ready_timeout_ms / 1000.0
+        try:
+            conn = await open_realtime(self.endpoint, timeout_s)
+        except RealtimeUnavailable as exc:
+            self._inbox.put_nowait(("realtime_failed", str(exc)))
+        else:
+            self._inbox.put_nowait(("realtime_open", conn))
+
+    # -- outputs --------------------------------------------------------------------------
+
+    async def _execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            if type(action) is ToTwilio:
+                await self._send_twilio(action.msg)
+            elif type(action) is ToRealtime:
+                await self._send_realtime(action.msg)
+            elif type(action) is SetTimer:
+                self._set_timer(action.name, action.at_ms)
+            elif type(action) is CancelTimer:
+                handle = self._timers.pop(action.name, None)
+                if handle is not None:
+                    handle.cancel()
+            elif type(action) is ConnectRealtime:
+                self._spawn(self._connect_realtime())
+            elif type(action) is CloseTwilio:
+                await self._close_twilio(action.reason)
+            elif type(action) is CloseRealtime:
+                await self._close_realtime()
+
+    async def _send_twilio(self, msg: dict[str, Any]) -> None:
+        if not self._twilio_open:
+            return
+        try:
+            await self.twilio.send_text(_dumps(msg))
+        except Exception:
+            self._twilio_open = False  # the reader reports the close
+
+    async def _send_realtime(self, msg: dict[str, Any]) -> None:
+        conn = self.realtime
+        if conn is None:
+            return
+        with contextlib.suppress(ConnectionClosed):  # the reader reports the close
+            await conn.send(_dumps(msg))
+
+    def _set_timer(self, name: str, at_ms: float) -> None:
+        old = self._timers.pop(name, None)
+        if old is not None:
+            old.cancel()
+        when = self._t0 + at_ms / 1000.0
+        self._timers[name] = self._loop.call_at(when, self._inbox.put_nowait, ("timer", name))
+
+    async def _close_twilio(self, reason: str) -> None:
+        if not self._twilio_open:
+            return
+        self._twilio_open = False
+        log_event(logger, logging.INFO, "twilio.closing", reason=reason)
+        try:
+            if self.twilio.application_state == WebSocketState.CONNECTED:
+                await self.twilio.close(code=1000)
+        except Exception:
+            pass
+
+    async def _close_realtime(self) -> None:
+        conn, self.realtime = self.realtime, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), timeout=2.0)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _teardown(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        await self._close_realtime()
+        await self._close_twilio(self.session.end_reason or "teardown")
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # A connection that opened while the call was ending would otherwise leak.
+        while not self._inbox.empty():
+            kind, data = self._inbox.get_nowait()
+            if kind == "realtime_open":
+                await data.close()
+        if not self.session.ended_ms:
+            self.session.ended_ms = self.now()
+        log_event(
+            logger, logging.INFO, "call.summary", **self.session.summary(self.log_transcripts)
+        )

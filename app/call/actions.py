@@ -1,0 +1,65 @@
+"""What the call core asks its I/O layer to do. Plain data, in the order to be done.
+
+The core (`app.call.session.CallSession`) never touches a socket or a clock: each input
+returns a list of these, and `app.bridge` carries them out in order. A recorded call
+replays by feeding the same inputs and comparing the actions that come out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ToTwilio:
+    """Send one message on the Twilio media stream."""
+
+    msg: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ToRealtime:
+    """Send one client event on the Realtime socket."""
+
+    msg: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectRealtime:
+    """Open the Realtime socket; answer with `realtime_open` or `realtime_failed`."""
+
+
+@dataclass(frozen=True, slots=True)
+class SetTimer:
+    """Call `timer(name)` at `at_ms` (call time); replaces a timer of the same name."""
+
+    name: str
+    at_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTimer:
+    """Forget the timer `name` if it is set."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class CloseTwilio:
+    """Close the media stream. Unless the call was ended deliberately, Twilio then runs
+    the fallback TwiML that follows `<Connect>`."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CloseRealtime:
+    """Close the Realtime socket."""
+
+    reason: str
+
+
+Action = (
+    ToTwilio | ToRealtime | ConnectRealtime | SetTimer | CancelTimer | CloseTwilio | CloseRealtime
+)

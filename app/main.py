@@ -1,0 +1,172 @@
+"""The ASGI application: Twilio's webhook, the media stream, health and readiness.
+
+`uvicorn app.main:app` serves the product; `app` is built on first access from the
+environment (and `.env`), so importing this module has no side effects and tests build
+their own apps with `create_app(settings)`. A wrong setting stops the process at start
+with a message naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
+
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse, Response
+
+from app import twiml
+from app.bridge import Bridge
+from app.call.config import CallConfig
+from app.call.session import CallSession
+from app.observability import bind_call, configure_logging, log_event, register_secret
+from app.realtime_socket import RealtimeEndpoint
+from app.security import (
+    MEDIA_STREAM_PATH,
+    SignatureChecker,
+    public_base_url,
+    public_url,
+    stream_url,
+)
+from app.settings import Settings, SettingsError, load_settings
+
+logger = logging.getLogger("app.main")
+
+#: Call data passed to the media stream as `<Parameter>`s (never in the URL).
+_STREAM_PARAMETERS = ("CallSid", "From", "To")
+_XML = "application/xml"
+
+
+@dataclass(slots=True)
+class AppState:
+    """What the process knows across calls: live bridges, and whether it takes new ones."""
+
+    settings: Settings
+    call_config: CallConfig
+    checker: SignatureChecker
+    endpoint: RealtimeEndpoint | None
+    calls: set[Bridge] = field(default_factory=set)
+    ready: bool = False
+    draining: bool = False
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application for `settings` (default: from the environment)."""
+    settings = settings if settings is not None else load_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    for secret in settings.secret_values():
+        register_secret(secret)
+    key = settings.openai_api_key
+    state = AppState(
+        settings=settings,
+        call_config=CallConfig.from_settings(settings, rest_available=settings.rest_enabled),
+        checker=SignatureChecker(settings.twilio_auth_token),
+        endpoint=RealtimeEndpoint(settings.openai_realtime_url, key.get_secret_value())
+        if key
+        else None,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        for warning in settings.warnings():
+            log_event(logger, logging.WARNING, "startup.warning", detail=warning)
+        log_event(
+            logger,
+            logging.INFO,
+            "startup.ready",
+            tools=",".join(state.call_config.tools) or "none",
+            signatures="on" if state.checker.enabled else "off",
+        )
+        state.ready = True
+        yield
+        state.ready = False
+
+    app = FastAPI(title="Twilio <-> OpenAI Realtime bridge", lifespan=lifespan)
+    app.state.bridge = state
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        ok = state.ready and not state.draining
+        body = {"status": "ready" if ok else "not_ready", "calls": len(state.calls)}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.post("/incoming-call")
+    async def incoming_call(request: Request) -> Response:
+        body = (await request.body()).decode("utf-8", errors="replace")
+        params = dict(parse_qsl(body, keep_blank_values=True))
+        bind_call(call_sid=params.get("CallSid") or None)
+        try:
+            base = public_base_url(settings.public_base_url, request.headers, request.url.scheme)
+        except ValueError as exc:
+            log_event(logger, logging.WARNING, "webhook.bad_request", reason=str(exc))
+            return Response(status_code=400)
+        url = public_url(base, request.url.path, request.url.query)
+        if not state.checker.check_webhook(url, params, request.headers.get("x-twilio-signature")):
+            log_event(logger, logging.WARNING, "webhook.bad_signature", url=url)
+            return Response(status_code=403)
+        if not params.get("CallSid"):
+            log_event(logger, logging.WARNING, "webhook.missing_call_sid")
+        if state.endpoint is None:
+            log_event(logger, logging.WARNING, "webhook.apology", reason="no OPENAI_API_KEY")
+            return Response(twiml.apology(settings.apology_message), media_type=_XML)
+        log_event(logger, logging.INFO, "webhook.incoming_call", caller=params.get("From"))
+        document = twiml.connect_stream(
+            stream_url(base),
+            {name: params.get(name, "") for name in _STREAM_PARAMETERS},
+            settings.fallback_message,
+            settings.fallback_number,
+        )
+        return Response(document, media_type=_XML)
+
+    @app.websocket(MEDIA_STREAM_PATH)
+    async def media_stream(websocket: WebSocket) -> None:
+        try:
+            base = public_base_url(
+                settings.public_base_url, websocket.headers, websocket.url.scheme
+            )
+        except ValueError as exc:
+            log_event(logger, logging.WARNING, "stream.bad_request", reason=str(exc))
+            await websocket.close(code=1008)
+            return
+        url = stream_url(base)
+        if not state.checker.check_websocket(url, websocket.headers.get("x-twilio-signature")):
+            log_event(logger, logging.WARNING, "stream.bad_signature", url=url)
+            await websocket.close(code=1008)  # before accept: the upgrade is refused (403)
+            return
+        await websocket.accept()
+        if state.endpoint is None:
+            log_event(logger, logging.WARNING, "stream.refused", reason="no OPENAI_API_KEY")
+            await websocket.close(code=1000)
+            return
+        bridge = Bridge(websocket, CallSession(state.call_config), state.endpoint)
+        state.calls.add(bridge)
+        try:
+            await bridge.run()
+        finally:
+            state.calls.discard(bridge)
+
+    return app
+
+
+def _default_app() -> FastAPI:
+    try:
+        return create_app()
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def __getattr__(name: str) -> FastAPI:
+    """`app.main:app` is created on first access (PEP 562), not at import."""
+    if name == "app":
+        application = _default_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

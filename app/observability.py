@@ -1,0 +1,234 @@
+"""Structured logging on top of the standard library.
+
+Why: a phone bridge is debugged from its logs after the fact, so every line must say which
+call it belongs to and be easy to grep (`key=value`) or ship to a log store (JSON).
+
+- `configure_logging()` installs one handler on the root logger (idempotent) and routes
+  uvicorn's loggers through it.
+- `bind_call()` stores the call's identifiers in context variables; every record created
+  afterwards in that task (and in tasks it creates later) carries `call_sid`/`stream_sid`.
+- `log_event()` logs an event name plus fields, cheaply skipped when the level is off.
+- `register_secret()` adds a value the formatter masks as `***` in any rendered line, as
+  defence in depth: code should not log secrets in the first place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+_call_sid: ContextVar[str | None] = ContextVar("call_sid", default=None)
+_stream_sid: ContextVar[str | None] = ContextVar("stream_sid", default=None)
+
+_secrets: tuple[str, ...] = ()
+_secrets_lock = threading.Lock()
+MIN_SECRET_LENGTH = 6
+"""Shorter values are not scrubbed: masking them would mangle ordinary text."""
+
+_HANDLER_MARK = "_bridge_handler"
+_FACTORY_MARK = "_bridge_factory"
+_UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+_RESERVED = frozenset({"ts", "level", "logger", "event", "msg", "call_sid", "stream_sid", "exc"})
+
+
+# --- Call context ------------------------------------------------------------------------
+
+
+def bind_call(call_sid: str | None = None, stream_sid: str | None = None) -> None:
+    """Attach call identifiers to the current context (task); None leaves a value as is.
+
+    asyncio tasks copy the context when they are created, so tasks started after this call
+    inherit the identifiers, while sibling calls (other tasks) are unaffected.
+    """
+    if call_sid is not None:
+        _call_sid.set(call_sid)
+    if stream_sid is not None:
+        _stream_sid.set(stream_sid)
+
+
+def clear_call() -> None:
+    """Remove the call identifiers from the current context."""
+    _call_sid.set(None)
+    _stream_sid.set(None)
+
+
+def current_call() -> dict[str, str]:
+    """The identifiers bound in the current context (only those that are set)."""
+    bound = {"call_sid": _call_sid.get(), "stream_sid": _stream_sid.get()}
+    return {key: value for key, value in bound.items() if value is not None}
+
+
+def _install_record_factory() -> None:
+    """Stamp call context onto every LogRecord at creation, whatever handler sees it."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, _FACTORY_MARK, False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        record.call_sid = _call_sid.get()
+        record.stream_sid = _stream_sid.get()
+        return record
+
+    setattr(factory, _FACTORY_MARK, True)
+    logging.setLogRecordFactory(factory)
+
+
+# --- Secrets -----------------------------------------------------------------------------
+
+
+def register_secret(value: str | None) -> None:
+    """Mask `value` in every rendered log line from now on (ignored if shorter than 6)."""
+    global _secrets
+    if not value or len(value) < MIN_SECRET_LENGTH:
+        return
+    forms = {value, json.dumps(value, ensure_ascii=False)[1:-1], json.dumps(value)[1:-1]}
+    with _secrets_lock:
+        # Longest first, so a secret containing another is masked whole.
+        _secrets = tuple(sorted(set(_secrets) | forms, key=len, reverse=True))
+
+
+def scrub(text: str) -> str:
+    """Replace every registered secret in `text` with `***`."""
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+# --- Emitting ----------------------------------------------------------------------------
+
+
+def log_event(logger: logging.Logger, level: int, event: str, /, **fields: object) -> None:
+    """Log `event` (a short dotted name like `call.started`) with structured fields.
+
+    The level check comes first so debug events on hot paths cost almost nothing when
+    debug logging is off.
+    """
+    if logger.isEnabledFor(level):
+        logger.log(level, event, extra={"fields": fields, "is_event": True}, stacklevel=2)
+
+
+# --- Formatting --------------------------------------------------------------------------
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    moment = datetime.fromtimestamp(record.created, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z"
+
+
+def _to_json(value: object) -> str:
+    """JSON-encode anything: unknown objects become strings, and nothing ever raises."""
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
+    except (TypeError, ValueError):  # non-string dict keys, circular references
+        return json.dumps(str(value), ensure_ascii=False)
+
+
+def _kv_value(value: object) -> str:
+    """Render one value for a key=value line; quote it when it would be ambiguous."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, list | tuple | dict):
+        text = _to_json(value)
+    else:
+        text = str(value)
+    if text == "" or any(c in text for c in ' "=\\') or not text.isprintable():
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+class StructuredFormatter(logging.Formatter):
+    """Render records as `key=value` lines (`fmt="kv"`) or JSON objects (`fmt="json"`)."""
+
+    def __init__(self, fmt: str = "kv") -> None:
+        super().__init__()
+        if fmt not in ("kv", "json"):
+            raise ValueError(f"unknown log format {fmt!r}; use 'kv' or 'json'")
+        self.style_name = fmt
+
+    def _fields(self, record: logging.LogRecord) -> dict[str, object]:
+        out: dict[str, object] = {
+            "ts": _timestamp(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        if getattr(record, "is_event", False):
+            out["event"] = record.msg
+        else:
+            out["msg"] = record.getMessage()
+        for key in ("call_sid", "stream_sid"):
+            value = getattr(record, key, None)
+            if value is not None:
+                out[key] = value
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            for key, value in extra.items():
+                name = str(key)
+                out[f"field_{name}" if name in _RESERVED else name] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exc"] = record.exc_text
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        return out
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = self._fields(record)
+        if self.style_name == "json":
+            try:
+                line = json.dumps(fields, ensure_ascii=False, default=str)
+            except (TypeError, ValueError):
+                line = json.dumps({k: _to_json(v) for k, v in fields.items()}, ensure_ascii=False)
+        else:
+            line = " ".join(f"{key}={_kv_value(value)}" for key, value in fields.items())
+        return scrub(line)
+
+
+# --- Set-up ------------------------------------------------------------------------------
+
+
+def configure_logging(
+    fmt: str = "kv",
+    level: str = "INFO",
+    *,
+    stream: Any = None,
+) -> None:
+    """Install the structured handler on the root logger, replacing any earlier one.
+
+    Safe to call more than once (each call replaces our handler instead of adding one).
+    uvicorn's loggers lose their own handlers and propagate to the root, so access and
+    error lines share the format. `stream` defaults to stderr; tests pass a StringIO.
+    """
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise ValueError(f"unknown log level {level!r}")
+    formatter = StructuredFormatter(fmt.lower())
+    _install_record_factory()
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, _HANDLER_MARK, False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    setattr(handler, _HANDLER_MARK, True)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+
+    for name in _UVICORN_LOGGERS:
+        uvicorn_logger = logging.getLogger(name)
+        uvicorn_logger.handlers.clear()
+        uvicorn_logger.propagate = True
+        uvicorn_logger.setLevel(logging.NOTSET)

@@ -1,0 +1,29 @@
+"""Base64 facts about audio payloads, without decoding them.
+
+Audio crosses the bridge as the same base64 text it arrived in (Twilio `media.payload`
+<-> Realtime `input_audio_buffer.append.audio` / `response.output_audio.delta.delta`).
+Decoding every 20 ms frame only to learn its length would waste the hot path, so the
+length is computed from the text, and validity is checked by a compiled regex.
+"""
+
+from __future__ import annotations
+
+import re
+
+_B64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+
+
+def is_b64(text: object) -> bool:
+    """True when `text` is a non-empty, canonically padded standard-alphabet base64 string."""
+    return isinstance(text, str) and bool(text) and _B64.fullmatch(text) is not None
+
+
+def decoded_len(text: str) -> int:
+    """Number of bytes `text` decodes to (valid base64 assumed; see `is_b64`)."""
+    if text.endswith("=="):
+        pad = 2
+    elif text.endswith("="):
+        pad = 1
+    else:
+        pad = 0
+    return len(text) // 4 * 3 - pad

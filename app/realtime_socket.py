@@ -1,0 +1,66 @@
+"""Opening the OpenAI Realtime websocket, within a deadline.
+
+GA protocol: `Authorization: Bearer <key>` and nothing else (an `OpenAI-Beta` header now
+gets the session closed). Transient failures (refused connections, timeouts, 5xx, 429)
+are retried with a short backoff, but never past the deadline: the caller is listening
+to silence meanwhile, and the contract allows them at most 5 s of it. Authentication and
+"not found" answers are final at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidHandshake, InvalidStatus
+
+#: Server events can be large (a full session, a long transcript); audio deltas are small.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+_BACKOFF_S = (0.15, 0.4, 0.8)
+_FINAL_STATUSES = frozenset({400, 401, 403, 404})
+
+
+class RealtimeUnavailable(Exception):
+    """The Realtime socket could not be opened in time; the message says why (no secrets)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RealtimeEndpoint:
+    """Where and how to connect. The key never appears in repr or logs."""
+
+    url: str
+    api_key: str = field(repr=False)
+
+
+async def open_realtime(endpoint: RealtimeEndpoint, timeout_s: float) -> ClientConnection:
+    """Connect, retrying transient failures, and give up after `timeout_s` in all."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    headers = {"Authorization": f"Bearer {endpoint.api_key}"}
+    reason = "timeout"
+    for attempt in range(len(_BACKOFF_S) + 1):
+        remaining = deadline - loop.time()
+        if remaining <= 0.05:
+            break
+        try:
+            async with asyncio.timeout(remaining):
+                return await connect(
+                    endpoint.url,
+                    additional_headers=headers,
+                    open_timeout=None,
+                    max_size=MAX_MESSAGE_BYTES,
+                    user_agent_header="twilio-realtime-bridge",
+                )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            reason = f"http_{status}"
+            if status in _FINAL_STATUSES:
+                raise RealtimeUnavailable(reason) from None
+        except TimeoutError:
+            reason = "timeout"
+        except (OSError, InvalidHandshake) as exc:
+            reason = type(exc).__name__
+        if attempt < len(_BACKOFF_S):
+            await asyncio.sleep(min(_BACKOFF_S[attempt], max(0.0, deadline - loop.time())))
+    raise RealtimeUnavailable(reason)

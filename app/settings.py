@@ -1,0 +1,375 @@
+"""Runtime settings, read from the environment and from `.env` when present.
+
+Every setting has a safe default so the bridge starts with no configuration at all
+(it then serves `/healthz` and answers calls with a spoken apology). Invalid values are
+refused at start with a message naming the environment variable, because a typo found
+at boot is far cheaper than one found on a live call.
+
+Environment variable names are the upper-case field names (matching is case-insensitive).
+An empty value (`FOO=` in a `.env` file) means "not set" and falls back to the default,
+except for the two settings where empty has a documented meaning: `BOT_GREETING` (empty:
+the caller speaks first) and `TRANSCRIPTION_MODEL` (empty: transcription off).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BUILTIN_VOICES: frozenset[str] = frozenset(
+    {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
+)
+"""Voices the Realtime API ships with; any other voice must be a custom `voice_...` id."""
+
+SECRET_FIELDS: frozenset[str] = frozenset({"openai_api_key", "twilio_auth_token"})
+"""Fields whose values must never appear in logs or error messages."""
+
+KEEP_EMPTY_FIELDS: frozenset[str] = frozenset({"bot_greeting", "transcription_model"})
+"""Fields where an empty string is a meaningful value rather than "unset"."""
+
+DEFAULT_INSTRUCTIONS = (
+    "You are a friendly, helpful voice assistant answering a phone call. "
+    "Speak naturally, warmly and concisely: use short sentences, one idea at a time, "
+    "and keep each answer to a few sentences unless the caller asks for more. "
+    "Always reply in the language the caller speaks. "
+    "This is a phone call, so never read out URLs, email addresses letter by letter, "
+    "markdown, lists, code or emoji; say things the way a person would on the phone. "
+    "If you did not catch something, ask the caller to repeat it. "
+    "When the caller is done or says goodbye, say a short goodbye and end the call."
+)
+DEFAULT_GREETING = "Greet the caller briefly and ask how you can help."
+DEFAULT_FALLBACK_MESSAGE = (
+    "Sorry, our assistant can't take your call right now. Please try again later."
+)
+DEFAULT_APOLOGY_MESSAGE = "Sorry, this line is not set up yet. Goodbye."
+
+_ACCOUNT_SID_RE = re.compile(r"^AC[0-9a-fA-F]{32}$")
+_E164_RE = re.compile(r"^\+[1-9]\d{1,14}$")
+_PHONE_SEPARATORS_RE = re.compile(r"[\s().-]")
+_SIP_RE = re.compile(r"^sip:[^\s<>@]+@[^\s<>@]+$", re.IGNORECASE)
+_MAX_ECHO = 80
+
+
+class SettingsError(Exception):
+    """Raised by `load_settings` when the configuration is invalid.
+
+    `problems` holds one human-readable line per bad setting; `str(error)` joins them.
+    Secret values are never included.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _check_url(value: str, schemes: tuple[str, ...], *, allow_path: bool) -> str:
+    """Validate an absolute URL's scheme and host; return it without a trailing slash."""
+    value = value.strip()
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in schemes:
+        raise ValueError(f"must start with {' or '.join(s + '://' for s in schemes)}")
+    if not parts.hostname:
+        raise ValueError("must include a host name")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not contain credentials")
+    try:
+        _ = parts.port  # raises ValueError on a malformed port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    if not allow_path:
+        if parts.path not in ("", "/"):
+            raise ValueError("must be only scheme://host[:port], without a path")
+        if parts.query or parts.fragment or value.endswith(("?", "#")):
+            raise ValueError("must not contain a query or fragment")
+    return value.rstrip("/")
+
+
+def _check_dial_target(value: str) -> str:
+    """Validate an E.164 number (separators allowed and removed) or a `sip:` URI."""
+    value = value.strip()
+    if value.lower().startswith("sip:"):
+        if not _SIP_RE.match(value):
+            raise ValueError("must be a SIP URI like sip:user@host")
+        return value
+    number = _PHONE_SEPARATORS_RE.sub("", value)
+    if not _E164_RE.match(number):
+        raise ValueError("must be an E.164 phone number like +14155550100, or a sip: URI")
+    return number
+
+
+def _read_text_file(path: Path) -> str:
+    """Read a UTF-8 text file, turning failures into a ValueError pydantic can report."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot be read as UTF-8 text ({type(exc).__name__})") from None
+
+
+class Settings(BaseSettings):
+    """All bridge settings. Build it with `load_settings()` for friendly errors."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        case_sensitive=False,
+        extra="ignore",
+    )
+
+    # --- OpenAI -------------------------------------------------------------------------
+    openai_api_key: SecretStr | None = None
+    openai_realtime_url: str = "wss://api.openai.com/v1/realtime?model=gpt-realtime"
+    realtime_connect_timeout_seconds: float = Field(default=4.0, gt=0, le=5)
+
+    # --- Public URL and Twilio ----------------------------------------------------------
+    public_base_url: str | None = None
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_api_base_url: str = "https://api.twilio.com"
+
+    # --- Call behaviour -----------------------------------------------------------------
+    bot_instructions: str = DEFAULT_INSTRUCTIONS
+    bot_instructions_file: Path | None = None
+    bot_voice: str = "marin"
+    bot_greeting: str = DEFAULT_GREETING
+    transfer_number: str | None = None
+    transcription_model: str = "gpt-4o-mini-transcribe"
+    transcription_language: str | None = None
+
+    # --- Turn detection and noise -------------------------------------------------------
+    turn_detection: Literal["server_vad", "semantic_vad"] = "server_vad"
+    vad_threshold: float = Field(default=0.5, ge=0, le=1)
+    vad_prefix_padding_ms: int = Field(default=300, ge=0)
+    vad_silence_duration_ms: int = Field(default=500, gt=0)
+    vad_eagerness: Literal["low", "medium", "high", "auto"] = "auto"
+    noise_reduction: Literal["near_field", "far_field", "off"] = "near_field"
+    interrupt_min_speech_ms: int = Field(default=0, ge=0)
+
+    # --- Fallback -----------------------------------------------------------------------
+    fallback_message: str = DEFAULT_FALLBACK_MESSAGE
+    fallback_number: str | None = None
+    apology_message: str = DEFAULT_APOLOGY_MESSAGE
+
+    # --- Recording and operations -------------------------------------------------------
+    record_dir: Path | None = None
+    shutdown_drain_seconds: float = Field(default=600, ge=0)
+    log_format: Literal["kv", "json"] = "kv"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    _file_instructions: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_unset(cls, data: Any) -> Any:
+        """Drop blank values so `.env` lines like `FOO=` fall back to the default."""
+        if not isinstance(data, dict):
+            return data
+        return {
+            key: value
+            for key, value in data.items()
+            if not (isinstance(value, str) and not value.strip() and key not in KEEP_EMPTY_FIELDS)
+        }
+
+    @field_validator("openai_realtime_url")
+    @classmethod
+    def _realtime_url(cls, value: str) -> str:
+        return _check_url(value, ("ws", "wss"), allow_path=True)
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _public_base_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_url(value, ("http", "https"), allow_path=False)
+
+    @field_validator("twilio_api_base_url")
+    @classmethod
+    def _twilio_api_base_url(cls, value: str) -> str:
+        return _check_url(value, ("http", "https"), allow_path=True)
+
+    @field_validator("twilio_account_sid")
+    @classmethod
+    def _account_sid(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not _ACCOUNT_SID_RE.match(value):
+            raise ValueError("must be 'AC' followed by 32 hexadecimal characters")
+        return value
+
+    @field_validator("transfer_number", "fallback_number")
+    @classmethod
+    def _dial_target(cls, value: str | None) -> str | None:
+        return None if value is None else _check_dial_target(value)
+
+    @field_validator("bot_voice")
+    @classmethod
+    def _voice(cls, value: str) -> str:
+        value = value.strip()
+        if value.lower() in BUILTIN_VOICES:
+            return value.lower()
+        if value.startswith("voice_") and len(value) > len("voice_"):
+            return value
+        raise ValueError(
+            f"must be one of {', '.join(sorted(BUILTIN_VOICES))}, or a custom voice_... id"
+        )
+
+    @field_validator("transcription_model", "bot_greeting")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
+
+    @field_validator(
+        "turn_detection", "vad_eagerness", "noise_reduction", "log_format", mode="before"
+    )
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("record_dir")
+    @classmethod
+    def _record_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and value.exists() and not value.is_dir():
+            raise ValueError("exists but is not a directory")
+        return value
+
+    @field_validator("bot_instructions_file")
+    @classmethod
+    def _instructions_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            if not value.is_file():
+                raise ValueError("is not an existing file")
+            _read_text_file(value)
+        return value
+
+    @model_validator(mode="after")
+    def _read_instructions_file(self) -> Settings:
+        """Read the instructions file once, at start, so a bad file fails the boot."""
+        if self.bot_instructions_file is not None:
+            self._file_instructions = _read_text_file(self.bot_instructions_file).strip()
+        return self
+
+    # --- Derived values ---------------------------------------------------------------
+
+    @property
+    def instructions(self) -> str:
+        """The system prompt: the file's text when BOT_INSTRUCTIONS_FILE is set."""
+        if self._file_instructions is not None:
+            return self._file_instructions
+        return self.bot_instructions
+
+    @property
+    def transcription_enabled(self) -> bool:
+        """False when TRANSCRIPTION_MODEL is empty or `off`."""
+        return self.transcription_model.lower() not in ("", "off")
+
+    @property
+    def rest_enabled(self) -> bool:
+        """True when the Twilio REST API can be used (account SID and auth token set)."""
+        return self.twilio_account_sid is not None and self.twilio_auth_token is not None
+
+    @property
+    def transfer_enabled(self) -> bool:
+        """True when the `transfer_call` tool can be offered to the model."""
+        return self.transfer_number is not None and self.rest_enabled
+
+    @property
+    def signatures_enabled(self) -> bool:
+        """True when X-Twilio-Signature is enforced (TWILIO_AUTH_TOKEN set)."""
+        return self.twilio_auth_token is not None
+
+    def secret_values(self) -> list[str]:
+        """The configured secret values, for registration with the log scrubber."""
+        secrets = (self.openai_api_key, self.twilio_auth_token)
+        return [s.get_secret_value() for s in secrets if s is not None]
+
+    def warnings(self) -> list[str]:
+        """Start-up warnings about risky or degraded configurations, loudest first."""
+        found: list[str] = []
+        if self.twilio_auth_token is None:
+            found.append(
+                "SECURITY: TWILIO_AUTH_TOKEN is not set, so X-Twilio-Signature checks are OFF "
+                "and anyone who finds this server can open media streams and spend your "
+                "OpenAI credit. Set TWILIO_AUTH_TOKEN before exposing the server."
+            )
+        if self.openai_api_key is None:
+            found.append(
+                "OPENAI_API_KEY is not set: every call gets the spoken apology and is hung up."
+            )
+        if self.public_base_url is None:
+            found.append(
+                "PUBLIC_BASE_URL is not set: public URLs are derived from the request's Host "
+                "and X-Forwarded-* headers, which is for development only."
+            )
+        elif self.public_base_url.lower().startswith("http://"):
+            found.append(
+                "PUBLIC_BASE_URL uses http://, so the media stream URL is ws://; Twilio only "
+                "connects to wss:// streams."
+            )
+        if self.twilio_auth_token is not None and self.twilio_account_sid is None:
+            found.append(
+                "TWILIO_ACCOUNT_SID is not set: the bot cannot hang up or transfer calls "
+                "through the REST API."
+            )
+        if self.transfer_number is not None and not self.rest_enabled:
+            found.append(
+                "TRANSFER_NUMBER is set but TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are not "
+                "both set: the transfer_call tool is not offered."
+            )
+        if "model=" not in urlsplit(self.openai_realtime_url).query:
+            found.append(
+                "OPENAI_REALTIME_URL has no model= query parameter; the service default "
+                "model will be used."
+            )
+        if self.bot_instructions_file is not None and not self.instructions:
+            found.append("BOT_INSTRUCTIONS_FILE is empty: the model gets no instructions.")
+        if self.record_dir is not None:
+            found.append(
+                f"RECORD_DIR is set: every call is recorded to {self.record_dir} "
+                "(caller audio and transcripts are personal data)."
+            )
+        return found
+
+
+def _describe(error: Any) -> str:
+    """One line for one pydantic error, with the offending value unless it is secret."""
+    loc = tuple(error.get("loc", ()))
+    message = str(error.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ")
+    if not loc:
+        return f"invalid settings: {message}"
+    field = str(loc[0])
+    line = f"invalid setting {field.upper()}: {message}"
+    value = error.get("input")
+    if field not in SECRET_FIELDS and isinstance(value, str | int | float):
+        shown = str(value)
+        if len(shown) > _MAX_ECHO:
+            shown = shown[:_MAX_ECHO] + "..."
+        line += f" (got {shown!r})"
+    return line
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build `Settings` from the environment (and `.env`), with keyword overrides.
+
+    Raises `SettingsError` naming the environment variable of each invalid setting and
+    why, never echoing secret values. Pass `_env_file=None` to ignore `.env` (tests).
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError([_describe(e) for e in exc.errors()]) from None

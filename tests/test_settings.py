@@ -1,0 +1,319 @@
+"""Settings: defaults with no environment, validation, error messages and warnings."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.settings import (
+    DEFAULT_GREETING,
+    SECRET_FIELDS,
+    Settings,
+    SettingsError,
+    load_settings,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ENV_NAMES = [name.upper() for name in Settings.model_fields]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No setting from the real environment or a real .env leaks into a test."""
+    for key in list(os.environ):
+        if key.upper() in ENV_NAMES:
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def problems(**overrides: object) -> str:
+    with pytest.raises(SettingsError) as info:
+        load_settings(_env_file=None, **overrides)
+    return str(info.value)
+
+
+def test_loads_with_no_environment_at_all() -> None:
+    settings = load_settings()
+    assert settings.openai_api_key is None
+    assert settings.openai_realtime_url == "wss://api.openai.com/v1/realtime?model=gpt-realtime"
+    assert settings.public_base_url is None
+    assert settings.twilio_api_base_url == "https://api.twilio.com"
+    assert settings.shutdown_drain_seconds == 600
+    assert settings.bot_voice == "marin"
+    assert settings.bot_greeting == DEFAULT_GREETING
+    assert settings.turn_detection == "server_vad"
+    assert settings.realtime_connect_timeout_seconds == 4.0
+    assert settings.log_format == "kv" and settings.log_level == "INFO"
+    assert settings.transcription_enabled
+    assert not settings.rest_enabled and not settings.transfer_enabled
+    assert not settings.signatures_enabled
+    assert "short sentences" in settings.instructions
+    assert settings.secret_values() == []
+
+
+def test_reads_environment_case_insensitively(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("vad_threshold", "0.7")
+    monkeypatch.setenv("BOT_VOICE", "Cedar")
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    monkeypatch.setenv("TURN_DETECTION", "SEMANTIC_VAD")
+    settings = load_settings(_env_file=None)
+    assert settings.vad_threshold == 0.7
+    assert settings.bot_voice == "cedar"
+    assert settings.log_level == "DEBUG"
+    assert settings.turn_detection == "semantic_vad"
+
+
+def test_reads_dotenv_file_in_working_directory(clean_env: Path) -> None:
+    (clean_env / ".env").write_text("SHUTDOWN_DRAIN_SECONDS=5\nUNRELATED_THING=1\n")
+    assert load_settings().shutdown_drain_seconds == 5
+
+
+def test_env_example_copied_to_dotenv_is_harmless(clean_env: Path) -> None:
+    shutil.copy(REPO_ROOT / ".env.example", clean_env / ".env")
+    assert load_settings() == load_settings(_env_file=None)
+
+
+def test_env_example_documents_every_setting() -> None:
+    text = (REPO_ROOT / ".env.example").read_text()
+    missing = [name for name in ENV_NAMES if not re.search(rf"^# {name}=", text, re.M)]
+    assert missing == []
+
+
+def test_empty_values_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OPENAI_API_KEY", "PUBLIC_BASE_URL", "TRANSFER_NUMBER", "RECORD_DIR"):
+        monkeypatch.setenv(name, "")
+    monkeypatch.setenv("TWILIO_ACCOUNT_SID", "  ")
+    monkeypatch.setenv("VAD_THRESHOLD", "")
+    settings = load_settings(_env_file=None)
+    assert settings.openai_api_key is None
+    assert settings.public_base_url is None
+    assert settings.transfer_number is None
+    assert settings.record_dir is None
+    assert settings.twilio_account_sid is None
+    assert settings.vad_threshold == 0.5
+
+
+def test_empty_greeting_and_transcription_keep_their_meaning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BOT_GREETING", "")
+    monkeypatch.setenv("TRANSCRIPTION_MODEL", "")
+    settings = load_settings(_env_file=None)
+    assert settings.bot_greeting == ""
+    assert not settings.transcription_enabled
+
+
+@pytest.mark.parametrize("value", ["off", "OFF", " off "])
+def test_transcription_off(value: str) -> None:
+    assert not load_settings(_env_file=None, transcription_model=value).transcription_enabled
+
+
+def test_error_names_env_var_and_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VAD_THRESHOLD", "3")
+    with pytest.raises(SettingsError) as info:
+        load_settings(_env_file=None)
+    assert str(info.value) == (
+        "invalid setting VAD_THRESHOLD: Input should be less than or equal to 1 (got '3')"
+    )
+    assert info.value.problems == [str(info.value)]
+
+
+def test_error_lists_every_bad_setting() -> None:
+    text = problems(vad_silence_duration_ms=0, bot_voice="robot", log_format="xml")
+    lines = text.splitlines()
+    assert len(lines) == 3
+    assert any(line.startswith("invalid setting VAD_SILENCE_DURATION_MS:") for line in lines)
+    assert any(line.startswith("invalid setting BOT_VOICE:") for line in lines)
+    assert any(line.startswith("invalid setting LOG_FORMAT:") for line in lines)
+
+
+def test_error_never_echoes_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-very-secret-value")
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "twilio-secret-token")
+    monkeypatch.setenv("VAD_THRESHOLD", "-1")
+    text = problems(openai_api_key=12345678)
+    assert "OPENAI_API_KEY" in text
+    assert "12345678" not in text
+    assert "sk-very-secret-value" not in text and "twilio-secret-token" not in text
+    assert {"openai_api_key", "twilio_auth_token"} <= SECRET_FIELDS
+
+
+def test_long_bad_values_are_truncated_in_errors() -> None:
+    text = problems(bot_voice="x" * 500)
+    assert "x" * 80 + "..." in text
+    assert "x" * 81 not in text
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("https://bridge.example.com", "https://bridge.example.com"),
+        ("https://bridge.example.com/", "https://bridge.example.com"),
+        ("http://localhost:8000", "http://localhost:8000"),
+    ],
+)
+def test_public_base_url_accepted(value: str, expected: str) -> None:
+    assert load_settings(_env_file=None, public_base_url=value).public_base_url == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "ftp://example.com",
+        "example.com",
+        "https://example.com/app",
+        "https://example.com?x=1",
+        "https://example.com/#frag",
+        "https://user:pw@example.com",
+        "https://example.com:notaport",
+    ],
+)
+def test_public_base_url_rejected(value: str) -> None:
+    assert "invalid setting PUBLIC_BASE_URL:" in problems(public_base_url=value)
+
+
+def test_realtime_url_must_be_websocket() -> None:
+    assert "invalid setting OPENAI_REALTIME_URL: must start with ws:// or wss://" in problems(
+        openai_realtime_url="https://api.openai.com/v1/realtime"
+    )
+    ok = load_settings(_env_file=None, openai_realtime_url="ws://127.0.0.1:9000/v1/realtime?m=x")
+    assert ok.openai_realtime_url.startswith("ws://127.0.0.1:9000")
+
+
+def test_twilio_api_base_url_strips_slash_and_checks_scheme() -> None:
+    settings = load_settings(_env_file=None, twilio_api_base_url="http://127.0.0.1:9999/")
+    assert settings.twilio_api_base_url == "http://127.0.0.1:9999"
+    assert "TWILIO_API_BASE_URL" in problems(twilio_api_base_url="wss://api.twilio.com")
+
+
+def test_account_sid_format() -> None:
+    sid = "AC" + "0123456789abcdef" * 2
+    assert load_settings(_env_file=None, twilio_account_sid=sid).twilio_account_sid == sid
+    assert "TWILIO_ACCOUNT_SID" in problems(twilio_account_sid="AC123")
+    assert "TWILIO_ACCOUNT_SID" in problems(twilio_account_sid="XX" + "0" * 32)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("+14155550100", "+14155550100"),
+        ("+1 (415) 555-0100", "+14155550100"),
+        ("sip:agent@pbx.example.com", "sip:agent@pbx.example.com"),
+    ],
+)
+def test_dial_targets_accepted(value: str, expected: str) -> None:
+    settings = load_settings(_env_file=None, transfer_number=value, fallback_number=value)
+    assert settings.transfer_number == expected
+    assert settings.fallback_number == expected
+
+
+@pytest.mark.parametrize("value", ["14155550100", "+0123", "+1415abc", "sip:nohost", "tel:+1"])
+def test_dial_targets_rejected(value: str) -> None:
+    assert "invalid setting TRANSFER_NUMBER:" in problems(transfer_number=value)
+    assert "invalid setting FALLBACK_NUMBER:" in problems(fallback_number=value)
+
+
+def test_custom_voice_id_accepted() -> None:
+    assert load_settings(_env_file=None, bot_voice="voice_abc123").bot_voice == "voice_abc123"
+    assert "BOT_VOICE" in problems(bot_voice="voice_")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("vad_threshold", -0.1),
+        ("vad_prefix_padding_ms", -1),
+        ("vad_silence_duration_ms", 0),
+        ("interrupt_min_speech_ms", -5),
+        ("shutdown_drain_seconds", -1),
+        ("realtime_connect_timeout_seconds", 0),
+        ("realtime_connect_timeout_seconds", 5.5),
+        ("vad_eagerness", "sometimes"),
+        ("noise_reduction", "loud"),
+        ("log_level", "TRACE"),
+    ],
+)
+def test_numeric_and_choice_bounds(field: str, value: object) -> None:
+    assert f"invalid setting {field.upper()}:" in problems(**{field: value})
+
+
+def test_connect_timeout_upper_bound_is_inclusive() -> None:
+    settings = load_settings(_env_file=None, realtime_connect_timeout_seconds=5)
+    assert settings.realtime_connect_timeout_seconds == 5
+
+
+def test_instructions_file_wins_over_text(tmp_path: Path) -> None:
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("You are the bakery's phone assistant.\n", encoding="utf-8")
+    settings = load_settings(
+        _env_file=None, bot_instructions="inline", bot_instructions_file=str(prompt)
+    )
+    assert settings.instructions == "You are the bakery's phone assistant."
+    assert load_settings(_env_file=None, bot_instructions="inline").instructions == "inline"
+
+
+def test_instructions_file_must_exist_and_be_text(tmp_path: Path) -> None:
+    assert "invalid setting BOT_INSTRUCTIONS_FILE: is not an existing file" in problems(
+        bot_instructions_file=str(tmp_path / "missing.txt")
+    )
+    assert "BOT_INSTRUCTIONS_FILE" in problems(bot_instructions_file=str(tmp_path))
+    binary = tmp_path / "binary.bin"
+    binary.write_bytes(b"\xff\xfe\x00\x80")
+    assert "cannot be read as UTF-8" in problems(bot_instructions_file=str(binary))
+
+
+def test_record_dir_must_not_be_a_file(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert "invalid setting RECORD_DIR:" in problems(record_dir=str(afile))
+    later = tmp_path / "not-yet"
+    assert load_settings(_env_file=None, record_dir=str(later)).record_dir == later
+
+
+def test_secrets_hidden_in_repr() -> None:
+    settings = load_settings(
+        _env_file=None, openai_api_key="sk-hidden-123", twilio_auth_token="tok-hidden-456"
+    )
+    assert "sk-hidden-123" not in repr(settings)
+    assert "tok-hidden-456" not in repr(settings)
+    assert sorted(settings.secret_values()) == ["sk-hidden-123", "tok-hidden-456"]
+
+
+def test_warnings_with_no_settings() -> None:
+    text = "\n".join(load_settings(_env_file=None).warnings())
+    assert "TWILIO_AUTH_TOKEN is not set" in text and "OFF" in text
+    assert "OPENAI_API_KEY is not set" in text
+    assert "PUBLIC_BASE_URL is not set" in text
+
+
+def test_warnings_for_transfer_without_rest_credentials() -> None:
+    settings = load_settings(_env_file=None, transfer_number="+14155550100")
+    assert not settings.transfer_enabled
+    assert any("TRANSFER_NUMBER" in w for w in settings.warnings())
+
+
+def test_fully_configured_has_no_warnings_and_offers_transfer() -> None:
+    settings = load_settings(
+        _env_file=None,
+        openai_api_key="sk-test-key",
+        public_base_url="https://bridge.example.com",
+        twilio_account_sid="AC" + "a" * 32,
+        twilio_auth_token="secret-token",
+        transfer_number="+14155550100",
+    )
+    assert settings.warnings() == []
+    assert settings.rest_enabled and settings.transfer_enabled and settings.signatures_enabled
+
+
+def test_warnings_mention_http_public_url_and_missing_sid() -> None:
+    settings = load_settings(
+        _env_file=None, public_base_url="http://localhost:8000", twilio_auth_token="secret-token"
+    )
+    text = "\n".join(settings.warnings())
+    assert "ws://" in text
+    assert "TWILIO_ACCOUNT_SID is not set" in text
