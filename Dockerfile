@@ -59,9 +59,13 @@ ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
     PYTHONDONTWRITEBYTECODE=1 \
     PORT=8000
 
+# /data is the one place the app user may write: mount a volume there and set
+# RECORD_DIR=/data/recordings to record calls (a new named volume takes its owner).
 RUN groupadd --system --gid 10001 app \
  && useradd --system --uid 10001 --gid app --no-create-home \
-        --home-dir /nonexistent --shell /usr/sbin/nologin app
+        --home-dir /nonexistent --shell /usr/sbin/nologin app \
+ && mkdir -p /data/recordings \
+ && chown -R 10001:10001 /data
 
 COPY --from=build /opt/venv /opt/venv
 

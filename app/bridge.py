@@ -36,12 +36,13 @@ from app.call.actions import (
 )
 from app.call.session import CallSession
 from app.observability import bind_call, log_event
+from app.protocol import realtime as rt
+from app.protocol import twilio as tw
 from app.protocol.twilio import MAX_INBOUND_CHARS
 from app.realtime_socket import RealtimeEndpoint, RealtimeUnavailable, open_realtime
 
 logger = logging.getLogger("app.bridge")
 
-_dumps = json.dumps
 _loads = json.loads
 
 
@@ -204,7 +205,7 @@ class Bridge:
         if not self._twilio_open:
             return
         try:
-            await self.twilio.send_text(_dumps(msg))
+            await self.twilio.send_text(tw.encode(msg))
         except Exception:
             self._twilio_open = False  # the reader reports the close
 
@@ -213,7 +214,7 @@ class Bridge:
         if conn is None:
             return
         with contextlib.suppress(ConnectionClosed):  # the reader reports the close
-            await conn.send(_dumps(msg))
+            await conn.send(rt.encode(msg))
 
     def _set_timer(self, name: str, at_ms: float) -> None:
         old = self._timers.pop(name, None)

@@ -10,6 +10,7 @@ to silence meanwhile, and the contract allows them at most 5 s of it. Authentica
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -19,6 +20,11 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 _BACKOFF_S = (0.15, 0.4, 0.8)
 _FINAL_STATUSES = frozenset({400, 401, 403, 404})
+
+#: The websockets library logs the upgrade request's headers at DEBUG, bearer token
+#: included. Its logger for our connections never goes below INFO, whatever LOG_LEVEL is.
+_WS_LOGGER = logging.getLogger("app.realtime_socket.websockets")
+_WS_LOGGER.setLevel(logging.INFO)
 
 
 class RealtimeUnavailable(Exception):
@@ -51,6 +57,7 @@ async def open_realtime(endpoint: RealtimeEndpoint, timeout_s: float) -> ClientC
                     open_timeout=None,
                     max_size=MAX_MESSAGE_BYTES,
                     user_agent_header="twilio-realtime-bridge",
+                    logger=_WS_LOGGER,
                 )
         except InvalidStatus as exc:
             status = exc.response.status_code

@@ -8,6 +8,7 @@ passes through untouched. Every builder here returns an event that validates aga
 
 from __future__ import annotations
 
+import json
 from typing import Any, Final
 
 from app.call import tools
@@ -119,3 +120,11 @@ def function_output(call_id: str, output: str) -> Event:
         "type": "conversation.item.create",
         "item": {"type": "function_call_output", "call_id": call_id, "output": output},
     }
+
+
+def encode(event: Event) -> str:
+    """Serialise a client event. Audio appends (50 a second) are spliced as text: their
+    payload is validated base64, which needs no JSON escaping."""
+    if event["type"] == "input_audio_buffer.append":
+        return '{"type":"input_audio_buffer.append","audio":"' + event["audio"] + '"}'
+    return json.dumps(event, separators=(",", ":"))

@@ -8,6 +8,7 @@ answers any extra or missing field with warning 31951, so nothing else is ever s
 
 from __future__ import annotations
 
+import json
 from typing import Any, Final
 
 Message = dict[str, Any]
@@ -52,3 +53,17 @@ def start_fields(msg: Message) -> tuple[str, str, str, dict[str, str]] | None:
     if not isinstance(account_sid, str) or not isinstance(params, dict):
         return None
     return stream_sid, call_sid, account_sid, {str(k): str(v) for k, v in params.items()}
+
+
+def encode(msg: Message) -> str:
+    """Serialise an outbound message. Media frames (the bulk of the traffic) are spliced
+    as text: their payload is validated base64, which needs no JSON escaping."""
+    if msg["event"] == "media":
+        return (
+            '{"event":"media","streamSid":'
+            + json.dumps(msg["streamSid"])
+            + ',"media":{"payload":"'
+            + msg["media"]["payload"]
+            + '"}}'
+        )
+    return json.dumps(msg, separators=(",", ":"))

@@ -26,6 +26,7 @@ import base64
 import binascii
 import contextlib
 import json
+import logging
 import secrets
 from collections import deque
 from collections.abc import Callable
@@ -47,13 +48,22 @@ OUTBOUND_FIELDS: dict[str, tuple[set[str], str | None, set[str]]] = {
 
 Event = tuple[float, str, dict[str, Any]]
 
+_WS_LOGGER = logging.getLogger("tests.fakes.twilio_caller.websockets")
+# websockets logs every frame and header at DEBUG; keep the fake's own traffic out of the
+# logs that tests capture (the timeline in ``events`` is the record of what happened).
+_WS_LOGGER.setLevel(logging.WARNING)
+
 
 def _sid(prefix: str) -> str:
     return prefix + secrets.token_hex(16)
 
 
 class _Watch:
-    """Await a condition over mutable state without polling or sleeping."""
+    """Await a condition over mutable state without polling or sleeping.
+
+    ``notify()`` is called after every state change; waiters whose predicate now returns a
+    value other than None/False are resolved with it (so plain boolean predicates work).
+    """
 
     def __init__(self) -> None:
         self._waiters: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
@@ -70,13 +80,13 @@ class _Watch:
                 self._waiters.remove(entry)
                 fut.set_exception(exc)
                 continue
-            if result is not None:
+            if result is not None and result is not False:
                 self._waiters.remove(entry)
                 fut.set_result(result)
 
     async def wait(self, pred: Callable[[], Any], timeout: float, what: str) -> Any:
         result = pred()
-        if result is not None:
+        if result is not None and result is not False:
             return result
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         entry = (pred, fut)
@@ -179,6 +189,7 @@ class FakeTwilioCall:
             additional_headers=self.headers,
             open_timeout=self.open_timeout,
             max_size=None,
+            logger=_WS_LOGGER,
         )
         self._record("connected", url=self.url)
         self._spawn(self._receive_loop(), "receive")
@@ -214,6 +225,10 @@ class FakeTwilioCall:
         """Queue caller audio; returns once all of it has been sent in real-time frames."""
         if not self.started:
             raise RuntimeError("call.say() before call.start()")
+        if self.closed.is_set():
+            raise ConnectionError("call.say() on a closed media stream")
+        if not any(t.get_name() == "twilio-call-media" and not t.done() for t in self._tasks):
+            raise RuntimeError("call.say() needs start(stream_audio=True)")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._say_queue.append((memoryview(bytes(audio)), fut))
         self._record("say", bytes=len(audio))
@@ -319,7 +334,7 @@ class FakeTwilioCall:
         )
 
     async def wait_until(self, pred: Callable[[], Any], timeout: float = 5.0) -> Any:
-        """Wait until ``pred()`` returns non-None, re-checked on every timeline event."""
+        """Wait until ``pred()`` is not None/False; re-checked on every timeline event."""
         return await self._watch.wait(pred, timeout, "condition")
 
     async def wait_closed(self, timeout: float = 5.0) -> int | None:

@@ -1,0 +1,130 @@
+"""Shared fixtures: the real app served by uvicorn on a loopback socket, next to the fakes.
+
+The listening socket is bound before uvicorn starts, so its port is known at once and a
+client that connects early simply waits in the kernel's backlog: no polling for start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import uvicorn
+from twilio.request_validator import RequestValidator
+
+from app.main import create_app
+from app.settings import Settings, load_settings
+from tests.fakes.realtime_server import FakeRealtime
+from tests.fakes.twilio_caller import FakeTwilioCall
+
+AUTH_TOKEN = "test-auth-token-0123456789"
+ACCOUNT_SID = "AC" + "a" * 32
+API_KEY = "sk-test-key-0123456789"
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings for a test app: nothing read from the environment or a `.env`."""
+    values: dict[str, Any] = {"_env_file": None, "log_level": "DEBUG"}
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@dataclass
+class RunningApp:
+    """The real app, served over loopback."""
+
+    http_url: str
+    ws_url: str
+    settings: Settings
+    public_base: str
+
+    def sign_ws(self) -> dict[str, str]:
+        """Headers Twilio would send on the media-stream upgrade."""
+        token = self.settings.twilio_auth_token
+        if token is None:
+            return {}
+        url = self.public_base.replace("https://", "wss://") + "/media-stream"
+        sig = RequestValidator(token.get_secret_value()).compute_signature(url, {})
+        return {"X-Twilio-Signature": sig}
+
+    def call(self, **kwargs: Any) -> FakeTwilioCall:
+        """A fake Twilio media stream to this app (signed when signatures are on)."""
+        headers = {**self.sign_ws(), **kwargs.pop("headers", {})}
+        return FakeTwilioCall(self.ws_url, headers=headers, **kwargs)
+
+
+@asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[RunningApp]:
+    """Serve `create_app(settings)` on 127.0.0.1 until the block ends."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(settings), log_config=None, lifespan="on")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield RunningApp(
+            http_url=f"http://127.0.0.1:{port}",
+            ws_url=f"ws://127.0.0.1:{port}/media-stream",
+            settings=settings,
+            public_base=settings.public_base_url or f"http://127.0.0.1:{port}",
+        )
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=10)
+        sock.close()
+
+
+@pytest.fixture
+async def realtime() -> AsyncIterator[FakeRealtime]:
+    """A scripted OpenAI Realtime service on loopback."""
+    async with FakeRealtime() as fake:
+        yield fake
+
+
+AppFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def app_with(realtime: FakeRealtime) -> AsyncIterator[AppFactory]:
+    """Start the real app against the fake Realtime service, with settings overrides."""
+    stack: list[Any] = []
+
+    async def start(**overrides: Any) -> RunningApp:
+        values: dict[str, Any] = {
+            "openai_api_key": API_KEY,
+            "openai_realtime_url": realtime.url,
+            "public_base_url": "https://bridge.example.com",
+            "twilio_auth_token": AUTH_TOKEN,
+        }
+        values.update(overrides)
+        cm = serve(make_settings(**values))
+        running = await cm.__aenter__()
+        stack.append(cm)
+        return running
+
+    yield start
+    for cm in reversed(stack):
+        await cm.__aexit__(None, None, None)
+
+
+@pytest.fixture(autouse=True)
+def _no_secrets_in_logs(caplog: pytest.LogCaptureFixture) -> Any:
+    """Every test: no secret ever reaches a log record (checked on the rendered text)."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    text = "\n".join(
+        f"{r.getMessage()} {getattr(r, 'fields', '')}" for r in caplog.get_records("call")
+    )
+    for secret in (AUTH_TOKEN, API_KEY):
+        assert secret not in text
