@@ -341,3 +341,19 @@ def test_summary_keeps_heard_transcript() -> None:
     assert turns[0]["sent_ms"] == 1000 and 400 <= turns[0]["heard_ms"] <= 500
     assert turns[1] == {"who": "caller", "text": "Wait"}
     assert "text" not in s.summary(with_text=False)["turns"][0]
+
+
+def test_min_speech_policy_uses_speech_length_without_padding_and_silence() -> None:
+    # prefix 300, silence 500: audio_start 700 means speech began at 1000; audio_end 2200
+    # means it ended at 1700 (700 ms: noise), 2400 means 1900 (900 ms: a real turn).
+    cfg = CallConfig(
+        interrupt_min_speech_ms=800, vad_prefix_padding_ms=300, vad_silence_duration_ms=500
+    )
+    for end_ms, interrupts in ((2200, False), (2400, True)):
+        s = live(cfg)
+        play(s, 100, "item_a", 40)
+        started = {"type": "input_audio_buffer.speech_started", "audio_start_ms": 700}
+        s.realtime_message(1000, started)
+        stopped = {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": end_ms}
+        out = s.realtime_message(1500, stopped)
+        assert (to_twilio(out) == [{"event": "clear", "streamSid": STREAM}]) is interrupts

@@ -89,8 +89,9 @@ class TurnPolicy:
         u, self.current = self.current, None
         if u is None or not u.over_bot or u.interrupted or self.automatic:
             return Stop.TURN
-        # audio_start_ms includes the prefix padding the service keeps before speech.
-        spoken = audio_end_ms - u.audio_start_ms - self._prefix_ms
+        # The service's audio_start_ms is the speech start minus its prefix padding, and
+        # its audio_end_ms is the speech end plus its silence window (both documented).
+        spoken = (audio_end_ms - self._silence_ms) - (u.audio_start_ms + self._prefix_ms)
         if spoken >= self.min_speech_ms:
             return Stop.TURN_INTERRUPT
         if u.item_id:

@@ -158,6 +158,9 @@ class FakeTwilioCall:
         self.closed = asyncio.Event()
         self.started = False
         self.discarded_at_close = 0
+        self.hold_clear_echoes = False
+        """When true, the echoes of the next ``clear`` wait for ``release_clear_echoes()``."""
+        self.held_clear_echoes: list[str] = []
         """Queued outbound audio that was never played because the stream closed."""
 
         self._seq = 0
@@ -570,8 +573,20 @@ class FakeTwilioCall:
         self.heard_bytes_at_clear.append(len(self.heard))
         self.cleared_bytes.append(dropped)
         self._record("clear", heard=len(self.heard), dropped=dropped, pending_marks=pending)
+        if self.hold_clear_echoes:
+            # The echoes this clear causes arrive late: when the test releases them.
+            self.held_clear_echoes.extend(pending)
+            return
         for name in pending:
             await self._echo_mark(name, "cleared")
+
+    async def release_clear_echoes(self) -> list[str]:
+        """Send the echoes held back by ``hold_clear_echoes`` (in order); returns their names."""
+        names, self.held_clear_echoes = self.held_clear_echoes, []
+        self.hold_clear_echoes = False
+        for name in names:
+            await self._echo_mark(name, "cleared")
+        return names
 
     async def _playout_loop(self) -> None:
         """Play queued audio in real time: 160 bytes complete every 20 ms while busy.
