@@ -1,6 +1,7 @@
 # Production image for the phone bridge (FastAPI app served by uvicorn).
 #
-# Build (BuildKit; it is the default builder of current Docker):
+# Build (BuildKit; it is the default builder of current Docker; with a Docker
+# that has no buildx, such as Debian's docker.io 20.10, prefix DOCKER_BUILDKIT=1):
 #   docker build -t twilio-realtime-bridge .
 # Behind a TLS-intercepting proxy or with a private index, hand pip the host's CA
 # bundle as a build secret (mounted for one RUN, never stored in the image) and
@@ -40,14 +41,16 @@ COPY pyproject.toml README.md ./
 COPY app/ ./app/
 
 # Runtime dependencies only (no dev extras). The CA secret is optional: without
-# it pip uses the base image's trust store.
+# it pip uses the base image's trust store. pip itself is then dropped from the
+# venv: the image never installs anything at run time.
 RUN --mount=type=secret,id=cacert,target=/run/secrets/cacert \
     set -eu; \
     if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi; \
     if [ -n "$PIP_INDEX_URL_ARG" ]; then export PIP_INDEX_URL="$PIP_INDEX_URL_ARG"; fi; \
     if [ -n "$PIP_EXTRA_INDEX_URL_ARG" ]; then export PIP_EXTRA_INDEX_URL="$PIP_EXTRA_INDEX_URL_ARG"; fi; \
     pip install . ; \
-    pip check
+    pip check; \
+    pip uninstall --yes pip setuptools wheel
 
 # -------------------------------------------------------------- runtime stage
 FROM ${BASE_IMAGE}
@@ -85,7 +88,9 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=4)"]
 
 # `exec` replaces the shell, so uvicorn is PID 1 and gets SIGTERM directly.
-# Behind a load balancer: trust X-Forwarded-* (the app's Twilio signature check
-# needs the public scheme and host). No --timeout-graceful-shutdown: the app
+# Behind a load balancer: trust X-Forwarded-Proto/-For (the app's Twilio
+# signature check needs the public scheme) from any peer by default; set
+# FORWARDED_ALLOW_IPS to the balancer's addresses when the container is
+# reachable other than through it. No --timeout-graceful-shutdown: the app
 # drains its own calls on shutdown.
-CMD ["sh", "-c", "exec uvicorn app.main:app --host 0.0.0.0 --port \"${PORT:-8000}\" --proxy-headers --forwarded-allow-ips '*'"]
+CMD ["sh", "-c", "exec uvicorn app.main:app --host 0.0.0.0 --port \"${PORT:-8000}\" --proxy-headers --forwarded-allow-ips \"${FORWARDED_ALLOW_IPS:-*}\""]

@@ -30,6 +30,7 @@ from app.call.actions import (
     CloseRealtime,
     CloseTwilio,
     ConnectRealtime,
+    RestRequest,
     SetTimer,
     ToRealtime,
     ToTwilio,
@@ -40,6 +41,7 @@ from app.protocol import realtime as rt
 from app.protocol import twilio as tw
 from app.protocol.twilio import MAX_INBOUND_CHARS
 from app.realtime_socket import RealtimeEndpoint, RealtimeUnavailable, open_realtime
+from app.telephony import RestOutcome, Telephony
 
 logger = logging.getLogger("app.bridge")
 
@@ -55,11 +57,13 @@ class Bridge:
         session: CallSession,
         endpoint: RealtimeEndpoint,
         *,
+        telephony: Telephony | None = None,
         log_transcripts: bool = True,
     ) -> None:
         self.twilio = twilio
         self.session = session
         self.endpoint = endpoint
+        self.telephony = telephony
         self.log_transcripts = log_transcripts
         self.realtime: ClientConnection | None = None
         self._loop = asyncio.get_running_loop()
@@ -119,6 +123,8 @@ class Bridge:
         if kind == "realtime_closed":
             self.realtime = None
             return s.realtime_closed(now, *data)
+        if kind == "rest_result":
+            return s.rest_result(now, data.status, data.code, data.error)
         raise AssertionError(f"unknown inbox kind {kind}")
 
     async def _read_twilio(self) -> None:
@@ -180,6 +186,13 @@ class Bridge:
         else:
             self._inbox.put_nowait(("realtime_open", conn))
 
+    async def _rest(self, request: RestRequest) -> None:
+        if self.telephony is None:
+            outcome = RestOutcome(0, None, "no_rest_credentials")
+        else:
+            outcome = await self.telephony.update_call(self.session.call_sid, request.params)
+        self._inbox.put_nowait(("rest_result", outcome))
+
     # -- outputs --------------------------------------------------------------------------
 
     async def _execute(self, actions: list[Action]) -> None:
@@ -200,6 +213,8 @@ class Bridge:
                 await self._close_twilio(action.reason)
             elif type(action) is CloseRealtime:
                 await self._close_realtime()
+            elif type(action) is RestRequest:
+                self._spawn(self._rest(action))
 
     async def _send_twilio(self, msg: dict[str, Any]) -> None:
         if not self._twilio_open:

@@ -8,6 +8,7 @@ with a message naming it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -32,6 +33,7 @@ from app.security import (
     stream_url,
 )
 from app.settings import Settings, SettingsError, load_settings
+from app.telephony import Telephony
 
 logger = logging.getLogger("app.main")
 
@@ -48,7 +50,10 @@ class AppState:
     call_config: CallConfig
     checker: SignatureChecker
     endpoint: RealtimeEndpoint | None
+    telephony: Telephony | None
     calls: set[Bridge] = field(default_factory=set)
+    #: Set whenever no call is live (drain and tests wait on it).
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
     ready: bool = False
     draining: bool = False
 
@@ -67,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         endpoint=RealtimeEndpoint(settings.openai_realtime_url, key.get_secret_value())
         if key
         else None,
+        telephony=_telephony(settings),
     )
 
     @asynccontextmanager
@@ -81,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             signatures="on" if state.checker.enabled else "off",
         )
         state.ready = True
+        state.idle.set()
         yield
         state.ready = False
 
@@ -145,14 +152,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log_event(logger, logging.WARNING, "stream.refused", reason="no OPENAI_API_KEY")
             await websocket.close(code=1000)
             return
-        bridge = Bridge(websocket, CallSession(state.call_config), state.endpoint)
+        bridge = Bridge(
+            websocket,
+            CallSession(state.call_config),
+            state.endpoint,
+            telephony=state.telephony,
+            log_transcripts=settings.log_transcripts,
+        )
         state.calls.add(bridge)
+        state.idle.clear()
         try:
             await bridge.run()
         finally:
             state.calls.discard(bridge)
+            if not state.calls:
+                state.idle.set()
 
     return app
+
+
+def _telephony(settings: Settings) -> Telephony | None:
+    if settings.twilio_account_sid is None or settings.twilio_auth_token is None:
+        return None
+    return Telephony(
+        settings.twilio_account_sid,
+        settings.twilio_auth_token.get_secret_value(),
+        settings.twilio_api_base_url,
+    )
 
 
 def _default_app() -> FastAPI:

@@ -143,9 +143,19 @@ class Settings(BaseSettings):
     bot_instructions_file: Path | None = None
     bot_voice: str = "marin"
     bot_greeting: str = DEFAULT_GREETING
-    transfer_number: str | None = None
     transcription_model: str = "gpt-4o-mini-transcribe"
     transcription_language: str | None = None
+    dtmf_to_model: bool = True
+
+    # --- Ending calls: tools, last words, limits ----------------------------------------
+    transfer_number: str | None = None
+    transfer_caller_id: str | None = None
+    transfer_timeout_seconds: int | None = Field(default=None, ge=5, le=600)
+    last_words_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    # The Realtime service caps a session at 60 minutes: wrap up politely before that.
+    max_call_seconds: float = Field(default=3300.0, ge=0)
+    silence_reprompt_seconds: float = Field(default=10.0, ge=0)
+    silence_max_reprompts: int = Field(default=2, ge=0)
 
     # --- Turn detection and noise -------------------------------------------------------
     turn_detection: Literal["server_vad", "semantic_vad"] = "server_vad"
@@ -166,6 +176,7 @@ class Settings(BaseSettings):
     shutdown_drain_seconds: float = Field(default=600, ge=0)
     log_format: Literal["kv", "json"] = "kv"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_transcripts: bool = True
 
     _file_instructions: str | None = PrivateAttr(default=None)
 
@@ -206,7 +217,7 @@ class Settings(BaseSettings):
             raise ValueError("must be 'AC' followed by 32 hexadecimal characters")
         return value
 
-    @field_validator("transfer_number", "fallback_number")
+    @field_validator("transfer_number", "fallback_number", "transfer_caller_id")
     @classmethod
     def _dial_target(cls, value: str | None) -> str | None:
         return None if value is None else _check_dial_target(value)
@@ -320,10 +331,12 @@ class Settings(BaseSettings):
                 "PUBLIC_BASE_URL uses http://, so the media stream URL is ws://; Twilio only "
                 "connects to wss:// streams."
             )
-        if self.twilio_auth_token is not None and self.twilio_account_sid is None:
+        if not self.rest_enabled:
             found.append(
-                "TWILIO_ACCOUNT_SID is not set: the bot cannot hang up or transfer calls "
-                "through the REST API."
+                "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are not both set: the Twilio REST "
+                "API can't be used, so the end_call and transfer_call tools are not offered, "
+                "and time-limit or silence endings close the media stream (fallback TwiML) "
+                "instead of hanging up."
             )
         if self.transfer_number is not None and not self.rest_enabled:
             found.append(

@@ -43,6 +43,7 @@ class RunningApp:
     ws_url: str
     settings: Settings
     public_base: str
+    state: Any
 
     def sign_ws(self) -> dict[str, str]:
         """Headers Twilio would send on the media-stream upgrade."""
@@ -52,6 +53,11 @@ class RunningApp:
         url = self.public_base.replace("https://", "wss://") + "/media-stream"
         sig = RequestValidator(token.get_secret_value()).compute_signature(url, {})
         return {"X-Twilio-Signature": sig}
+
+    async def wait_idle(self, within: float = 10.0) -> None:
+        """Wait until the app has no live call (every bridge has torn down and logged)."""
+        async with asyncio.timeout(within):
+            await self.state.idle.wait()
 
     def call(self, **kwargs: Any) -> FakeTwilioCall:
         """A fake Twilio media stream to this app (signed when signatures are on)."""
@@ -68,7 +74,8 @@ async def serve(settings: Settings) -> AsyncIterator[RunningApp]:
     sock.listen(128)
     sock.setblocking(False)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(settings), log_config=None, lifespan="on")
+    application = create_app(settings)
+    config = uvicorn.Config(application, log_config=None, lifespan="on")
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -78,6 +85,7 @@ async def serve(settings: Settings) -> AsyncIterator[RunningApp]:
             ws_url=f"ws://127.0.0.1:{port}/media-stream",
             settings=settings,
             public_base=settings.public_base_url or f"http://127.0.0.1:{port}",
+            state=application.state.bridge,
         )
     finally:
         server.should_exit = True

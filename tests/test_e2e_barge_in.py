@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import AppFactory
+from tests.conftest import AppFactory, RunningApp
 from tests.fakes.audio import speech, tone
 from tests.fakes.realtime_server import FakeRealtime, ScriptedResponse
 from tests.fakes.twilio_caller import FakeTwilioCall
@@ -35,7 +35,9 @@ def script(*texts: str) -> list[ScriptedResponse]:
     return [ScriptedResponse(audio=speech(t), transcript=t, delta_ms=DELTA_MS) for t in texts]
 
 
-def summary(caplog: pytest.LogCaptureFixture) -> dict[str, Any]:
+async def summary(app: RunningApp, caplog: pytest.LogCaptureFixture) -> dict[str, Any]:
+    """The bridge's end-of-call line, once every call has been torn down."""
+    await app.wait_idle()
     (record,) = [r for r in caplog.records if r.getMessage() == "call.summary"]
     return record.fields  # type: ignore[attr-defined,no-any-return]
 
@@ -81,9 +83,9 @@ async def test_barge_in_clears_cancels_and_truncates_to_what_was_heard(
     assert realtime.rejected_truncates == [] and realtime.invalid_events == []
     assert call.violations == []
     # Echoes returned by the clear were not counted as played audio.
-    bot_turn = summary(caplog)["turns"][0]
+    bot_turn = (await summary(app, caplog))["turns"][0]
     assert bot_turn["interrupted"] and abs(bot_turn["heard_ms"] - heard_ms) <= DELTA_MS
-    assert summary(caplog)["barge_ins"] == 1
+    assert (await summary(app, caplog))["barge_ins"] == 1
 
 
 async def test_second_barge_in_with_late_clear_echoes_is_just_as_accurate(
@@ -112,7 +114,7 @@ async def test_second_barge_in_with_late_clear_echoes_is_just_as_accurate(
         await conn.wait_closed()
 
     assert realtime.rejected_truncates == [] and realtime.invalid_events == []
-    result = summary(caplog)
+    result = await summary(app, caplog)
     assert result["barge_ins"] == 2
     assert "twilio.unknown_mark" not in result["bad_input"]
     second_turn = [t for t in result["turns"] if t["who"] == "bot"][1]

@@ -150,6 +150,7 @@ async def test_caller_hangup_closes_the_realtime_socket(
         await conn.wait_for("session.update")
         await call.close()  # a bare close, no `stop`: the same end for the bridge
         await conn.wait_closed(timeout=5)
+    await app.wait_idle()
     async with httpx.AsyncClient() as client:
         ready = (await client.get(app.http_url + "/readyz")).json()
     assert ready["calls"] == 0
@@ -260,3 +261,54 @@ async def test_two_concurrent_calls_never_mix_audio(
         assert sent.startswith(bytes(conn.appended_audio))
         assert voices[results.index(matches[0])] in bytes(conn.appended_audio)
     assert results[0][1] != results[1][1]
+
+
+async def test_calls_leave_no_task_socket_or_memory_behind(
+    app_with: AppFactory, realtime: FakeRealtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ten calls, ended every way there is; afterwards the process holds nothing of them."""
+    import gc
+    import logging
+    import tracemalloc
+
+    app = await app_with(bot_greeting="", log_level="WARNING")
+    caplog.set_level(logging.WARNING)  # captured records would hold call data alive
+    baseline_tasks = len(asyncio.all_tasks())
+
+    async def one_call(i: int) -> None:
+        async with app.call() as call:
+            await call.start()
+            conn = await realtime.wait_connection()
+            await conn.wait_for("session.update")
+            await call.say(silence(100))
+            if i % 3 == 0:
+                await call.hangup()
+            elif i % 3 == 1:
+                await call.close()
+            else:
+                await conn.drop()
+                await call.wait_closed(timeout=5)
+        await app.wait_idle()
+
+    await one_call(0)  # warm-up: imports, caches, first-connection allocations
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for i in range(1, 10):
+        await one_call(i)
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    app_growth = sum(
+        stat.size_diff
+        for stat in after.compare_to(before, "filename")
+        if "/app/" in str(stat.traceback)
+    )
+    top = [str(x) for x in after.compare_to(before, "lineno") if "/app/" in str(x.traceback)][:8]
+    assert app_growth < 64 * 1024, f"app code kept {app_growth} bytes after 9 calls: {top}"
+    assert not app.state.calls
+    assert all(c.closed.is_set() for c in realtime.connections)
+    # Only the fakes' own tasks may remain; nothing the bridge started outlives its call.
+    leftovers = [t for t in asyncio.all_tasks() if "/app/" in str(t.get_coro())]
+    assert leftovers == [], leftovers
+    assert len(asyncio.all_tasks()) <= baseline_tasks + 2

@@ -302,11 +302,9 @@ def test_realtime_failure_or_loss_closes_the_media_stream() -> None:
     s.twilio_message(0, start_msg())
     assert CloseTwilio("realtime_unavailable") in s.realtime_failed(10, "http_503")
     s2 = live()
-    assert s2.realtime_closed(500, 1006, "") == [
-        CancelTimer(READY_TIMER),
-        CancelTimer(CONFIRM_TIMER),
-        CloseTwilio("realtime_lost"),
-    ]
+    out = s2.realtime_closed(500, 1006, "")
+    assert [a for a in out if not isinstance(a, CancelTimer)] == [CloseTwilio("realtime_lost")]
+    assert s2.summary()["ended"] == "failure" and s2.summary()["end_detail"] == "realtime_lost"
 
 
 def test_caller_hangup_closes_realtime() -> None:

@@ -316,4 +316,4 @@ def test_warnings_mention_http_public_url_and_missing_sid() -> None:
     )
     text = "\n".join(settings.warnings())
     assert "ws://" in text
-    assert "TWILIO_ACCOUNT_SID is not set" in text
+    assert "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are not both set" in text

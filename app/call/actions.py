@@ -60,6 +60,22 @@ class CloseRealtime:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class RestRequest:
+    """Update the live call through the Twilio REST API (form `params`: `Status` or
+    `Twiml`); answer with `rest_result`."""
+
+    kind: str
+    params: dict[str, str]
+
+
 Action = (
-    ToTwilio | ToRealtime | ConnectRealtime | SetTimer | CancelTimer | CloseTwilio | CloseRealtime
+    ToTwilio
+    | ToRealtime
+    | ConnectRealtime
+    | SetTimer
+    | CancelTimer
+    | CloseTwilio
+    | CloseRealtime
+    | RestRequest
 )

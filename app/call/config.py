@@ -43,7 +43,20 @@ class CallConfig:
     connect_buffer_ms: int = 5000
     #: Tools offered to the model (names from `app.call.tools`).
     tools: tuple[str, ...] = field(default_factory=tuple)
+    #: Twilio REST credentials exist: the bridge can hang up and transfer calls.
+    rest_available: bool = False
     transfer_number: str | None = None
+    transfer_caller_id: str | None = None
+    transfer_timeout_s: int | None = None
+    #: Longest wait for the last words to play before hanging up / transferring anyway.
+    playout_timeout_ms: int = 30_000
+    #: 0 = no limit. At the limit the bot wraps up and the call ends after its last word.
+    max_call_ms: int = 0
+    #: 0 = off. Caller silence (after the bot's audio finished playing) before a reprompt.
+    silence_reprompt_ms: int = 0
+    #: Unanswered reprompts before a polite hang-up; 0 = never hang up for silence.
+    silence_max_reprompts: int = 2
+    dtmf_to_model: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings, *, rest_available: bool) -> CallConfig:
@@ -70,7 +83,15 @@ class CallConfig:
             interrupt_min_speech_ms=settings.interrupt_min_speech_ms,
             realtime_ready_timeout_ms=round(settings.realtime_connect_timeout_seconds * 1000),
             tools=tuple(tools),
+            rest_available=rest_available,
             transfer_number=settings.transfer_number,
+            transfer_caller_id=settings.transfer_caller_id,
+            transfer_timeout_s=settings.transfer_timeout_seconds,
+            playout_timeout_ms=round(settings.last_words_timeout_seconds * 1000),
+            max_call_ms=round(settings.max_call_seconds * 1000),
+            silence_reprompt_ms=round(settings.silence_reprompt_seconds * 1000),
+            silence_max_reprompts=settings.silence_max_reprompts,
+            dtmf_to_model=settings.dtmf_to_model,
         )
 
     def to_dict(self) -> dict[str, Any]:

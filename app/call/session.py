@@ -35,6 +35,8 @@ from app.call.actions import (
     ToTwilio,
 )
 from app.call.config import CallConfig
+from app.call.ending import PLAYOUT_TIMER, RETRY_TIMER, STOP_GRACE_TIMER, Ending
+from app.call.nudges import MAX_DURATION_TIMER, SILENCE_TIMER, Nudges
 from app.call.playback import Echo, PlaybackTracker
 from app.call.transcript import Transcript
 from app.call.turns import Start, Stop, TurnPolicy
@@ -47,6 +49,9 @@ logger = logging.getLogger("app.call")
 
 READY_TIMER = "realtime_ready"
 CONFIRM_TIMER = "interrupt_confirm"
+_ENDING_TIMERS = (PLAYOUT_TIMER, RETRY_TIMER, STOP_GRACE_TIMER)
+_NUDGE_TIMERS = (SILENCE_TIMER, MAX_DURATION_TIMER)
+ALL_TIMERS = (READY_TIMER, CONFIRM_TIMER, *_ENDING_TIMERS, *_NUDGE_TIMERS)
 
 #: Per kind of bad input, log the first few in full, then one in this many.
 _BAD_LOG_FIRST = 5
@@ -71,6 +76,10 @@ class CallSession:
         self.started_ms = 0.0
         self.ended_ms = 0.0
         self.end_reason = ""
+        self.end_detail = ""
+        #: The bridge ended the call itself (REST hang-up/transfer succeeded): the `stop`
+        #: and closes that follow are the expected end, not failures.
+        self.deliberate = False
         self.realtime_ready = False
         self.playback = PlaybackTracker()
         self.turns = TurnPolicy(
@@ -79,6 +88,8 @@ class CallSession:
             config.vad_silence_duration_ms if config.turn_detection == "server_vad" else 500,
         )
         self.transcript = Transcript()
+        self.ending = Ending(self)
+        self.nudges = Nudges(self)
         self.barge_ins = 0
         self.usage: dict[str, int] = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
         self.bad_input: dict[str, int] = {}
@@ -89,7 +100,17 @@ class CallSession:
         self._dropped_responses: set[str] = set()
         self._unheard_items: dict[str, None] = {}
         self._response_after_done = False
+        self._after_done_instructions: str | None = None
+        self._after_done_closing = False
+        self._requested = False  # response.create sent, response.created not yet seen
+        self._requested_closing = False  # ... and it asked for the closing words
+        self._responses_with_audio: set[str] = set()
         self._out: list[Action] = []
+
+    @property
+    def responding(self) -> bool:
+        """A response is being generated, or has been asked for."""
+        return self._active_response is not None or self._requested
 
     @property
     def done(self) -> bool:
@@ -108,20 +129,33 @@ class CallSession:
         elif event == "start":
             self._on_start(now, msg)
         elif event == "stop":
-            self._end(now, "caller_hung_up", close_twilio=False)
+            self._twilio_gone(now)
         elif event == "connected":
             log_event(logger, _DEBUG, "twilio.connected", protocol=msg.get("protocol"))
         elif event == "dtmf":
-            log_event(logger, _DEBUG, "twilio.dtmf")
+            dtmf = msg.get("dtmf")
+            self.nudges.dtmf(now, dtmf.get("digit") if isinstance(dtmf, dict) else None)
         else:
             self._bad("twilio", "unknown_event", event=str(event)[:40])
         return self._flush()
 
     def twilio_closed(self, now: float) -> list[Action]:
         """The media stream socket closed (with or without a `stop` first)."""
-        if self.phase != "ended":
-            self._end(now, "caller_hung_up", close_twilio=False)
+        self._twilio_gone(now)
         return self._flush()
+
+    def _twilio_gone(self, now: float) -> None:
+        if self.phase == "ended":
+            return
+        if self.deliberate:  # Twilio ending the stream after our own REST update
+            self._end(now, self.end_reason, close_twilio=False)
+        elif self.ending.committed:
+            # Twilio's `stop` for our own update can overtake the REST answer: it is the
+            # deliberate end, not a hang-up (peers lose transfers to exactly this race).
+            self.deliberate = True
+            self._end(now, self.ending.intended_reason(), close_twilio=False)
+        else:
+            self._end(now, "caller_hung_up", close_twilio=False)
 
     def bad_twilio_frame(self, reason: str) -> list[Action]:
         """A frame the socket layer could not turn into a message (binary, not JSON...)."""
@@ -145,6 +179,7 @@ class CallSession:
         log_event(logger, _INFO, "call.started", caller=self.parameters.get("From"))
         self._emit(ConnectRealtime())
         self._emit(SetTimer(READY_TIMER, now + self.config.realtime_ready_timeout_ms))
+        self.nudges.call_started(now)
 
     def _on_media(self, msg: dict[str, Any]) -> None:
         if self.phase != "live":
@@ -178,7 +213,10 @@ class CallSession:
             self._bad("twilio", "malformed_mark")
             return
         result = self.playback.echo(now, name)
-        if result is Echo.UNKNOWN:
+        if result is Echo.PLAYED and not self.playback.playing:
+            self.ending.played_out(now)
+            self.nudges.maybe_arm(now)
+        elif result is Echo.UNKNOWN:
             self._bad("twilio", "unknown_mark")
         elif result is Echo.CLEARED:
             log_event(logger, _DEBUG, "playback.cleared_echo", mark=name)
@@ -195,22 +233,23 @@ class CallSession:
             self._emit(ToRealtime(rt.input_audio_append(self._buffer.popleft())))
         self._buffer_bytes = 0
         if self.config.greeting:
-            instructions = f"{self.config.instructions}\n\n{self.config.greeting}"
-            self._emit(ToRealtime(rt.response_create(instructions)))
+            self._respond_when_idle(self._instructions(self.config.greeting))
         return self._flush()
 
     def realtime_failed(self, now: float, reason: str) -> list[Action]:
         """The Realtime socket could not be opened (after the bridge's bounded retries)."""
         if self.phase in ("connecting", "waiting_start"):
             log_event(logger, _ERROR, "realtime.unavailable", reason=reason)
-            self._end(now, "realtime_unavailable", close_realtime=False)
+            self._end(now, "failure", detail="realtime_unavailable", close_realtime=False)
         return self._flush()
 
     def realtime_closed(self, now: float, code: int | None, reason: str) -> list[Action]:
         """The Realtime socket closed under us."""
-        if self.phase != "ended":
+        if self.deliberate:
+            log_event(logger, _DEBUG, "realtime.closed_after_ending", code=code)
+        elif self.phase != "ended":
             log_event(logger, _ERROR, "realtime.lost", code=code, reason=reason)
-            self._end(now, "realtime_lost", close_realtime=False)
+            self._end(now, "failure", detail="realtime_lost", close_realtime=False)
         return self._flush()
 
     def bad_realtime_frame(self, reason: str) -> list[Action]:
@@ -232,8 +271,16 @@ class CallSession:
             response = ev.get("response")
             if isinstance(response, dict) and isinstance(response.get("id"), str):
                 self._active_response = response["id"]
+                if self._requested and self._requested_closing:
+                    self.ending.response_created(response["id"])
+                self._requested = self._requested_closing = False
+                self.nudges.disarm()
+        elif kind == "response.output_item.done":
+            item = ev.get("item")
+            if isinstance(item, dict) and item.get("type") == "function_call":
+                self.ending.tool_call(now, item, ev.get("response_id"))
         elif kind == "response.done":
-            self._on_response_done(ev)
+            self._on_response_done(now, ev)
         elif kind == "response.output_audio_transcript.done":
             item_id, text = ev.get("item_id"), ev.get("transcript")
             if isinstance(item_id, str) and isinstance(text, str):
@@ -268,12 +315,15 @@ class CallSession:
             return
         assert isinstance(delta, str)
         nbytes = decoded_len(delta)
+        if isinstance(response_id, str):
+            self._responses_with_audio.add(response_id)
+        self.nudges.disarm()
         name = self.playback.sent(now, item_id, nbytes)
         self._emit(ToTwilio(tw.media(self.stream_sid, delta)))
         self._emit(ToTwilio(tw.mark(self.stream_sid, name)))
         self.transcript.assistant(item_id).sent_ms = self.playback.items[item_id].sent_ms
 
-    def _on_response_done(self, ev: dict[str, Any]) -> None:
+    def _on_response_done(self, now: float, ev: dict[str, Any]) -> None:
         response = ev.get("response")
         if not isinstance(response, dict):
             self._bad("realtime", "malformed_response_done")
@@ -297,9 +347,15 @@ class CallSession:
             response_id=response.get("id"),
             status=response.get("status"),
         )
-        if self._response_after_done and self._active_response is None:
+        rid = response.get("id")
+        self.ending.response_done(now, rid, rid in self._responses_with_audio)
+        self._responses_with_audio.discard(rid)
+        if self._response_after_done and not self.responding:
             self._response_after_done = False
-            self._emit(ToRealtime(rt.response_create()))
+            instructions, self._after_done_instructions = self._after_done_instructions, None
+            closing, self._after_done_closing = self._after_done_closing, False
+            self._respond_when_idle(instructions, closing=closing)
+        self.nudges.maybe_arm(now)
 
     def _on_error(self, ev: dict[str, Any]) -> None:
         err = ev.get("error")
@@ -322,6 +378,7 @@ class CallSession:
         item_id = ev.get("item_id") if isinstance(ev.get("item_id"), str) else None
         start_ms = ev.get("audio_start_ms")
         start_ms = start_ms if isinstance(start_ms, int) else 0
+        self.nudges.disarm()
         decision = self.turns.speech_started(item_id, start_ms, self.playback.playing)
         if decision is Start.INTERRUPT:
             self._interrupt(now)
@@ -341,6 +398,9 @@ class CallSession:
             self._interrupt(now)
         elif outcome is Stop.NOISE:
             log_event(logger, _INFO, "turn.noise_ignored")
+        if outcome is not Stop.NOISE:
+            self.nudges.caller_active()
+        self.nudges.maybe_arm(now)
 
     def _on_committed(self, now: float, ev: dict[str, Any]) -> None:
         """Under the min-speech policy the bridge, not the service, answers real turns."""
@@ -356,16 +416,27 @@ class CallSession:
             self._interrupt(now)
             self._response_after_done = True
         else:
-            self._emit(ToRealtime(rt.response_create()))
+            self._respond_when_idle()
 
     def timer(self, now: float, name: str) -> list[Action]:
         """A timer set by a `SetTimer` action expired."""
         if name == READY_TIMER:
             if not self.realtime_ready and self.phase in ("connecting", "live"):
                 log_event(logger, _ERROR, "realtime.not_ready_in_time")
-                self._end(now, "realtime_unavailable")
+                self._end(now, "failure", detail="realtime_unavailable")
         elif name == CONFIRM_TIMER and self.turns.confirmed() and self.playback.playing:
             self._interrupt(now)
+        elif self.phase == "ended":
+            pass
+        elif name in _ENDING_TIMERS:
+            self.ending.timer(now, name)
+        elif name in _NUDGE_TIMERS:
+            self.nudges.timer(now, name)
+        return self._flush()
+
+    def rest_result(self, now: float, status: int, code: int | None, error: str) -> list[Action]:
+        """The answer to a `RestRequest` (status 0: no answer at all)."""
+        self.ending.rest_result(now, status, code, error)
         return self._flush()
 
     def _interrupt(self, now: float) -> None:
@@ -385,6 +456,7 @@ class CallSession:
             self.barge_ins += 1
             queued = self.playback.clear()
             self._emit(ToTwilio(tw.clear(self.stream_sid)))
+            self.ending.call_off(now)
         self._emit(ToRealtime(rt.response_cancel()))
         if self._active_response is not None:
             self._dropped_responses.add(self._active_response)
@@ -409,17 +481,26 @@ class CallSession:
     # -- ending ---------------------------------------------------------------------------
 
     def _end(
-        self, now: float, reason: str, *, close_twilio: bool = True, close_realtime: bool = True
+        self,
+        now: float,
+        reason: str,
+        *,
+        detail: str = "",
+        close_twilio: bool = True,
+        close_realtime: bool = True,
     ) -> None:
+        """The call is over: `reason` is caller_hung_up, bot_hung_up, transferred, failure
+        or max_duration; `detail` says more (realtime_lost, rest_hangup_failed, ...)."""
         self.phase = "ended"
         self.end_reason = reason
+        self.end_detail = detail
         self.ended_ms = now
-        self._emit(CancelTimer(READY_TIMER))
-        self._emit(CancelTimer(CONFIRM_TIMER))
+        for name in ALL_TIMERS:
+            self._emit(CancelTimer(name))
         if close_realtime:
-            self._emit(CloseRealtime(reason))
+            self._emit(CloseRealtime(detail or reason))
         if close_twilio:
-            self._emit(CloseTwilio(reason))
+            self._emit(CloseTwilio(detail or reason))
 
     def summary(self, with_text: bool = True) -> dict[str, Any]:
         """The end-of-call record (logged once as `call.summary`)."""
@@ -429,8 +510,10 @@ class CallSession:
                 turn.heard_ms = played.played_ms
         return {
             "ended": self.end_reason or "unknown",
+            "end_detail": self.end_detail or None,
             "duration_s": round(max(0.0, self.ended_ms - self.started_ms) / 1000, 3),
             "barge_ins": self.barge_ins,
+            "reprompts": self.nudges.reprompts_total,
             "caller_audio_ms": self.caller_audio_bytes // tw.BYTES_PER_MS,
             "bot_audio_ms": sum(i.sent_ms for i in self.playback.items.values()),
             "usage": dict(self.usage),
@@ -449,6 +532,23 @@ class CallSession:
             log_event(
                 logger, _WARNING, "bad_input", source=source, reason=reason, count=n, **fields
             )
+
+    def _instructions(self, extra: str) -> str:
+        """Session instructions plus a one-off instruction, for a single response."""
+        return f"{self.config.instructions}\n\n{extra}"
+
+    def _respond_when_idle(self, instructions: str | None = None, *, closing: bool = False) -> None:
+        """Ask for a response now, or as soon as the current one is done (the service
+        refuses a second active response). `closing`: it carries the last words of a
+        deliberate ending, which then waits for exactly that response."""
+        if self.responding:
+            self._response_after_done = True
+            self._after_done_instructions = instructions or self._after_done_instructions
+            self._after_done_closing = self._after_done_closing or closing
+        else:
+            self._requested = True
+            self._requested_closing = closing
+            self._emit(ToRealtime(rt.response_create(instructions)))
 
     def _emit(self, action: Action) -> None:
         self._out.append(action)

@@ -114,6 +114,18 @@ def user_text(text: str) -> Event:
     }
 
 
+def system_text(text: str) -> Event:
+    """A system message: what the bridge itself tells the model (time limits, silence)."""
+    return {
+        "type": "conversation.item.create",
+        "item": {
+            "type": "message",
+            "role": "system",
+            "content": [{"type": "input_text", "text": text}],
+        },
+    }
+
+
 def function_output(call_id: str, output: str) -> Event:
     """The result of a function call the model made."""
     return {

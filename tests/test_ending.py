@@ -1,0 +1,203 @@
+"""Endings and nudges in the core: tools, last words, REST outcomes, silence, limits, DTMF."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from app.call.actions import Action, CloseRealtime, CloseTwilio, RestRequest, SetTimer
+from app.call.config import CallConfig
+from app.call.ending import PLAYOUT_TIMER, RETRY_TIMER, STOP_GRACE_TIMER
+from app.call.nudges import MAX_DURATION_TIMER, SILENCE_TIMER
+from app.call.session import CallSession
+from tests.test_session import STREAM, live, mark_msg, play, start_msg, to_realtime
+
+TOOLS = CallConfig(
+    tools=("end_call", "transfer_call"), rest_available=True, transfer_number="+15550001234"
+)
+
+
+def function_call(name: str, status: str = "completed", response: str = "resp_1") -> dict[str, Any]:
+    return {
+        "type": "response.output_item.done",
+        "response_id": response,
+        "output_index": 1,
+        "item": {
+            "id": "item_fc",
+            "type": "function_call",
+            "status": status,
+            "name": name,
+            "call_id": "call_1",
+            "arguments": '{"reason": "caller said bye"}',
+        },
+    }
+
+
+def done(response: str = "resp_1", status: str = "completed") -> dict[str, Any]:
+    return {"type": "response.done", "response": {"id": response, "status": status}}
+
+
+def rests(actions: list[Action]) -> list[RestRequest]:
+    return [a for a in actions if isinstance(a, RestRequest)]
+
+
+def echo_all(s: CallSession, now: float, names: list[str]) -> list[Action]:
+    out: list[Action] = []
+    for name in names:
+        out += s.twilio_message(now, mark_msg(name))
+    return out
+
+
+def test_hang_up_comes_only_after_the_last_word_has_played() -> None:
+    s = live(TOOLS)
+    marks = play(s, 100, "item_a", 10)  # "Goodbye, have a nice day."
+    out = s.realtime_message(110, function_call("end_call"))
+    (output,) = to_realtime(out)
+    assert (
+        output["item"]["type"] == "function_call_output" and output["item"]["call_id"] == "call_1"
+    )
+    out = s.realtime_message(120, done())
+    assert not rests(out) and SetTimer(PLAYOUT_TIMER, 120 + 30_000) in out
+    assert not rests(echo_all(s, 500, marks[:-1]))  # 900 ms played: not yet
+    out = s.twilio_message(1100, mark_msg(marks[-1]))
+    assert rests(out) == [RestRequest("hangup", {"Status": "completed"})]
+    out = s.rest_result(1300, 200, None, "")
+    assert CloseRealtime("bot_hung_up") in out and SetTimer(STOP_GRACE_TIMER, 4300) in out
+    assert not any(isinstance(a, CloseTwilio) for a in out)
+    # Twilio ends the stream after the REST update: the expected end, not a failure.
+    s.realtime_closed(1310, 1000, "")
+    out = s.twilio_message(1400, {"event": "stop", "streamSid": STREAM})
+    assert not any(isinstance(a, CloseTwilio) for a in out)
+    assert s.done and s.summary()["ended"] == "bot_hung_up"
+
+
+def test_a_tool_call_without_words_asks_for_closing_words_first() -> None:
+    s = live(TOOLS)
+    s.realtime_message(100, function_call("transfer_call"))
+    events = to_realtime(s.realtime_message(110, done()))
+    assert events[-1]["type"] == "response.create"
+    assert "transferring" in events[-1]["response"]["instructions"]
+    s.realtime_message(120, {"type": "response.created", "response": {"id": "resp_2"}})
+    marks = play(s, 130, "item_b", 5, response="resp_2")
+    assert not rests(s.realtime_message(140, done("resp_2")))
+    (request,) = rests(echo_all(s, 700, marks))
+    dial = ET.fromstring(request.params["Twiml"]).find("Dial")
+    assert request.kind == "transfer" and dial is not None and dial.text == "+15550001234"
+
+
+def test_an_interrupted_function_call_is_not_run() -> None:
+    s = live(TOOLS)
+    assert s.realtime_message(100, function_call("end_call", status="incomplete")) == []
+    assert not s.ending.active
+
+
+def test_barge_in_during_the_goodbye_calls_the_hang_up_off() -> None:
+    s = live(TOOLS)
+    marks = play(s, 100, "item_a", 20)
+    s.realtime_message(110, function_call("end_call"))
+    s.realtime_message(120, done())
+    echo_all(s, 500, marks[:5])
+    out = s.realtime_message(600, {"type": "input_audio_buffer.speech_started", "item_id": "u"})
+    told = [e for e in to_realtime(out) if e["type"] == "conversation.item.create"]
+    assert told and "called off" in told[0]["item"]["content"][0]["text"]
+    assert not s.ending.active
+    assert not rests(echo_all(s, 700, marks[5:]))  # cleared echoes: nothing happens
+    assert not rests(s.timer(40_000, PLAYOUT_TIMER))
+
+
+def test_rest_5xx_is_retried_with_backoff_and_20404_counts_as_done() -> None:
+    s = live(TOOLS)
+    s.realtime_message(100, function_call("end_call"))
+    s.realtime_message(110, done())
+    s.realtime_message(115, {"type": "response.created", "response": {"id": "resp_2"}})
+    s.realtime_message(120, done("resp_2"))  # closing words: nothing audible, act now
+    assert SetTimer(RETRY_TIMER, 130 + 500) in s.rest_result(130, 503, 20503, "busy")
+    assert rests(s.timer(630, RETRY_TIMER)) == [RestRequest("hangup", {"Status": "completed"})]
+    assert SetTimer(RETRY_TIMER, 640 + 1000) in s.rest_result(640, 429, None, "slow down")
+    assert rests(s.timer(1640, RETRY_TIMER))
+    out = s.rest_result(1700, 404, 20404, "not found")
+    assert CloseRealtime("bot_hung_up") in out
+
+
+def test_other_rest_failures_end_the_call_through_the_media_stream() -> None:
+    s = live(TOOLS)
+    s.realtime_message(100, function_call("end_call"))
+    s.realtime_message(110, done())
+    s.realtime_message(115, {"type": "response.created", "response": {"id": "resp_2"}})
+    s.realtime_message(120, done("resp_2"))
+    out = s.rest_result(130, 401, 20003, "auth")
+    assert CloseTwilio("rest_hangup_failed") in out
+    assert s.summary()["ended"] == "failure"
+
+
+def test_last_words_wait_is_bounded() -> None:
+    s = live(TOOLS)
+    play(s, 100, "item_a", 10)
+    s.realtime_message(110, function_call("end_call"))
+    s.realtime_message(120, done())
+    # Twilio never echoes the last mark: after the bound, act anyway.
+    assert rests(s.timer(30_120, PLAYOUT_TIMER))
+
+
+def test_silence_reprompts_count_from_playout_then_hang_up_politely() -> None:
+    cfg = CallConfig(
+        silence_reprompt_ms=8000, silence_max_reprompts=1, rest_available=True, greeting=""
+    )
+    s = live(cfg)
+    marks = play(s, 100, "item_a", 10)
+    assert SetTimer(SILENCE_TIMER, 200 + 8000) not in s.realtime_message(200, done())
+    out = echo_all(s, 1100, marks)  # the greeting has finished playing at 1100
+    assert SetTimer(SILENCE_TIMER, 1100 + 8000) in out
+    events = to_realtime(s.timer(9100, SILENCE_TIMER))
+    assert [e["type"] for e in events] == ["conversation.item.create", "response.create"]
+    s.realtime_message(9110, {"type": "response.created", "response": {"id": "resp_2"}})
+    m2 = play(s, 9120, "item_b", 5, response="resp_2")
+    s.realtime_message(9130, done("resp_2"))
+    assert SetTimer(SILENCE_TIMER, 9700 + 8000) in echo_all(s, 9700, m2)
+    events = to_realtime(s.timer(17_700, SILENCE_TIMER))
+    assert "goodbye" in events[-1]["response"]["instructions"]
+    s.realtime_message(17_710, {"type": "response.created", "response": {"id": "resp_3"}})
+    m3 = play(s, 17_720, "item_c", 3, response="resp_3")
+    s.realtime_message(17_730, done("resp_3"))
+    assert rests(echo_all(s, 18_100, m3))
+    assert s.summary()["reprompts"] == 1
+
+
+def test_caller_speech_resets_the_silence_clock() -> None:
+    s = live(CallConfig(silence_reprompt_ms=5000, greeting=""))
+    s.realtime_message(100, done())
+    out = s.realtime_message(200, {"type": "input_audio_buffer.speech_started", "item_id": "u"})
+    assert any(getattr(a, "name", "") == SILENCE_TIMER for a in out)  # cancelled
+
+
+def test_max_duration_wraps_up_and_ends_after_the_last_word() -> None:
+    cfg = CallConfig(max_call_ms=60_000, rest_available=True)
+    s = CallSession(cfg)
+    out = s.twilio_message(1, start_msg())
+    assert SetTimer(MAX_DURATION_TIMER, 60_001) in out
+    s.realtime_open(10)
+    (told,) = to_realtime(s.timer(60_001, MAX_DURATION_TIMER))
+    assert told["item"]["role"] == "system"
+    # The greeting is still active: the wrap-up response is asked for after it.
+    s.realtime_message(60_010, {"type": "response.created", "response": {"id": "resp_g"}})
+    assert to_realtime(s.realtime_message(60_020, done("resp_g")))[-1]["type"] == "response.create"
+    s.realtime_message(60_030, {"type": "response.created", "response": {"id": "resp_w"}})
+    marks = play(s, 60_040, "item_w", 4, response="resp_w")
+    s.realtime_message(60_050, done("resp_w"))
+    assert rests(echo_all(s, 60_500, marks))
+    s.rest_result(60_600, 200, None, "")
+    s.twilio_closed(60_700)
+    assert s.summary()["ended"] == "max_duration"
+
+
+def test_dtmf_reaches_the_model_and_digits_are_validated() -> None:
+    s = live(CallConfig(greeting=""))
+    s.realtime_message(100, done())
+    dtmf = {"event": "dtmf", "streamSid": STREAM, "dtmf": {"track": "inbound_track", "digit": "5"}}
+    events = to_realtime(s.twilio_message(200, dtmf))
+    assert events[0]["item"]["content"][0]["text"] == "The caller pressed 5 on their keypad."
+    assert events[1] == {"type": "response.create"}
+    bad = {"event": "dtmf", "streamSid": STREAM, "dtmf": {"digit": "55x"}}
+    assert s.twilio_message(300, bad) == [] and "twilio.malformed_dtmf" in s.bad_input
+    off = live(CallConfig(greeting="", dtmf_to_model=False))
+    assert to_realtime(off.twilio_message(200, dtmf)) == []
