@@ -102,28 +102,25 @@ def item_delete(item_id: str) -> Event:
     return {"type": "conversation.item.delete", "item_id": item_id}
 
 
-def user_text(text: str) -> Event:
-    """A short user message (a key press, a system nudge) for the model to act on."""
+def _message(role: str, text: str) -> Event:
     return {
         "type": "conversation.item.create",
         "item": {
             "type": "message",
-            "role": "user",
+            "role": role,
             "content": [{"type": "input_text", "text": text}],
         },
     }
+
+
+def user_text(text: str) -> Event:
+    """A short user message (a key press) for the model to act on."""
+    return _message("user", text)
 
 
 def system_text(text: str) -> Event:
     """A system message: what the bridge itself tells the model (time limits, silence)."""
-    return {
-        "type": "conversation.item.create",
-        "item": {
-            "type": "message",
-            "role": "system",
-            "content": [{"type": "input_text", "text": text}],
-        },
-    }
+    return _message("system", text)
 
 
 def function_output(call_id: str, output: str) -> Event:

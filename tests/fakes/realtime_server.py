@@ -52,6 +52,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from tests.fakes.audio import BYTES_PER_MS, FRAME_BYTES, FRAME_MS, is_speech, tone
+from tests.fakes.watch import Watch
 
 _CLIENT_MEMBERS = typing.get_args(typing.get_args(RealtimeClientEvent)[0])
 CLIENT_EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(
@@ -150,48 +151,6 @@ def default_session(model: str) -> dict[str, Any]:
     }
 
 
-class _Watch:
-    """Await a condition over mutable state without polling or sleeping.
-
-    ``notify()`` is called after every state change; waiters whose predicate now returns a
-    value other than None/False are resolved with it (so plain boolean predicates work).
-    """
-
-    def __init__(self) -> None:
-        self._waiters: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
-
-    def notify(self) -> None:
-        for entry in list(self._waiters):
-            pred, fut = entry
-            if fut.done():
-                self._waiters.remove(entry)
-                continue
-            try:
-                result = pred()
-            except Exception as exc:  # surface predicate bugs in the waiting test
-                self._waiters.remove(entry)
-                fut.set_exception(exc)
-                continue
-            if result is not None and result is not False:
-                self._waiters.remove(entry)
-                fut.set_result(result)
-
-    async def wait(self, pred: Callable[[], Any], timeout: float, what: str) -> Any:
-        result = pred()
-        if result is not None and result is not False:
-            return result
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        entry = (pred, fut)
-        self._waiters.append(entry)
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}") from None
-        finally:
-            if entry in self._waiters:
-                self._waiters.remove(entry)
-
-
 @dataclass
 class ScriptedResponse:
     """One model turn: mu-law ``audio`` with its ``transcript``, sent in ``delta_ms`` chunks.
@@ -262,7 +221,7 @@ class RealtimeConnection:
         self.items: dict[str, dict[str, Any]] = {}
         self.item_order: list[str] = []
         self.audio_produced = False
-        self._watch = _Watch()
+        self._watch = Watch()
         # Input buffer and VAD state, all in audio time (bytes appended).
         self._uncommitted = 0
         self._vad_pending = bytearray()
@@ -1152,7 +1111,7 @@ class FakeRealtime:
         """Tracebacks of bugs inside the fake itself (should always stay empty)."""
         self.problems: list[str] = []
         """Protocol misuse that the real service would tolerate silently or garble."""
-        self._watch = _Watch()
+        self._watch = Watch()
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._returned_connections = 0

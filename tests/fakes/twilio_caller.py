@@ -37,6 +37,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.fakes.audio import BYTES_PER_MS, FRAME_BYTES, FRAME_MS, MULAW_SILENCE
+from tests.fakes.watch import Watch
 
 OUTBOUND_FIELDS: dict[str, tuple[set[str], str | None, set[str]]] = {
     # event: (top-level keys, nested object key, nested keys)
@@ -56,48 +57,6 @@ _WS_LOGGER.setLevel(logging.WARNING)
 
 def _sid(prefix: str) -> str:
     return prefix + secrets.token_hex(16)
-
-
-class _Watch:
-    """Await a condition over mutable state without polling or sleeping.
-
-    ``notify()`` is called after every state change; waiters whose predicate now returns a
-    value other than None/False are resolved with it (so plain boolean predicates work).
-    """
-
-    def __init__(self) -> None:
-        self._waiters: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
-
-    def notify(self) -> None:
-        for entry in list(self._waiters):
-            pred, fut = entry
-            if fut.done():
-                self._waiters.remove(entry)
-                continue
-            try:
-                result = pred()
-            except Exception as exc:
-                self._waiters.remove(entry)
-                fut.set_exception(exc)
-                continue
-            if result is not None and result is not False:
-                self._waiters.remove(entry)
-                fut.set_result(result)
-
-    async def wait(self, pred: Callable[[], Any], timeout: float, what: str) -> Any:
-        result = pred()
-        if result is not None and result is not False:
-            return result
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        entry = (pred, fut)
-        self._waiters.append(entry)
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}") from None
-        finally:
-            if entry in self._waiters:
-                self._waiters.remove(entry)
 
 
 @dataclass
@@ -171,7 +130,7 @@ class FakeTwilioCall:
         self._say_queue: deque[tuple[memoryview, asyncio.Future[None]]] = deque()
         self._tasks: list[asyncio.Task[None]] = []
         self._send_lock = asyncio.Lock()
-        self._watch = _Watch()
+        self._watch = Watch()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._hung_up = False
 
