@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 8000
 
-.PHONY: run test lint bench clean tools
+.PHONY: run test lint bench fixtures clean tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ test: $(STAMP) tools lint
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.hot_path
+	$(BIN)/python -m bench.replay_speed
+
+# Re-record the call-fixture library (real app + fakes, real time; about two minutes).
+fixtures: $(STAMP) tools
+	$(BIN)/python -m tests.fixtures.record_library
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache tests/.cache

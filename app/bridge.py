@@ -41,6 +41,7 @@ from app.protocol import realtime as rt
 from app.protocol import twilio as tw
 from app.protocol.twilio import MAX_INBOUND_CHARS
 from app.realtime_socket import RealtimeEndpoint, RealtimeUnavailable, open_realtime
+from app.recording import CallRecorder
 from app.telephony import RestOutcome, Telephony
 
 logger = logging.getLogger("app.bridge")
@@ -58,12 +59,14 @@ class Bridge:
         endpoint: RealtimeEndpoint,
         *,
         telephony: Telephony | None = None,
+        recorder: CallRecorder | None = None,
         log_transcripts: bool = True,
     ) -> None:
         self.twilio = twilio
         self.session = session
         self.endpoint = endpoint
         self.telephony = telephony
+        self.recorder = recorder
         self.log_transcripts = log_transcripts
         self.realtime: ClientConnection | None = None
         self._loop = asyncio.get_running_loop()
@@ -83,7 +86,11 @@ class Bridge:
         try:
             while not self.session.done:
                 kind, data = await self._inbox.get()
-                await self._execute(self._dispatch(kind, data))
+                now = self.now()
+                actions = self._dispatch(kind, data, now)
+                if self.recorder is not None:
+                    self.recorder.record_actions(now, actions)
+                await self._execute(actions)
         except Exception:
             logger.exception("bridge.crashed")
             self.session.end_reason = self.session.end_reason or "bridge_error"
@@ -92,40 +99,47 @@ class Bridge:
 
     # -- inputs ---------------------------------------------------------------------------
 
-    def _dispatch(self, kind: str, data: Any) -> list[Action]:
-        s, now = self.session, self.now()
-        if kind == "twilio":
-            actions = s.twilio_message(now, data)
-            if data.get("event") == "start" and s.call_sid:
-                bind_call(call_sid=s.call_sid, stream_sid=s.stream_sid)
-            return actions
-        if kind == "realtime":
-            return s.realtime_message(now, data)
+    def _dispatch(self, kind: str, data: Any, now: float) -> list[Action]:
+        """Turn one inbox entry into the recorded form of an input and feed it to the core."""
+        s = self.session
         if kind == "timer":
             self._timers.pop(data, None)
             return s.timer(now, data)
-        if kind == "twilio_bad":
-            return s.bad_twilio_frame(data)
-        if kind == "realtime_bad":
-            return s.bad_realtime_frame(data)
-        if kind == "twilio_closed":
+        if kind == "twilio":
+            direction, msg = "from_twilio", data
+        elif kind == "realtime":
+            direction, msg = "from_openai", data
+        elif kind == "twilio_bad":
+            direction, msg = "from_twilio", {"_frame_error": data}
+        elif kind == "realtime_bad":
+            direction, msg = "from_openai", {"_frame_error": data}
+        elif kind == "twilio_closed":
             self._twilio_open = False
-            return s.twilio_closed(now)
-        if kind == "realtime_open":
+            direction, msg = "from_twilio", {"_socket": "closed"}
+        elif kind == "realtime_open":
             if s.done:
                 self._spawn(data.close())
                 return []
             self.realtime = data
             self._spawn(self._read_realtime(data))
-            return s.realtime_open(now)
-        if kind == "realtime_failed":
-            return s.realtime_failed(now, data)
-        if kind == "realtime_closed":
+            direction, msg = "from_openai", {"_socket": "open"}
+        elif kind == "realtime_failed":
+            direction, msg = "from_openai", {"_socket": "failed", "reason": data}
+        elif kind == "realtime_closed":
             self.realtime = None
-            return s.realtime_closed(now, *data)
-        if kind == "rest_result":
-            return s.rest_result(now, data.status, data.code, data.error)
-        raise AssertionError(f"unknown inbox kind {kind}")
+            code, reason = data
+            direction, msg = "from_openai", {"_socket": "closed", "code": code, "reason": reason}
+        elif kind == "rest_result":
+            response = {"status": data.status, "code": data.code, "error": data.error}
+            direction, msg = "rest", {"response": response}
+        else:
+            raise AssertionError(f"unknown inbox kind {kind}")
+        if self.recorder is not None:
+            self.recorder.record(now, direction, msg)
+        actions = s.feed(now, direction, msg)
+        if kind == "twilio" and data.get("event") == "start" and s.call_sid:
+            bind_call(call_sid=s.call_sid, stream_sid=s.stream_sid)
+        return actions
 
     async def _read_twilio(self) -> None:
         put = self._inbox.put_nowait
@@ -282,3 +296,5 @@ class Bridge:
         log_event(
             logger, logging.INFO, "call.summary", **self.session.summary(self.log_transcripts)
         )
+        if self.recorder is not None:
+            self.recorder.close()

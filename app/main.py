@@ -25,6 +25,7 @@ from app.call.config import CallConfig
 from app.call.session import CallSession
 from app.observability import bind_call, configure_logging, log_event, register_secret
 from app.realtime_socket import RealtimeEndpoint
+from app.recording import CallRecorder, RecordingWriter
 from app.security import (
     MEDIA_STREAM_PATH,
     SignatureChecker,
@@ -51,6 +52,7 @@ class AppState:
     checker: SignatureChecker
     endpoint: RealtimeEndpoint | None
     telephony: Telephony | None
+    recordings: RecordingWriter | None
     calls: set[Bridge] = field(default_factory=set)
     #: Set whenever no call is live (drain and tests wait on it).
     idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -73,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if key
         else None,
         telephony=_telephony(settings),
+        recordings=RecordingWriter(settings.record_dir) if settings.record_dir else None,
     )
 
     @asynccontextmanager
@@ -90,6 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.idle.set()
         yield
         state.ready = False
+        if state.recordings is not None:
+            state.recordings.stop()
 
     app = FastAPI(title="Twilio <-> OpenAI Realtime bridge", lifespan=lifespan)
     app.state.bridge = state
@@ -157,6 +162,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CallSession(state.call_config),
             state.endpoint,
             telephony=state.telephony,
+            recorder=CallRecorder(state.recordings, state.call_config, settings.record_audio)
+            if state.recordings is not None
+            else None,
             log_transcripts=settings.log_transcripts,
         )
         state.calls.add(bridge)

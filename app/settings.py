@@ -173,6 +173,7 @@ class Settings(BaseSettings):
 
     # --- Recording and operations -------------------------------------------------------
     record_dir: Path | None = None
+    record_audio: bool = False
     shutdown_drain_seconds: float = Field(default=600, ge=0)
     log_format: Literal["kv", "json"] = "kv"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

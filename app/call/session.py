@@ -117,6 +117,39 @@ class CallSession:
         """The call is over; the I/O layer can tear down."""
         return self.phase == "ended"
 
+    # -- one entry point for recorded and live inputs -------------------------------------
+
+    def feed(self, now: float, direction: str, msg: dict[str, Any]) -> list[Action]:
+        """Any input, in the form a call fixture records it (see `app.recording`).
+
+        `direction` is `from_twilio`, `from_openai` or `rest`. Besides protocol messages,
+        `{"_socket": ...}` records a socket event, `{"_frame_error": reason}` a frame that
+        could not be parsed, and `{"response": {...}}` (direction `rest`) a REST answer.
+        The bridge feeds live inputs through here and the replayer feeds recorded ones,
+        so both run the very same code.
+        """
+        if direction == "from_twilio":
+            if "_socket" in msg:
+                return self.twilio_closed(now)
+            if "_frame_error" in msg:
+                return self.bad_twilio_frame(str(msg["_frame_error"]))
+            return self.twilio_message(now, msg)
+        if direction == "from_openai":
+            socket = msg.get("_socket")
+            if socket == "open":
+                return self.realtime_open(now)
+            if socket == "failed":
+                return self.realtime_failed(now, str(msg.get("reason", "")))
+            if socket == "closed":
+                return self.realtime_closed(now, msg.get("code"), str(msg.get("reason", "")))
+            if "_frame_error" in msg:
+                return self.bad_realtime_frame(str(msg["_frame_error"]))
+            return self.realtime_message(now, msg)
+        if direction == "rest" and isinstance(msg.get("response"), dict):
+            r = msg["response"]
+            return self.rest_result(now, int(r.get("status", 0)), r.get("code"), r.get("error", ""))
+        raise ValueError(f"not an input: {direction}")
+
     # -- inputs: Twilio -------------------------------------------------------------------
 
     def twilio_message(self, now: float, msg: dict[str, Any]) -> list[Action]:
@@ -456,7 +489,6 @@ class CallSession:
             self.barge_ins += 1
             queued = self.playback.clear()
             self._emit(ToTwilio(tw.clear(self.stream_sid)))
-            self.ending.call_off(now)
         self._emit(ToRealtime(rt.response_cancel()))
         if self._active_response is not None:
             self._dropped_responses.add(self._active_response)
@@ -470,6 +502,8 @@ class CallSession:
                 self._emit(ToRealtime(rt.item_truncate(item_id, heard_ms)))
             else:
                 self._emit(ToRealtime(rt.item_delete(item_id)))
+        if audible:
+            self.ending.call_off(now)  # after the model's memory is fixed, tell it
         log_event(
             logger,
             _INFO,

@@ -1,0 +1,242 @@
+"""Call fixtures: every call written down as JSON Lines, to be replayed by `app.replay`.
+
+Format (the contract's): the first line is a header `{"fixture": 1, ...}` with the call's
+effective configuration and versions; then one line per message, in the order they
+happened: `{"t_ms": <ms since the media stream opened>, "dir": <direction>, "msg": {...}}`
+with direction `from_twilio`, `to_twilio`, `from_openai`, `to_openai` or `rest`.
+
+Besides the protocol messages themselves, a few small records complete the story:
+`{"_socket": "open" | "failed" | "closed" | "connect" | "close", ...}` for socket events,
+`{"_frame_error": reason}` for a frame that could not be parsed, and for `rest`
+`{"request": {"kind", "params"}}` / `{"response": {"status", "code", "error"}}`.
+Audio payloads are replaced by `{"_audio_bytes": N}` unless RECORD_AUDIO is on: a
+recording otherwise holds the caller's voice. Outputs carry the time the core decided
+them, so a replay of unchanged code reproduces the times exactly.
+
+Writing never blocks a call: lines go to one background thread through a queue. A full
+disk or any write error is logged once per file and the call goes on unrecorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import platform
+import queue
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from app.call.actions import (
+    Action,
+    CloseRealtime,
+    CloseTwilio,
+    ConnectRealtime,
+    RestRequest,
+    ToRealtime,
+    ToTwilio,
+)
+from app.call.config import CallConfig
+from app.observability import log_event
+from app.protocol.b64 import decoded_len, is_b64
+
+logger = logging.getLogger("app.recording")
+
+FORMAT_VERSION: Final = 1
+DIRECTIONS: Final = ("from_twilio", "to_twilio", "from_openai", "to_openai", "rest")
+AUDIO: Final = "_audio_bytes"
+#: Lines waiting for the disk; past this a call's recording is abandoned (logged).
+_MAX_BACKLOG: Final = 200_000
+
+Message = dict[str, Any]
+
+
+def audio_field(direction: str, msg: Message) -> tuple[str, ...] | None:
+    """Path of the audio payload inside `msg`, if it carries one."""
+    if direction in ("from_twilio", "to_twilio"):
+        return ("media", "payload") if msg.get("event") == "media" else None
+    kind = msg.get("type")
+    if direction == "to_openai" and kind == "input_audio_buffer.append":
+        return ("audio",)
+    if direction == "from_openai" and kind == "response.output_audio.delta":
+        return ("delta",)
+    return None
+
+
+def strip_audio(direction: str, msg: Message) -> Message:
+    """A copy of `msg` with its audio payload replaced by `{"_audio_bytes": N}`."""
+    path = audio_field(direction, msg)
+    if path is None:
+        return msg
+    *parents, leaf = path
+    out = dict(msg)
+    node = out
+    for key in parents:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            return msg
+        node[key] = node = dict(child)
+    payload = node.get(leaf)
+    if is_b64(payload):
+        assert isinstance(payload, str)
+        node[leaf] = {AUDIO: decoded_len(payload)}
+    return out
+
+
+def action_record(action: Action) -> tuple[str, Message] | None:
+    """The fixture form of an output action (timers are internal and not recorded)."""
+    if type(action) is ToTwilio:
+        return "to_twilio", action.msg
+    if type(action) is ToRealtime:
+        return "to_openai", action.msg
+    if type(action) is RestRequest:
+        return "rest", {"request": {"kind": action.kind, "params": action.params}}
+    if type(action) is ConnectRealtime:
+        return "to_openai", {"_socket": "connect"}
+    if type(action) is CloseTwilio:
+        return "to_twilio", {"_socket": "close", "reason": action.reason}
+    if type(action) is CloseRealtime:
+        return "to_openai", {"_socket": "close", "reason": action.reason}
+    return None
+
+
+def header(config: CallConfig, call_sid: str, stream_sid: str, keep_audio: bool) -> Message:
+    from app import __version__
+
+    return {
+        "fixture": FORMAT_VERSION,
+        "call_sid": call_sid,
+        "stream_sid": stream_sid,
+        "recorded_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "audio": "kept" if keep_audio else "lengths",
+        "versions": {
+            "bridge": __version__,
+            "python": platform.python_version(),
+            "realtime_protocol": "ga",
+        },
+        "config": config.to_dict(),
+    }
+
+
+class RecordingWriter:
+    """One background thread that appends fixture lines to files in `directory`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._queue: queue.SimpleQueue[tuple[str, str, str] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, op: str, name: str, text: str = "") -> bool:
+        """Queue `op` ("line" or "close") for file `name`; False when the backlog is full."""
+        if self._queue.qsize() > _MAX_BACKLOG:
+            return False
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="call-recorder", daemon=True)
+                self._thread.start()
+        self._queue.put((op, name, text))
+        return True
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Flush what is queued and stop the thread."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout_s)
+
+    def _run(self) -> None:
+        files: dict[str, Any] = {}
+        failed: set[str] = set()
+        while (item := self._queue.get()) is not None:
+            op, name, text = item
+            if name in failed:
+                continue
+            try:
+                handle = files.get(name)
+                if op == "close":
+                    if handle is not None:
+                        handle.close()
+                        del files[name]
+                    continue
+                if handle is None:
+                    self.directory.mkdir(parents=True, exist_ok=True)
+                    handle = files[name] = (self.directory / name).open("a", encoding="utf-8")
+                handle.write(text)
+                if self._queue.empty():
+                    handle.flush()
+            except OSError as exc:
+                failed.add(name)
+                log_event(
+                    logger, logging.ERROR, "recording.write_failed", file=name, error=str(exc)
+                )
+                handle = files.pop(name, None)
+                if handle is not None:
+                    with contextlib.suppress(OSError):
+                        handle.close()
+        for handle in files.values():
+            handle.close()
+
+
+class CallRecorder:
+    """Writes one call's fixture. Lines before Twilio's `start` wait for the CallSid."""
+
+    def __init__(self, writer: RecordingWriter, config: CallConfig, keep_audio: bool) -> None:
+        self._writer = writer
+        self._config = config
+        self._keep_audio = keep_audio
+        self._name: str | None = None
+        self._early: list[str] = []
+        self._broken = False
+
+    @property
+    def filename(self) -> str | None:
+        return self._name
+
+    def record(self, t_ms: float, direction: str, msg: Message) -> None:
+        if self._broken:
+            return
+        if self._name is None and direction == "from_twilio" and msg.get("event") == "start":
+            self._open(msg)
+        if not self._keep_audio:
+            msg = strip_audio(direction, msg)
+        line = json.dumps(
+            {"t_ms": round(t_ms, 3), "dir": direction, "msg": msg}, separators=(",", ":")
+        )
+        self._write(line + "\n")
+
+    def record_actions(self, t_ms: float, actions: list[Action]) -> None:
+        for action in actions:
+            entry = action_record(action)
+            if entry is not None:
+                self.record(t_ms, *entry)
+
+    def close(self) -> None:
+        if self._name is None and self._early and not self._broken:
+            self._open(None)  # a stream that never started is worth keeping too
+        if self._name is not None:
+            self._writer.submit("close", self._name)
+
+    def _open(self, start: Message | None) -> None:
+        inner = (start or {}).get("start") or {}
+        call_sid = str(inner.get("callSid") or "unknown")
+        stream_sid = str(inner.get("streamSid") or "")
+        safe_sid = "".join(c for c in call_sid if c.isalnum())[:64] or "unknown"
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
+        self._name = f"{stamp}_{safe_sid}.jsonl"
+        head = header(self._config, call_sid, stream_sid, self._keep_audio)
+        early, self._early = self._early, []
+        self._write(json.dumps(head, separators=(",", ":")) + "\n")
+        for line in early:
+            self._write(line)
+
+    def _write(self, line: str) -> None:
+        if self._name is None:
+            self._early.append(line)
+            return
+        if not self._writer.submit("line", self._name, line):
+            self._broken = True
+            log_event(logger, logging.ERROR, "recording.backlog_full", file=self._name)

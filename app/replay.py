@@ -1,0 +1,399 @@
+"""Replay a call fixture through the call core on a virtual clock, and compare.
+
+    python -m app.replay FILE        # the call's timeline, then the replay verdict
+
+The recorded *inputs* (from Twilio, from OpenAI, REST answers) are fed to a fresh
+`CallSession` at their recorded times; the timers the core sets fire on a virtual clock,
+so nothing sleeps and a minute-long call replays in milliseconds. What the core sends
+is compared with the recorded *outputs*, direction by direction (to Twilio, to OpenAI,
+REST requests): the same messages in the same order, equal except for what legitimately
+differs between runs (mark names, compared by position; audio, compared by length;
+`event_id`s), at times within `TOLERANCE_MS`. A mismatch is reported as a readable diff
+of the two timelines around the first difference.
+
+Recorded mark echoes name the recorded marks; the replayer translates each to the mark
+the replay sent at the same position, so a replay stays in step with its own marks.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Final
+
+from app.call.actions import Action, CancelTimer, SetTimer
+from app.call.config import CallConfig
+from app.call.session import CallSession
+from app.observability import configure_logging
+from app.recording import AUDIO, DIRECTIONS, action_record, audio_field, strip_audio
+
+#: Outputs may differ in time by this much (timers fire a little late in a live run).
+TOLERANCE_MS: Final = 150.0
+OUTPUT_DIRS: Final = ("to_twilio", "to_openai", "rest")
+#: Each direction is compared as two ordered streams: audio (media, marks, appends), and
+#: control (everything else). How a timer-driven control message interleaves with 20 ms
+#: audio frames is arrival jitter (a live timer fires a fraction of a ms late), not
+#: behaviour; the order within each stream is.
+STREAMS: Final = tuple(f"{d}/{k}" for d in OUTPUT_DIRS for k in ("control", "audio"))
+
+Message = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    t_ms: float
+    dir: str
+    msg: Message
+    line: int = 0  # line number in the fixture file (0: produced by the replay)
+
+    @property
+    def is_input(self) -> bool:
+        if self.dir == "rest":
+            return "response" in self.msg
+        return self.dir in ("from_twilio", "from_openai")
+
+
+@dataclass
+class Fixture:
+    header: Message
+    entries: list[Entry]
+    path: Path | None = None
+
+    @property
+    def config(self) -> CallConfig:
+        return CallConfig.from_dict(self.header.get("config", {}))
+
+
+class FixtureError(ValueError):
+    """The file is not a call fixture."""
+
+
+def load(path: Path | str) -> Fixture:
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines:
+        raise FixtureError(f"{path}: empty")
+    head = json.loads(lines[0])
+    if not isinstance(head, dict) or head.get("fixture") != 1:
+        raise FixtureError(f'{path}: the first line is not a {{"fixture": 1}} header')
+    entries = []
+    for number, text in enumerate(lines[1:], start=2):
+        if not text.strip():
+            continue
+        raw = json.loads(text)
+        if raw.get("dir") not in DIRECTIONS or not isinstance(raw.get("msg"), dict):
+            raise FixtureError(f"{path}:{number}: not a fixture line")
+        entries.append(Entry(float(raw["t_ms"]), raw["dir"], raw["msg"], number))
+    return Fixture(head, entries, path)
+
+
+@cache
+def _synthetic_audio(nbytes: int) -> str:
+    return base64.b64encode(b"\xff" * nbytes).decode()
+
+
+def _restore_audio(direction: str, msg: Message) -> Message:
+    """Give a length-only audio field a payload of that length, so the core sees audio."""
+    path = audio_field(direction, msg)
+    if path is None:
+        return msg
+    *parents, leaf = path
+    out = dict(msg)
+    node = out
+    for key in parents:
+        node[key] = node = dict(node[key])
+    value = node.get(leaf)
+    if isinstance(value, dict) and AUDIO in value:
+        node[leaf] = _synthetic_audio(int(value[AUDIO]))
+    return out
+
+
+def _mark_name(entry: Entry) -> str | None:
+    if entry.msg.get("event") == "mark":
+        mark = entry.msg.get("mark")
+        if isinstance(mark, dict) and isinstance(mark.get("name"), str):
+            return mark["name"]
+    return None
+
+
+@dataclass
+class Mismatch:
+    direction: str
+    index: int
+    recorded: Entry | None
+    replayed: Entry | None
+    why: str
+
+
+@dataclass
+class Result:
+    fixture: Fixture
+    replayed: list[Entry]
+    mismatches: list[Mismatch] = field(default_factory=list)
+    unconsumed_inputs: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches and not self.unconsumed_inputs
+
+    def counts(self) -> dict[str, int]:
+        return {d: sum(e.dir == d for e in self.replayed) for d in OUTPUT_DIRS}
+
+
+def replay(fixture: Fixture) -> Result:
+    """Feed the recorded inputs to a new core on a virtual clock; compare its outputs."""
+    session = CallSession(fixture.config)
+    inputs = [e for e in fixture.entries if e.is_input]
+    recorded_marks = [n for e in fixture.entries if e.dir == "to_twilio" if (n := _mark_name(e))]
+    mark_index = {name: i for i, name in enumerate(recorded_marks)}
+    replay_marks: list[str] = []
+    timers: dict[str, float] = {}
+    out: list[Entry] = []
+
+    def collect(now: float, actions: list[Action]) -> None:
+        for action in actions:
+            if type(action) is SetTimer:
+                timers[action.name] = action.at_ms
+            elif type(action) is CancelTimer:
+                timers.pop(action.name, None)
+            elif (entry := action_record(action)) is not None:
+                produced = Entry(now, *entry)
+                if (name := _mark_name(produced)) is not None:
+                    replay_marks.append(name)
+                out.append(produced)
+
+    i = 0
+    while i < len(inputs) and not session.done:
+        nxt = inputs[i]
+        if timers:
+            name, at = min(timers.items(), key=lambda kv: kv[1])
+            if at < nxt.t_ms:
+                del timers[name]
+                collect(at, session.timer(at, name))
+                continue
+        i += 1
+        msg = _restore_audio(nxt.dir, nxt.msg)
+        name = _mark_name(nxt) if nxt.dir == "from_twilio" else None
+        if name is not None and name in mark_index and mark_index[name] < len(replay_marks):
+            msg = {**msg, "mark": {**msg["mark"], "name": replay_marks[mark_index[name]]}}
+        collect(nxt.t_ms, session.feed(nxt.t_ms, nxt.dir, msg))
+    # A live call stops at its end; timers still due before that end fire here too.
+    while timers and not session.done:
+        name, at = min(timers.items(), key=lambda kv: kv[1])
+        del timers[name]
+        collect(at, session.timer(at, name))
+    result = Result(fixture, out, unconsumed_inputs=len(inputs) - i)
+    result.mismatches = compare(fixture.entries, out)
+    return result
+
+
+def stream_of(e: Entry) -> str:
+    audio = audio_field(e.dir, e.msg) is not None or _mark_name(e) is not None
+    return f"{e.dir}/{'audio' if audio else 'control'}"
+
+
+def _normalise(entries: list[Entry]) -> dict[str, list[tuple[Entry, str]]]:
+    """Per output stream: (entry, canonical text) with marks numbered, audio by length."""
+    per_dir: dict[str, list[tuple[Entry, str]]] = {d: [] for d in STREAMS}
+    marks: dict[str, str] = {}
+    for e in entries:
+        if e.dir not in OUTPUT_DIRS or e.is_input:
+            continue
+        msg = strip_audio(e.dir, e.msg)
+        name = _mark_name(e)
+        if name is not None:
+            label = marks.setdefault(name, f"mark#{len(marks) + 1}")
+            msg = {**msg, "mark": {**msg["mark"], "name": label}}
+        msg = {k: v for k, v in msg.items() if k != "event_id"}
+        per_dir[stream_of(e)].append((e, json.dumps(msg, sort_keys=True, separators=(",", ":"))))
+    return per_dir
+
+
+def compare(recorded: list[Entry], replayed: list[Entry]) -> list[Mismatch]:
+    """The first difference in each output stream (later ones usually follow from it)."""
+    rec, rep = _normalise(recorded), _normalise(replayed)
+    found = []
+    for d in STREAMS:
+        a, b = rec[d], rep[d]
+        for k in range(max(len(a), len(b))):
+            ea, eb = (a[k] if k < len(a) else None), (b[k] if k < len(b) else None)
+            if ea is None or eb is None:
+                why = "missing in the replay" if eb is None else "extra in the replay"
+                found.append(Mismatch(d, k, ea and ea[0], eb and eb[0], why))
+                break
+            if ea[1] != eb[1]:
+                found.append(Mismatch(d, k, ea[0], eb[0], "different message"))
+                break
+            if abs(ea[0].t_ms - eb[0].t_ms) > TOLERANCE_MS:
+                why = f"at another time ({eb[0].t_ms - ea[0].t_ms:+.0f} ms)"
+                found.append(Mismatch(d, k, ea[0], eb[0], why))
+                break
+    return found
+
+
+# -- human-readable output -------------------------------------------------------------
+
+_WHO = {
+    "from_twilio": "caller  -> bridge",
+    "to_twilio": "bridge  -> caller",
+    "from_openai": "openai  -> bridge",
+    "to_openai": "bridge  -> openai",
+    "rest": "bridge <-> twilio",
+}
+
+
+def describe(e: Entry) -> str:
+    """One line about one message, without audio."""
+    m = e.msg
+    if "_socket" in m:
+        extra = {k: v for k, v in m.items() if k != "_socket"}
+        return f"socket {m['_socket']} {json.dumps(extra) if extra else ''}".rstrip()
+    if "_frame_error" in m:
+        return f"unparseable frame ({m['_frame_error']})"
+    if e.dir == "rest":
+        if "request" in m:
+            return f"REST {m['request'].get('kind')} {json.dumps(m['request'].get('params'))}"
+        return f"REST answer {json.dumps(m.get('response'))}"
+    if "event" in m:
+        event = m["event"]
+        if event == "start":
+            start = m.get("start") or {}
+            return f"start call={start.get('callSid')} params={start.get('customParameters')}"
+        if event == "mark":
+            return f"mark {(m.get('mark') or {}).get('name')}"
+        if event == "dtmf":
+            return "dtmf (key press)"
+        if event == "media":
+            return f"audio {_audio_ms(e)} ms"
+        return str(event)
+    kind = str(m.get("type"))
+    if kind == "response.output_audio_transcript.done":
+        return f'bot said: "{m.get("transcript")}"'
+    if kind == "conversation.item.input_audio_transcription.completed":
+        return f'caller said: "{m.get("transcript")}"'
+    if kind == "conversation.item.truncate":
+        return f"truncate {m.get('item_id')} at {m.get('audio_end_ms')} ms"
+    if kind in ("response.output_audio.delta", "input_audio_buffer.append"):
+        return f"{kind} {_audio_ms(e)} ms"
+    if kind == "error":
+        err = m.get("error") or {}
+        return f"error {err.get('code')}: {err.get('message')}"
+    if kind == "conversation.item.create":
+        item = m.get("item") or {}
+        if item.get("type") == "function_call_output":
+            return f"function output {item.get('output')}"
+        texts = [c.get("text") for c in item.get("content") or [] if isinstance(c, dict)]
+        return f"{item.get('role')} message: {' '.join(map(str, texts))}"
+    if kind == "response.output_item.done" and (m.get("item") or {}).get("type") == "function_call":
+        item = m["item"]
+        return f"tool call {item.get('name')}({item.get('arguments')}) {item.get('status')}"
+    return kind
+
+
+def _audio_ms(e: Entry) -> int:
+    stripped = strip_audio(e.dir, e.msg)
+    path = audio_field(e.dir, stripped)
+    node: Any = stripped
+    for key in path or ():
+        node = node.get(key) if isinstance(node, dict) else None
+    return int(node[AUDIO]) // 8 if isinstance(node, dict) and AUDIO in node else 0
+
+
+_QUIET = frozenset(
+    {
+        "response.output_audio_transcript.delta",
+        "response.output_audio.done",
+        "response.output_item.added",
+        "session.created",
+        "rate_limits.updated",
+        "response.content_part.added",
+        "response.content_part.done",
+        "conversation.item.added",
+        "conversation.item.done",
+    }
+)
+
+
+def timeline(entries: list[Entry]) -> list[str]:
+    """The call as readable lines. Audio and mark traffic between two events is folded into
+    one line: caller audio, bot audio sent to the caller, marks sent and echoed."""
+    lines: list[str] = []
+    fold = {"caller audio ms": 0, "bot audio ms": 0, "marks sent": 0, "marks echoed": 0}
+    fold_from: float | None = None
+
+    def flush() -> None:
+        nonlocal fold_from
+        if fold_from is not None:
+            text = ", ".join(f"{k} {v}" for k, v in fold.items() if v)
+            lines.append(f"{fold_from:9.0f} ms  {'':17}  ... {text}")
+            fold.update(dict.fromkeys(fold, 0))
+            fold_from = None
+
+    for e in entries:
+        key = None
+        if audio_field(e.dir, e.msg) is not None:
+            if e.dir == "from_twilio":
+                key = "caller audio ms"
+            elif e.dir == "to_twilio":
+                key = "bot audio ms"
+            else:
+                continue  # the OpenAI side of the same audio
+        elif _mark_name(e) is not None:
+            key = "marks sent" if e.dir == "to_twilio" else "marks echoed"
+        if key is not None:
+            fold_from = e.t_ms if fold_from is None else fold_from
+            fold[key] += _audio_ms(e) if key.endswith("ms") else 1
+            continue
+        if e.msg.get("type") in _QUIET:
+            continue
+        flush()
+        lines.append(f"{e.t_ms:9.0f} ms  {_WHO[e.dir]}  {describe(e)}")
+    flush()
+    return lines
+
+
+def report(result: Result) -> str:
+    """The verdict, with a diff of the timelines around each first difference."""
+    counts = ", ".join(f"{d} {n}" for d, n in result.counts().items())
+    if result.ok:
+        return f"REPLAY OK: every output matched ({counts})."
+    out = [f"REPLAY MISMATCH in {result.fixture.path or 'fixture'}:"]
+    for m in result.mismatches:
+        out.append(f"- {m.direction} message #{m.index + 1}: {m.why}")
+        rec = [e for e in result.fixture.entries if not e.is_input and stream_of(e) == m.direction]
+        rep = [e for e in result.replayed if stream_of(e) == m.direction]
+        for label, seq in (("recorded", rec), ("replayed", rep)):
+            out.append(f"    {label}:")
+            for k in range(max(0, m.index - 2), min(len(seq), m.index + 3)):
+                e = seq[k]
+                where = f"line {e.line}" if e.line else "replay"
+                pointer = ">>" if k == m.index else "  "
+                body = json.dumps(strip_audio(e.dir, e.msg), sort_keys=True)[:240]
+                out.append(f"    {pointer} {e.t_ms:9.1f} ms ({where}) {body}")
+    if result.unconsumed_inputs:
+        out.append(f"- the call ended {result.unconsumed_inputs} recorded input(s) early")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    configure_logging("kv", "WARNING")  # the core's own warnings, structured, on stderr
+    if len(args) != 1:
+        print("usage: python -m app.replay FIXTURE.jsonl", file=sys.stderr)
+        return 2
+    fixture = load(args[0])
+    h = fixture.header
+    print(f"call {h.get('call_sid')} recorded {h.get('recorded_at')} ({h.get('audio')} audio)")
+    print("\n".join(timeline(fixture.entries)))
+    result = replay(fixture)
+    print()
+    print(report(result))
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
