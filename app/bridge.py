@@ -76,6 +76,10 @@ class Bridge:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._twilio_open = True
 
+    def shutdown(self) -> None:
+        """The server is going away: end this call (Twilio plays the fallback TwiML)."""
+        self._inbox.put_nowait(("shutdown", None))
+
     def now(self) -> float:
         """Call time in ms since the media stream opened."""
         return (self._loop.time() - self._t0) * 1000.0
@@ -105,6 +109,8 @@ class Bridge:
         if kind == "timer":
             self._timers.pop(data, None)
             return s.timer(now, data)
+        if kind == "shutdown":
+            return s.shutdown(now)
         if kind == "twilio":
             direction, msg = "from_twilio", data
         elif kind == "realtime":

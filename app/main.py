@@ -23,6 +23,7 @@ from app import twiml
 from app.bridge import Bridge
 from app.call.config import CallConfig
 from app.call.session import CallSession
+from app.lifecycle import Drain
 from app.observability import bind_call, configure_logging, log_event, register_secret
 from app.realtime_socket import RealtimeEndpoint
 from app.recording import CallRecorder, RecordingWriter
@@ -89,9 +90,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             tools=",".join(state.call_config.tools) or "none",
             signatures="on" if state.checker.enabled else "off",
         )
+        drain = Drain(state, settings.shutdown_drain_seconds)
+        drain.install()
         state.ready = True
         state.idle.set()
         yield
+        drain.uninstall()
         state.ready = False
         if state.recordings is not None:
             state.recordings.stop()

@@ -467,6 +467,14 @@ class CallSession:
             self.nudges.timer(now, name)
         return self._flush()
 
+    def shutdown(self, now: float) -> list[Action]:
+        """The server is shutting down and the drain time is over: end the call through the
+        media stream, so Twilio runs the fallback TwiML (which may dial a human)."""
+        if self.phase != "ended":
+            log_event(logger, _WARNING, "call.ended_by_shutdown")
+            self._end(now, "shutdown")
+        return self._flush()
+
     def rest_result(self, now: float, status: int, code: int | None, error: str) -> list[Action]:
         """The answer to a `RestRequest` (status 0: no answer at all)."""
         self.ending.rest_result(now, status, code, error)

@@ -1,0 +1,161 @@
+"""SIGTERM drains live calls: the real server as a process, `uvicorn app.main:app`.
+
+The listening socket is made here and handed to uvicorn (`--fd`), so its port is known
+without a race; the server's JSON log lines are read as events to wait on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from twilio.request_validator import RequestValidator
+
+from tests.conftest import API_KEY, AUTH_TOKEN
+from tests.fakes.audio import speech
+from tests.fakes.realtime_server import FakeRealtime
+from tests.fakes.twilio_caller import FakeTwilioCall
+from tests.fakes.watch import Watch
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+PUBLIC = "https://bridge.example.com"
+
+
+class ServerProcess:
+    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.proc = proc
+        self.port = port
+        self.events: list[dict[str, Any]] = []
+        self._watch = Watch()
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                continue
+            self.events.append(line)
+            self._watch.notify()
+
+    async def wait_event(self, name: str, within: float = 15.0) -> dict[str, Any]:
+        def find() -> dict[str, Any] | None:
+            return next((e for e in self.events if e.get("event") == name), None)
+
+        return await self._watch.wait(find, within, f"log event {name}")  # type: ignore[no-any-return]
+
+    def names(self) -> list[str]:
+        return [e.get("event", "") for e in self.events]
+
+    def call(self) -> FakeTwilioCall:
+        sig = RequestValidator(AUTH_TOKEN).compute_signature(
+            PUBLIC.replace("https", "wss") + "/media-stream", {}
+        )
+        return FakeTwilioCall(
+            f"ws://127.0.0.1:{self.port}/media-stream", headers={"X-Twilio-Signature": sig}
+        )
+
+
+@asynccontextmanager
+async def server(
+    realtime: FakeRealtime, tmp_path: Path, **env: str
+) -> AsyncIterator[ServerProcess]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    sock.set_inheritable(True)
+    settings = {
+        "OPENAI_API_KEY": API_KEY,
+        "OPENAI_REALTIME_URL": realtime.url,
+        "PUBLIC_BASE_URL": PUBLIC,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "BOT_GREETING": "",
+        "LOG_FORMAT": "json",
+        **env,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "app.main:app",
+        "--fd",
+        str(sock.fileno()),
+        pass_fds=(sock.fileno(),),
+        cwd=tmp_path,  # no developer's .env is read
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), **settings},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    port = sock.getsockname()[1]
+    sock.close()
+    running = ServerProcess(proc, port)
+    try:
+        yield running
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        running._reader.cancel()
+
+
+async def readyz(port: int) -> int:
+    async with httpx.AsyncClient() as client:
+        return (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code
+
+
+async def test_sigterm_lets_live_calls_finish_then_exits_0(
+    realtime: FakeRealtime, tmp_path: Path
+) -> None:
+    async with server(realtime, tmp_path, SHUTDOWN_DRAIN_SECONDS="60") as srv:
+        async with srv.call() as call:
+            await call.start()
+            conn = await realtime.wait_connection(timeout=15)
+            await conn.wait_for("session.update", timeout=10)
+            assert await readyz(srv.port) == 200
+
+            srv.proc.send_signal(signal.SIGTERM)
+            await srv.wait_event("shutdown.draining")
+            assert await readyz(srv.port) == 503  # the load balancer moves on
+            # ...but the live call goes on: the caller is still heard, nothing is closed.
+            before = len(conn.appended_audio)
+            await call.say(speech("I am still talking to you."))
+            await conn.wait_until(lambda: len(conn.appended_audio) > before + 8000)
+            assert not call.closed.is_set() and srv.proc.returncode is None
+
+            await call.hangup()
+        assert await asyncio.wait_for(srv.proc.wait(), 20) == 0
+    names = srv.names()
+    assert names.index("call.summary") < names.index("shutdown.drained")
+    assert "shutdown.ending_calls" not in names
+
+
+async def test_calls_still_open_after_the_drain_time_are_ended_cleanly(
+    realtime: FakeRealtime, tmp_path: Path
+) -> None:
+    async with server(realtime, tmp_path, SHUTDOWN_DRAIN_SECONDS="1") as srv:
+        async with srv.call() as call:
+            await call.start()
+            conn = await realtime.wait_connection(timeout=15)
+            await conn.wait_for("session.update", timeout=10)
+            srv.proc.send_signal(signal.SIGTERM)
+            # The bridge closes the media stream itself (Twilio then plays the fallback).
+            await call.wait_closed(timeout=15)
+            assert call.close_code == 1000
+            await conn.wait_closed(timeout=10)
+        assert await asyncio.wait_for(srv.proc.wait(), 20) == 0
+    summary = next(e for e in srv.events if e.get("event") == "call.summary")
+    assert summary["ended"] == "shutdown"
+    assert "shutdown.ending_calls" in srv.names()
