@@ -108,7 +108,7 @@ class Ending:
         if kind is None or name not in call.config.tools:
             log_event(logger, logging.WARNING, "tool.unknown", tool=str(name)[:60])
             call._emit(ToRealtime(rt.function_output(call_id, '{"error": "unknown tool"}')))
-            call._respond_when_idle()
+            call.responses.request()
             return
         if self.active:
             call._emit(ToRealtime(rt.function_output(call_id, '{"result": "already ending"}')))
@@ -145,7 +145,7 @@ class Ending:
             # The model called the tool without a word: ask for the closing words first.
             p.stage, p.response_id = "closing", None
             call._emit(SetTimer(PLAYOUT_TIMER, now + call.config.playout_timeout_ms))
-            call._respond_when_idle(call._instructions(_CLOSING_WORDS[p.kind]), closing=True)
+            call.responses.request(call._instructions(_CLOSING_WORDS[p.kind]), closing=True)
             return
         p.stage = "playing_out"
         if not call.playback.playing:

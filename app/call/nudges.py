@@ -67,7 +67,7 @@ class Nudges:
         self.disarm()
         call.ending.begin(now, "hangup", "max_duration", summary_reason="max_duration")
         call._emit(ToRealtime(rt.system_text(_WRAP_UP)))
-        call._respond_when_idle(call._instructions(_WRAP_UP), closing=True)
+        call.responses.request(call._instructions(_WRAP_UP), closing=True)
 
     # -- silence --------------------------------------------------------------------------
 
@@ -107,13 +107,13 @@ class Nudges:
             log_event(logger, logging.INFO, "call.silence_hangup", reprompts=self.reprompts)
             call.ending.begin(now, "hangup", "silence", summary_reason="bot_hung_up")
             call._emit(ToRealtime(rt.system_text(_SILENCE_GOODBYE)))
-            call._respond_when_idle(call._instructions(_SILENCE_GOODBYE), closing=True)
+            call.responses.request(call._instructions(_SILENCE_GOODBYE), closing=True)
             return
         self.reprompts += 1
         self.reprompts_total += 1
         log_event(logger, logging.INFO, "call.silence_reprompt", reprompt=self.reprompts)
         call._emit(ToRealtime(rt.system_text(_REPROMPT)))
-        call._respond_when_idle()
+        call.responses.request()
 
     # -- key presses ----------------------------------------------------------------------
 
@@ -128,7 +128,7 @@ class Nudges:
             return
         log_event(logger, logging.INFO, "twilio.dtmf", forwarded=True)
         call._emit(ToRealtime(rt.user_text(f"The caller pressed {digit} on their keypad.")))
-        call._respond_when_idle()
+        call.responses.request()
 
     def timer(self, now: float, name: str) -> None:
         if name == SILENCE_TIMER:

@@ -34,12 +34,14 @@ from app.call.actions import (
     ToRealtime,
     ToTwilio,
 )
+from app.call.bargein import CONFIRM_TIMER, BargeIn
 from app.call.config import CallConfig
 from app.call.ending import PLAYOUT_TIMER, RETRY_TIMER, STOP_GRACE_TIMER, Ending
 from app.call.nudges import MAX_DURATION_TIMER, SILENCE_TIMER, Nudges
 from app.call.playback import Echo, PlaybackTracker
+from app.call.responses import Responses
 from app.call.transcript import Transcript
-from app.call.turns import Start, Stop, TurnPolicy
+from app.call.turns import TurnPolicy
 from app.observability import log_event
 from app.protocol import realtime as rt
 from app.protocol import twilio as tw
@@ -48,7 +50,6 @@ from app.protocol.b64 import decoded_len, is_b64
 logger = logging.getLogger("app.call")
 
 READY_TIMER = "realtime_ready"
-CONFIRM_TIMER = "interrupt_confirm"
 _ENDING_TIMERS = (PLAYOUT_TIMER, RETRY_TIMER, STOP_GRACE_TIMER)
 _NUDGE_TIMERS = (SILENCE_TIMER, MAX_DURATION_TIMER)
 ALL_TIMERS = (READY_TIMER, CONFIRM_TIMER, *_ENDING_TIMERS, *_NUDGE_TIMERS)
@@ -88,29 +89,25 @@ class CallSession:
             config.vad_silence_duration_ms if config.turn_detection == "server_vad" else 500,
         )
         self.transcript = Transcript()
+        self.responses = Responses(self)
+        self.barge_in = BargeIn(self)
         self.ending = Ending(self)
         self.nudges = Nudges(self)
-        self.barge_ins = 0
         self.usage: dict[str, int] = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
         self.bad_input: dict[str, int] = {}
         self.caller_audio_bytes = 0
         self._buffer: deque[str] = deque()
         self._buffer_bytes = 0
-        self._active_response: str | None = None
-        self._dropped_responses: set[str] = set()
-        self._unheard_items: dict[str, None] = {}
-        self._response_after_done = False
-        self._after_done_instructions: str | None = None
-        self._after_done_closing = False
-        self._requested = False  # response.create sent, response.created not yet seen
-        self._requested_closing = False  # ... and it asked for the closing words
-        self._responses_with_audio: set[str] = set()
         self._out: list[Action] = []
 
     @property
     def responding(self) -> bool:
         """A response is being generated, or has been asked for."""
-        return self._active_response is not None or self._requested
+        return self.responses.responding
+
+    @property
+    def barge_ins(self) -> int:
+        return self.barge_in.count
 
     @property
     def done(self) -> bool:
@@ -266,7 +263,7 @@ class CallSession:
             self._emit(ToRealtime(rt.input_audio_append(self._buffer.popleft())))
         self._buffer_bytes = 0
         if self.config.greeting:
-            self._respond_when_idle(self._instructions(self.config.greeting))
+            self.responses.request(self._instructions(self.config.greeting))
         return self._flush()
 
     def realtime_failed(self, now: float, reason: str) -> list[Action]:
@@ -295,18 +292,15 @@ class CallSession:
         if kind == "response.output_audio.delta":
             self._on_audio_delta(now, ev)
         elif kind == "input_audio_buffer.speech_started":
-            self._on_speech_started(now, ev)
+            self.barge_in.speech_started(now, ev)
         elif kind == "input_audio_buffer.speech_stopped":
-            self._on_speech_stopped(now, ev)
+            self.barge_in.speech_stopped(now, ev)
         elif kind == "input_audio_buffer.committed":
-            self._on_committed(now, ev)
+            self.barge_in.committed(now, ev)
         elif kind == "response.created":
             response = ev.get("response")
             if isinstance(response, dict) and isinstance(response.get("id"), str):
-                self._active_response = response["id"]
-                if self._requested and self._requested_closing:
-                    self.ending.response_created(response["id"])
-                self._requested = self._requested_closing = False
+                self.responses.created(response["id"])
                 self.nudges.disarm()
         elif kind == "response.output_item.done":
             item = ev.get("item")
@@ -335,21 +329,14 @@ class CallSession:
         return self._flush()
 
     def _on_audio_delta(self, now: float, ev: dict[str, Any]) -> None:
-        response_id = ev.get("response_id")
         delta, item_id = ev.get("delta"), ev.get("item_id")
-        if response_id in self._dropped_responses or self.phase != "live":
-            # Audio of a response the caller interrupted: never played. An item none of
-            # whose audio reached the caller is deleted once the response is over.
-            if isinstance(item_id, str) and item_id not in self.playback.items:
-                self._unheard_items[item_id] = None
-            return
         if not is_b64(delta) or not isinstance(item_id, str):
             self._bad("realtime", "invalid_audio_delta")
             return
+        if self.phase != "live" or not self.responses.audio(ev.get("response_id"), item_id):
+            return  # audio of a response the caller cut off is never played
         assert isinstance(delta, str)
         nbytes = decoded_len(delta)
-        if isinstance(response_id, str):
-            self._responses_with_audio.add(response_id)
         self.nudges.disarm()
         name = self.playback.sent(now, item_id, nbytes)
         self._emit(ToTwilio(tw.media(self.stream_sid, delta)))
@@ -361,12 +348,6 @@ class CallSession:
         if not isinstance(response, dict):
             self._bad("realtime", "malformed_response_done")
             return
-        if response.get("id") == self._active_response:
-            self._active_response = None
-        if response.get("id") in self._dropped_responses:
-            for item_id in self._unheard_items:
-                self._emit(ToRealtime(rt.item_delete(item_id)))
-            self._unheard_items.clear()
         usage = response.get("usage")
         if isinstance(usage, dict):
             for key in self.usage:
@@ -380,14 +361,7 @@ class CallSession:
             response_id=response.get("id"),
             status=response.get("status"),
         )
-        rid = response.get("id")
-        self.ending.response_done(now, rid, rid in self._responses_with_audio)
-        self._responses_with_audio.discard(rid)
-        if self._response_after_done and not self.responding:
-            self._response_after_done = False
-            instructions, self._after_done_instructions = self._after_done_instructions, None
-            closing, self._after_done_closing = self._after_done_closing, False
-            self._respond_when_idle(instructions, closing=closing)
+        self.responses.done(now, response.get("id"))
         self.nudges.maybe_arm(now)
 
     def _on_error(self, ev: dict[str, Any]) -> None:
@@ -405,60 +379,14 @@ class CallSession:
             param=err.get("param"),
         )
 
-    # -- barge-in -------------------------------------------------------------------------
-
-    def _on_speech_started(self, now: float, ev: dict[str, Any]) -> None:
-        item_id = ev.get("item_id") if isinstance(ev.get("item_id"), str) else None
-        start_ms = ev.get("audio_start_ms")
-        start_ms = start_ms if isinstance(start_ms, int) else 0
-        self.nudges.disarm()
-        decision = self.turns.speech_started(item_id, start_ms, self.playback.playing)
-        if decision is Start.INTERRUPT:
-            self._interrupt(now)
-        elif decision is Start.NOTHING and self.turns.automatic and self._active_response:
-            # Nothing audible yet, but the service cancels its response on speech: drop
-            # whatever audio of it is still in flight rather than play a fragment.
-            self._interrupt(now)
-        elif decision is Start.WAIT:
-            self._emit(SetTimer(CONFIRM_TIMER, now + self.turns.confirm_after_ms))
-
-    def _on_speech_stopped(self, now: float, ev: dict[str, Any]) -> None:
-        end_ms = ev.get("audio_end_ms")
-        outcome = self.turns.speech_stopped(end_ms if isinstance(end_ms, int) else 0)
-        if not self.turns.automatic:
-            self._emit(CancelTimer(CONFIRM_TIMER))
-        if outcome is Stop.TURN_INTERRUPT and self.playback.playing:
-            self._interrupt(now)
-        elif outcome is Stop.NOISE:
-            log_event(logger, _INFO, "turn.noise_ignored")
-        if outcome is not Stop.NOISE:
-            self.nudges.caller_active()
-        self.nudges.maybe_arm(now)
-
-    def _on_committed(self, now: float, ev: dict[str, Any]) -> None:
-        """Under the min-speech policy the bridge, not the service, answers real turns."""
-        if self.turns.automatic:
-            return
-        item_id = ev.get("item_id")
-        if isinstance(item_id, str) and item_id in self.turns.noise_items:
-            self._emit(ToRealtime(rt.item_delete(item_id)))
-            return
-        if self._active_response is not None:
-            # A turn while an older answer is still being generated: stop it, then answer
-            # once the service confirms it is done (a second response would be refused).
-            self._interrupt(now)
-            self._response_after_done = True
-        else:
-            self._respond_when_idle()
-
     def timer(self, now: float, name: str) -> list[Action]:
         """A timer set by a `SetTimer` action expired."""
         if name == READY_TIMER:
             if not self.realtime_ready and self.phase in ("connecting", "live"):
                 log_event(logger, _ERROR, "realtime.not_ready_in_time")
                 self._end(now, "failure", detail="realtime_unavailable")
-        elif name == CONFIRM_TIMER and self.turns.confirmed() and self.playback.playing:
-            self._interrupt(now)
+        elif name == CONFIRM_TIMER:
+            self.barge_in.confirm_timer(now)
         elif self.phase == "ended":
             pass
         elif name in _ENDING_TIMERS:
@@ -479,46 +407,6 @@ class CallSession:
         """The answer to a `RestRequest` (status 0: no answer at all)."""
         self.ending.rest_result(now, status, code, error)
         return self._flush()
-
-    def _interrupt(self, now: float) -> None:
-        """Stop the bot: silence what the caller hears, and make the model remember only that.
-
-        Order matters: Twilio `clear` first (the caller stops hearing the bot at once), then
-        `response.cancel` (stop generating; "not active" is an expected answer when the
-        service already cancelled by itself), then truncate the item being heard at the
-        heard position, never past the audio received for it. Items of which nothing was
-        heard are deleted instead (the service rejects a truncate before any audio), and
-        audio of the cancelled response that is still in flight is dropped, never played.
-        """
-        heard = self.playback.heard(now)
-        audible = self.playback.playing
-        queued: list[str] = []
-        if audible:
-            self.barge_ins += 1
-            queued = self.playback.clear()
-            self._emit(ToTwilio(tw.clear(self.stream_sid)))
-        self._emit(ToRealtime(rt.response_cancel()))
-        if self._active_response is not None:
-            self._dropped_responses.add(self._active_response)
-        for item_id in queued:
-            turn = self.transcript.assistant(item_id)
-            turn.interrupted = True
-            sent_ms = self.playback.items[item_id].sent_ms
-            heard_ms = min(heard.ms, sent_ms) if heard and heard.item_id == item_id else 0
-            turn.heard_ms = heard_ms
-            if heard_ms > 0:
-                self._emit(ToRealtime(rt.item_truncate(item_id, heard_ms)))
-            else:
-                self._emit(ToRealtime(rt.item_delete(item_id)))
-        if audible:
-            self.ending.call_off(now)  # after the model's memory is fixed, tell it
-        log_event(
-            logger,
-            _INFO,
-            "turn.barge_in" if audible else "turn.response_dropped",
-            item_id=heard.item_id if heard else None,
-            heard_ms=heard.ms if heard else 0,
-        )
 
     # -- ending ---------------------------------------------------------------------------
 
@@ -578,19 +466,6 @@ class CallSession:
     def _instructions(self, extra: str) -> str:
         """Session instructions plus a one-off instruction, for a single response."""
         return f"{self.config.instructions}\n\n{extra}"
-
-    def _respond_when_idle(self, instructions: str | None = None, *, closing: bool = False) -> None:
-        """Ask for a response now, or as soon as the current one is done (the service
-        refuses a second active response). `closing`: it carries the last words of a
-        deliberate ending, which then waits for exactly that response."""
-        if self.responding:
-            self._response_after_done = True
-            self._after_done_instructions = instructions or self._after_done_instructions
-            self._after_done_closing = self._after_done_closing or closing
-        else:
-            self._requested = True
-            self._requested_closing = closing
-            self._emit(ToRealtime(rt.response_create(instructions)))
 
     def _emit(self, action: Action) -> None:
         self._out.append(action)
