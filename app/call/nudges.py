@@ -30,6 +30,8 @@ logger = logging.getLogger("app.call")
 SILENCE_TIMER: Final = "silence"
 MAX_DURATION_TIMER: Final = "max_duration"
 _DIGITS: Final = frozenset("0123456789*#ABCD")
+#: What the model is told for a key press (the recorder redacts the digit in it).
+DTMF_MESSAGE: Final = "The caller pressed {digit} on their keypad."
 
 _REPROMPT: Final = (
     "The caller has not said anything for a while. Briefly and kindly check whether they "
@@ -127,7 +129,7 @@ class Nudges:
             log_event(logger, logging.INFO, "twilio.dtmf", forwarded=False)
             return
         log_event(logger, logging.INFO, "twilio.dtmf", forwarded=True)
-        call._emit(ToRealtime(rt.user_text(f"The caller pressed {digit} on their keypad.")))
+        call._emit(ToRealtime(rt.user_text(DTMF_MESSAGE.format(digit=digit))))
         call.responses.request()
 
     def timer(self, now: float, name: str) -> None:
