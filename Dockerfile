@@ -13,9 +13,16 @@
 # With no base image to pull, build on any base that has python3 (>= 3.11) with
 # its venv module: --build-arg BASE_IMAGE=local/py-base (README, "Docker").
 #
-# Run (PID 1 is uvicorn itself, so `docker stop` SIGTERM reaches it and the app
-# drains its calls; give the drain time with `docker stop -t` / --stop-timeout):
-#   docker run --env-file .env -p 8000:8000 twilio-realtime-bridge
+# Run (PID 1 is uvicorn itself, so the SIGTERM of `docker stop` reaches the app):
+#   docker run --stop-timeout 610 --env-file .env -p 8000:8000 twilio-realtime-bridge
+# On SIGTERM the app turns /readyz to 503, lets live calls finish for up to
+# SHUTDOWN_DRAIN_SECONDS (default 600), ends the calls still open through their
+# media stream (a few seconds of teardown) and exits 0 (app/lifecycle.py). Docker
+# sends SIGKILL 10 s after SIGTERM unless told otherwise, which would cut every
+# live call with no fallback, so the stop timeout must be at least
+# SHUTDOWN_DRAIN_SECONDS plus about 10 s: `docker run --stop-timeout 610`,
+# `docker stop -t 610`, compose `stop_grace_period: 610s`, Kubernetes
+# `terminationGracePeriodSeconds: 610` (adjust to your SHUTDOWN_DRAIN_SECONDS).
 
 ARG BASE_IMAGE=python:3.12-slim
 
@@ -63,7 +70,9 @@ ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
     PORT=8000
 
 # /data is the one place the app user may write: mount a volume there and set
-# RECORD_DIR=/data/recordings to record calls (a new named volume takes its owner).
+# RECORD_DIR=/data/recordings to record every call as a call fixture (a new named
+# volume takes its owner). Recordings hold transcripts, and the caller's audio too
+# with RECORD_AUDIO=true: personal data.
 RUN groupadd --system --gid 10001 app \
  && useradd --system --uid 10001 --gid app --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin app \
@@ -92,5 +101,5 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
 # signature check needs the public scheme) from any peer by default; set
 # FORWARDED_ALLOW_IPS to the balancer's addresses when the container is
 # reachable other than through it. No --timeout-graceful-shutdown: the app
-# drains its own calls on shutdown.
+# drains its own calls on SIGTERM (see "Run" above) before uvicorn shuts down.
 CMD ["sh", "-c", "exec uvicorn app.main:app --host 0.0.0.0 --port \"${PORT:-8000}\" --proxy-headers --forwarded-allow-ips \"${FORWARDED_ALLOW_IPS:-*}\""]

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketState
@@ -59,6 +60,7 @@ class Bridge:
         endpoint: RealtimeEndpoint,
         *,
         telephony: Telephony | None = None,
+        verify_start: Callable[[dict[str, Any]], str | None] | None = None,
         recorder: CallRecorder | None = None,
         log_transcripts: bool = True,
     ) -> None:
@@ -66,6 +68,7 @@ class Bridge:
         self.session = session
         self.endpoint = endpoint
         self.telephony = telephony
+        self.verify_start = verify_start
         self.recorder = recorder
         self.log_transcripts = log_transcripts
         self.realtime: ClientConnection | None = None
@@ -73,7 +76,9 @@ class Bridge:
         self._t0 = self._loop.time()
         self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        # name -> (handle, token): an expiry whose token is no longer current is stale.
+        self._timers: dict[str, tuple[asyncio.TimerHandle, int]] = {}
+        self._timer_tokens = 0
         self._twilio_open = True
 
     def shutdown(self) -> None:
@@ -88,6 +93,7 @@ class Bridge:
         """Handle the call until it is over; never raises for the call's own failures."""
         self._spawn(self._read_twilio())
         try:
+            await self._execute(self.session.opened(self.now()))
             while not self.session.done:
                 kind, data = await self._inbox.get()
                 now = self.now()
@@ -107,11 +113,20 @@ class Bridge:
         """Turn one inbox entry into the recorded form of an input and feed it to the core."""
         s = self.session
         if kind == "timer":
-            self._timers.pop(data, None)
-            return s.timer(now, data)
+            name, token = data
+            current = self._timers.get(name)
+            if current is None or current[1] != token:
+                return []  # cancelled or re-armed after it had already expired
+            del self._timers[name]
+            return s.timer(now, name)
         if kind == "shutdown":
             return s.shutdown(now)
         if kind == "twilio":
+            if self.verify_start is not None and data.get("event") == "start":
+                refused = self.verify_start(data)
+                if refused is not None:
+                    log_event(logger, logging.WARNING, "stream.refused", reason=refused)
+                    return s.refuse(now, refused)
             direction, msg = "from_twilio", data
         elif kind == "realtime":
             direction, msg = "from_openai", data
@@ -224,9 +239,9 @@ class Bridge:
             elif type(action) is SetTimer:
                 self._set_timer(action.name, action.at_ms)
             elif type(action) is CancelTimer:
-                handle = self._timers.pop(action.name, None)
-                if handle is not None:
-                    handle.cancel()
+                entry = self._timers.pop(action.name, None)
+                if entry is not None:
+                    entry[0].cancel()
             elif type(action) is ConnectRealtime:
                 self._spawn(self._connect_realtime())
             elif type(action) is CloseTwilio:
@@ -254,9 +269,12 @@ class Bridge:
     def _set_timer(self, name: str, at_ms: float) -> None:
         old = self._timers.pop(name, None)
         if old is not None:
-            old.cancel()
+            old[0].cancel()
+        self._timer_tokens += 1
+        token = self._timer_tokens
         when = self._t0 + at_ms / 1000.0
-        self._timers[name] = self._loop.call_at(when, self._inbox.put_nowait, ("timer", name))
+        handle = self._loop.call_at(when, self._inbox.put_nowait, ("timer", (name, token)))
+        self._timers[name] = (handle, token)
 
     async def _close_twilio(self, reason: str) -> None:
         if not self._twilio_open:
@@ -273,7 +291,7 @@ class Bridge:
         conn, self.realtime = self.realtime, None
         if conn is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), timeout=2.0)
+                await asyncio.wait_for(conn.close(), timeout=1.5)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -283,11 +301,11 @@ class Bridge:
         task.add_done_callback(self._tasks.discard)
 
     async def _teardown(self) -> None:
-        for handle in self._timers.values():
+        for handle, _ in self._timers.values():
             handle.cancel()
         self._timers.clear()
-        await self._close_realtime()
         await self._close_twilio(self.session.end_reason or "teardown")
+        await self._close_realtime()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request, WebSocket
@@ -25,13 +26,17 @@ from app.call.config import CallConfig
 from app.call.session import CallSession
 from app.lifecycle import Drain
 from app.observability import bind_call, configure_logging, log_event, register_secret
+from app.protocol import twilio as tw
 from app.realtime_socket import RealtimeEndpoint
 from app.recording import CallRecorder, RecordingWriter
 from app.security import (
     MEDIA_STREAM_PATH,
+    STREAM_TOKEN_PARAMETER,
     SignatureChecker,
+    check_stream_token,
     public_base_url,
     public_url,
+    stream_token,
     stream_url,
 )
 from app.settings import Settings, SettingsError, load_settings
@@ -133,9 +138,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log_event(logger, logging.WARNING, "webhook.apology", reason="no OPENAI_API_KEY")
             return Response(twiml.apology(settings.apology_message), media_type=_XML)
         log_event(logger, logging.INFO, "webhook.incoming_call", caller=params.get("From"))
+        parameters = {name: params.get(name, "") for name in _STREAM_PARAMETERS}
+        token = settings.twilio_auth_token
+        if token is not None and params.get("CallSid"):
+            parameters[STREAM_TOKEN_PARAMETER] = stream_token(
+                token.get_secret_value(), params["CallSid"]
+            )
         document = twiml.connect_stream(
             stream_url(base),
-            {name: params.get(name, "") for name in _STREAM_PARAMETERS},
+            parameters,
             settings.fallback_message,
             settings.fallback_number,
         )
@@ -166,6 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CallSession(state.call_config),
             state.endpoint,
             telephony=state.telephony,
+            verify_start=_start_verifier(settings),
             recorder=CallRecorder(state.recordings, state.call_config, settings.record_audio)
             if state.recordings is not None
             else None,
@@ -181,6 +193,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 state.idle.set()
 
     return app
+
+
+def _start_verifier(settings: Settings) -> Callable[[dict[str, Any]], str | None] | None:
+    """Checks a stream's `start` against the call it claims (None: nothing to check)."""
+    token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None
+    account = settings.twilio_account_sid
+    if token is None and account is None:
+        return None
+
+    def verify(msg: dict[str, Any]) -> str | None:
+        fields = tw.start_fields(msg)
+        if fields is None:
+            return None  # malformed: the call core reports it
+        _, call_sid, account_sid, params = fields
+        if account is not None and account_sid != account:
+            return "account_mismatch"
+        if token is not None and not check_stream_token(
+            token, call_sid, params.get(STREAM_TOKEN_PARAMETER)
+        ):
+            return "bad_stream_token"
+        return None
+
+    return verify
 
 
 def _telephony(settings: Settings) -> Telephony | None:

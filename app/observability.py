@@ -4,7 +4,9 @@ Why: a phone bridge is debugged from its logs after the fact, so every line must
 call it belongs to and be easy to grep (`key=value`) or ship to a log store (JSON).
 
 - `configure_logging()` installs one handler on the root logger (idempotent) and routes
-  uvicorn's loggers through it.
+  uvicorn's loggers through it. Websocket protocol debug output never gets through: the
+  websockets library logs every frame and handshake header at DEBUG (caller audio, key
+  presses, `X-Twilio-Signature`), and uvicorn hands it the `uvicorn.error` logger.
 - `bind_call()` stores the call's identifiers in context variables; every record created
   afterwards in that task (and in tasks it creates later) carries `call_sid`/`stream_sid`.
 - `log_event()` logs an event name plus fields, cheaply skipped when the level is off.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -32,6 +35,10 @@ MIN_SECRET_LENGTH = 6
 _HANDLER_MARK = "_bridge_handler"
 _FACTORY_MARK = "_bridge_factory"
 _UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+_WIRE_LOGGERS = ("uvicorn.error", "websockets")
+"""Loggers the websockets library writes its frame and header debug lines to: uvicorn
+passes `uvicorn.error` to it (every websockets implementation of uvicorn 0.54), and the
+library's own default loggers are `websockets.client` / `websockets.server`."""
 _RESERVED = frozenset({"ts", "level", "logger", "event", "msg", "call_sid", "stream_sid", "exc"})
 
 
@@ -199,6 +206,41 @@ class StructuredFormatter(logging.Formatter):
 # --- Set-up ------------------------------------------------------------------------------
 
 
+def _package_dir(name: str) -> str | None:
+    try:
+        module = __import__(name)
+    except ImportError:  # pragma: no cover - a dependency of uvicorn[standard]
+        return None
+    path = getattr(module, "__file__", None)
+    return os.path.dirname(os.path.abspath(path)) + os.sep if path else None
+
+
+class WireDebugFilter(logging.Filter):
+    """Drop sub-INFO records of the websocket protocol layer, whoever asked for them.
+
+    The websockets library logs each frame (`< TEXT '{"event":"dtmf",...}'`) and each
+    handshake header at DEBUG through whatever logger it was given. Those lines carry
+    caller audio, DTMF digits and signatures, so they must never be rendered. Records are
+    dropped when below INFO and either logged on a wire logger (`uvicorn.error`,
+    `websockets*`) or produced by code inside the websockets package (any logger name,
+    e.g. the Realtime client's). The logger levels are pinned too (`configure_logging`),
+    which saves building the records at all; this filter holds even if a level is reset.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._origin = _package_dir("websockets")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.INFO:
+            return True
+        name = record.name
+        if name == "uvicorn.error" or name == "websockets" or name.startswith("websockets."):
+            return False
+        origin = self._origin
+        return not (origin and record.pathname.startswith(origin))
+
+
 def configure_logging(
     fmt: str = "kv",
     level: str = "INFO",
@@ -209,7 +251,10 @@ def configure_logging(
 
     Safe to call more than once (each call replaces our handler instead of adding one).
     uvicorn's loggers lose their own handlers and propagate to the root, so access and
-    error lines share the format. `stream` defaults to stderr; tests pass a StringIO.
+    error lines share the format. The websocket wire loggers stay at INFO or above even at
+    DEBUG, and `WireDebugFilter` drops their debug lines (see there): frames and headers
+    would leak caller audio, key presses and signatures. `stream` defaults to stderr;
+    tests pass a StringIO.
     """
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
@@ -223,6 +268,7 @@ def configure_logging(
             root.removeHandler(handler)
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
+    handler.addFilter(WireDebugFilter())
     setattr(handler, _HANDLER_MARK, True)
     root.addHandler(handler)
     root.setLevel(numeric)
@@ -232,3 +278,7 @@ def configure_logging(
         uvicorn_logger.handlers.clear()
         uvicorn_logger.propagate = True
         uvicorn_logger.setLevel(logging.NOTSET)
+    # Not below INFO, and not below the chosen level either: a logger's own level decides
+    # what it emits, so pinning INFO under LOG_LEVEL=WARNING would let INFO lines through.
+    for name in _WIRE_LOGGERS:
+        logging.getLogger(name).setLevel(max(numeric, logging.INFO))

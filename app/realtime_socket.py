@@ -21,6 +21,14 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 _BACKOFF_S = (0.15, 0.4, 0.8)
 _FINAL_STATUSES = frozenset({400, 401, 403, 404})
 
+#: A Realtime peer that stops answering (half-open TCP, a black-holed route) is noticed
+#: by keepalive pings: no pong within PING_TIMEOUT_S of a ping sent every PING_INTERVAL_S
+#: closes the socket, and the call's media stream with it. Worst case about 3.5 s, inside
+#: the contract's 5 s of silence. The defaults (20 s + 20 s) would leave ~50 s of silence.
+PING_INTERVAL_S = 1.5
+PING_TIMEOUT_S = 2.0
+CLOSE_TIMEOUT_S = 1.0
+
 #: The websockets library logs the upgrade request's headers at DEBUG, bearer token
 #: included. Its logger for our connections never goes below INFO, whatever LOG_LEVEL is.
 _WS_LOGGER = logging.getLogger("app.realtime_socket.websockets")
@@ -55,6 +63,9 @@ async def open_realtime(endpoint: RealtimeEndpoint, timeout_s: float) -> ClientC
                     endpoint.url,
                     additional_headers=headers,
                     open_timeout=None,
+                    ping_interval=PING_INTERVAL_S,
+                    ping_timeout=PING_TIMEOUT_S,
+                    close_timeout=CLOSE_TIMEOUT_S,
                     max_size=MAX_MESSAGE_BYTES,
                     user_agent_header="twilio-realtime-bridge",
                     logger=_WS_LOGGER,

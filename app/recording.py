@@ -10,8 +10,12 @@ Besides the protocol messages themselves, a few small records complete the story
 `{"_frame_error": reason}` for a frame that could not be parsed, and for `rest`
 `{"request": {"kind", "params"}}` / `{"response": {"status", "code", "error"}}`.
 Audio payloads are replaced by `{"_audio_bytes": N}` unless RECORD_AUDIO is on: a
-recording otherwise holds the caller's voice. Outputs carry the time the core decided
-them, so a replay of unchanged code reproduces the times exactly.
+recording otherwise holds the caller's voice. Key presses (PINs, card numbers) and per-call
+secrets are never stored, whatever RECORD_AUDIO says (`redact`): every digit is recorded as
+`*`, in Twilio's `dtmf` message and in the text the model is told, so a replay feeds `*` to
+the core and gets exactly the recorded text back; the `StreamToken` stream parameter is
+recorded as `***`. Outputs carry the time the core decided them, so a replay of unchanged
+code reproduces the times exactly.
 
 Writing never blocks a call: lines go to one background thread through a queue. A full
 disk or any write error is logged once per file and the call goes on unrecorded.
@@ -39,6 +43,7 @@ from app.call.actions import (
     ToTwilio,
 )
 from app.call.config import CallConfig
+from app.call.nudges import DTMF_MESSAGE
 from app.observability import log_event
 from app.protocol.b64 import decoded_len, is_b64
 
@@ -51,6 +56,18 @@ AUDIO: Final = "_audio_bytes"
 _MAX_BACKLOG: Final = 200_000
 
 Message = dict[str, Any]
+
+#: Every key a `dtmf` message can report.
+DTMF_KEYS: Final = frozenset("0123456789*#ABCD")
+#: What a key press is recorded as: a valid key, so a replay drives the same code path.
+REDACTED_DIGIT: Final = "*"
+#: What a malformed `digit` is recorded as: still invalid, so the core rejects it again.
+REDACTED_BAD_DIGIT: Final = "?"
+REDACTED: Final = "***"
+#: `start` custom parameters whose values are secrets (compared case-insensitively).
+SECRET_PARAMETERS: Final = frozenset({"streamtoken"})
+_DTMF_TEXTS: Final = frozenset(DTMF_MESSAGE.format(digit=key) for key in DTMF_KEYS)
+_REDACTED_DTMF_TEXT: Final = DTMF_MESSAGE.format(digit=REDACTED_DIGIT)
 
 
 def audio_field(direction: str, msg: Message) -> tuple[str, ...] | None:
@@ -83,6 +100,70 @@ def strip_audio(direction: str, msg: Message) -> Message:
         assert isinstance(payload, str)
         node[leaf] = {AUDIO: decoded_len(payload)}
     return out
+
+
+def _redact_dtmf(msg: Message) -> Message:
+    dtmf = msg.get("dtmf")
+    if not isinstance(dtmf, dict) or dtmf.get("digit") is None:
+        return msg
+    digit = dtmf["digit"]
+    valid = isinstance(digit, str) and digit in DTMF_KEYS
+    return {**msg, "dtmf": {**dtmf, "digit": REDACTED_DIGIT if valid else REDACTED_BAD_DIGIT}}
+
+
+def _redact_start(msg: Message) -> Message:
+    start = msg.get("start")
+    if not isinstance(start, dict):
+        return msg
+    params = start.get("customParameters")
+    if not isinstance(params, dict) or not any(
+        str(name).lower() in SECRET_PARAMETERS for name in params
+    ):
+        return msg
+    clean = {k: REDACTED if str(k).lower() in SECRET_PARAMETERS else v for k, v in params.items()}
+    return {**msg, "start": {**start, "customParameters": clean}}
+
+
+def _redact_item(msg: Message) -> Message:
+    """Redact the key-press text in a user message item (sent, or echoed by the service)."""
+    item = msg.get("item")
+    if not isinstance(item, dict) or item.get("role") != "user":
+        return msg
+    content = item.get("content")
+    if not isinstance(content, list) or not any(
+        isinstance(part, dict) and part.get("text") in _DTMF_TEXTS for part in content
+    ):
+        return msg
+    clean = [
+        {**part, "text": _REDACTED_DTMF_TEXT}
+        if isinstance(part, dict) and part.get("text") in _DTMF_TEXTS
+        else part
+        for part in content
+    ]
+    return {**msg, "item": {**item, "content": clean}}
+
+
+def redact(direction: str, msg: Message) -> Message:
+    """`msg` without key presses or per-call secrets, as it may be written to a recording.
+
+    - `from_twilio` `dtmf`: the digit becomes `*` (a malformed one `?`, still malformed);
+    - `from_twilio` `start`: the `StreamToken` custom parameter becomes `***`;
+    - a user message item whose text is the key-press message (`to_openai`
+      `conversation.item.create`, and the service's `conversation.item.*` echoes of it):
+      the text becomes the message for `*`, which is what the core says when fed `*`.
+
+    Returns `msg` itself when there is nothing to redact, else a copy (`msg` is untouched).
+    """
+    if direction == "from_twilio":
+        event = msg.get("event")
+        if event == "dtmf":
+            return _redact_dtmf(msg)
+        if event == "start":
+            return _redact_start(msg)
+        return msg
+    if direction in ("to_openai", "from_openai") and "item" in msg:
+        return _redact_item(msg)
+    return msg
 
 
 def action_record(action: Action) -> tuple[str, Message] | None:
@@ -201,6 +282,7 @@ class CallRecorder:
             return
         if self._name is None and direction == "from_twilio" and msg.get("event") == "start":
             self._open(msg)
+        msg = redact(direction, msg)
         if not self._keep_audio:
             msg = strip_audio(direction, msg)
         line = json.dumps(

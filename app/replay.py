@@ -166,6 +166,7 @@ def replay(fixture: Fixture) -> Result:
                     replay_marks.append(name)
                 out.append(produced)
 
+    collect(0.0, session.opened(0.0))
     i = 0
     while i < len(inputs) and not session.done:
         nxt = inputs[i]

@@ -9,6 +9,9 @@ the URL of the request as the server received it.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -123,3 +126,24 @@ class SignatureChecker:
     def check_websocket(self, url: str, signature: str | None) -> bool:
         """Check the media-stream upgrade: Twilio signs the exact `wss://` URL, no params."""
         return self._validate(url, {}, signature)
+
+
+#: The `<Parameter>` that carries a call's stream token.
+STREAM_TOKEN_PARAMETER = "StreamToken"
+
+
+def stream_token(auth_token: str, call_sid: str) -> str:
+    """A token binding one media stream to one call.
+
+    Twilio signs the media-stream upgrade over the fixed `wss://host/media-stream` URL, so
+    that signature says "Twilio, some call" and is the same for every call. The webhook
+    (itself signed over the call's parameters) puts this HMAC of the CallSid into the
+    TwiML as a `<Parameter>`; the bridge accepts a stream's `start` only with the token
+    of the call it claims, so a replayed upgrade can't open streams for other calls.
+    """
+    mac = hmac.new(auth_token.encode(), b"media-stream:" + call_sid.encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(mac.digest()[:24]).decode()
+
+
+def check_stream_token(auth_token: str, call_sid: str, token: object) -> bool:
+    return isinstance(token, str) and hmac.compare_digest(token, stream_token(auth_token, call_sid))

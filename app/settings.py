@@ -269,6 +269,24 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _min_speech_needs_server_vad(self) -> Settings:
+        """Refuse INTERRUPT_MIN_SPEECH_MS > 0 with semantic VAD.
+
+        The min-speech confirmation comes from a timer at N ms plus the VAD silence window
+        after `speech_started`, or from `speech_stopped`; it assumes server_vad's fixed
+        silence window. Semantic VAD's end of turn can take seconds, so noise would hold
+        the bot's voice (and real barge-ins would come late) unpredictably.
+        """
+        if self.turn_detection == "semantic_vad" and self.interrupt_min_speech_ms > 0:
+            raise ValueError(
+                f"INTERRUPT_MIN_SPEECH_MS={self.interrupt_min_speech_ms} does not work with "
+                "TURN_DETECTION=semantic_vad: semantic VAD can take seconds to end a turn, "
+                "while the min-speech confirmation assumes server_vad's silence window. Use "
+                "TURN_DETECTION=server_vad, or INTERRUPT_MIN_SPEECH_MS=0"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _read_instructions_file(self) -> Settings:
         """Read the instructions file once, at start, so a bad file fails the boot."""
         if self.bot_instructions_file is not None:

@@ -74,8 +74,10 @@ def apology(message: str) -> str:
 def dial(number: str, caller_id: str | None = None, timeout_s: int | None = None) -> str:
     """`<Dial>` a phone number or `sip:` URI, e.g. to transfer a live call via REST.
 
-    `caller_id` sets the number the callee sees; `timeout_s` is how long to ring.
+    `caller_id` sets the number the callee sees; `timeout_s` is how long to ring. The
+    document has no `<?xml ...?>` declaration: it is sent as the REST update's `Twiml=`
+    parameter, which the contract spells `<Response><Dial>NUMBER</Dial></Response>`.
     """
     response = VoiceResponse()
     _add_dial(response, number, caller_id, timeout_s)
-    return str(response)
+    return response.to_xml(xml_declaration=False)

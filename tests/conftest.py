@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ import uvicorn
 from twilio.request_validator import RequestValidator
 
 from app.main import create_app
+from app.security import STREAM_TOKEN_PARAMETER, stream_token
 from app.settings import Settings, load_settings
 from tests.fakes.realtime_server import FakeRealtime
 from tests.fakes.twilio_caller import FakeTwilioCall
@@ -60,9 +62,22 @@ class RunningApp:
             await self.state.idle.wait()
 
     def call(self, **kwargs: Any) -> FakeTwilioCall:
-        """A fake Twilio media stream to this app (signed when signatures are on)."""
+        """A fake Twilio media stream to this app, as Twilio would open it for a call the
+        webhook answered: signed upgrade, the account's SID, the TwiML's `<Parameter>`s
+        (including the per-call stream token)."""
         headers = {**self.sign_ws(), **kwargs.pop("headers", {})}
-        return FakeTwilioCall(self.ws_url, headers=headers, **kwargs)
+        call_sid = kwargs.pop("call_sid", None) or "CA" + secrets.token_hex(16)
+        params = {"CallSid": call_sid, **kwargs.pop("custom_parameters", {})}
+        token = self.settings.twilio_auth_token
+        if token is not None:
+            params.setdefault(
+                STREAM_TOKEN_PARAMETER, stream_token(token.get_secret_value(), call_sid)
+            )
+        if self.settings.twilio_account_sid:
+            kwargs.setdefault("account_sid", self.settings.twilio_account_sid)
+        return FakeTwilioCall(
+            self.ws_url, headers=headers, call_sid=call_sid, custom_parameters=params, **kwargs
+        )
 
 
 @asynccontextmanager

@@ -18,7 +18,8 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from tests.conftest import AUTH_TOKEN, AppFactory, make_settings, serve
+from app.security import stream_token
+from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, AppFactory, make_settings, serve
 from tests.fakes.audio import silence, speech
 from tests.fakes.realtime_server import FakeRealtime, ScriptedResponse
 
@@ -59,7 +60,9 @@ async def test_webhook_returns_connect_stream_with_parameters_and_fallback(
         assert stream is not None
         assert stream.get("url") == "wss://bridge.example.com/media-stream"
         got = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+        token = got.pop("StreamToken")
         assert got == params
+        assert token == stream_token(AUTH_TOKEN, params["CallSid"])  # binds stream to call
         assert say.text == "We are sorry." and dial.text == "+15550009999"
 
         bad = twilio_post(app.http_url, app.public_base, params, "wrong-token-xxxxxxxx")
@@ -87,6 +90,25 @@ async def test_media_stream_upgrade_needs_a_valid_signature(app_with: AppFactory
             async with connect(app.ws_url, additional_headers=headers):
                 pass
         assert info.value.response.status_code == 403
+
+
+@pytest.mark.parametrize("forgery", ["no_token", "token_of_another_call", "other_account"])
+async def test_a_stream_must_belong_to_the_call_it_claims(
+    app_with: AppFactory, realtime: FakeRealtime, forgery: str
+) -> None:
+    """A valid upgrade signature is the same for every call; `start` must prove the call."""
+    app = await app_with(twilio_account_sid=ACCOUNT_SID)
+    params = {
+        "no_token": {"StreamToken": ""},
+        "token_of_another_call": {"StreamToken": stream_token(AUTH_TOKEN, "CA" + "9" * 32)},
+        "other_account": {},
+    }[forgery]
+    extra = {"account_sid": "AC" + "b" * 32} if forgery == "other_account" else {}
+    async with app.call(custom_parameters=params, **extra) as call:
+        await call.start()
+        await call.wait_closed(timeout=5)
+    assert realtime.connections == []  # nothing was opened (or paid for) for it
+    await app.wait_idle()
 
 
 async def test_greeting_plays_byte_identical_with_a_mark_after_each_delta(
@@ -167,6 +189,30 @@ async def test_realtime_unreachable_closes_the_stream_within_five_seconds(
         # The contract's bound: no caller waits in silence more than 5 s.
         await call.wait_closed(timeout=5)
         assert call.close_code == 1000
+
+
+async def test_a_black_holed_realtime_service_never_leaves_the_caller_over_5_s(
+    app_with: AppFactory, realtime: FakeRealtime
+) -> None:
+    """Accepted, then nothing: no events, no pongs, no closing handshake."""
+    realtime.stall_on_connect = True
+    app = await app_with()  # the default 4 s readiness deadline
+    async with app.call() as call:
+        await call.start()
+        await call.wait_closed(timeout=5)
+        assert call.close_code == 1000
+
+
+async def test_a_realtime_service_that_stalls_mid_call_is_noticed_within_5_s(
+    app_with: AppFactory, realtime: FakeRealtime
+) -> None:
+    app = await app_with(bot_greeting="")
+    async with app.call() as call:
+        await call.start()
+        conn = await realtime.wait_connection()
+        await conn.wait_for("session.update")
+        conn.stall()  # half-open TCP: the service just stops answering, pings included
+        await call.wait_closed(timeout=5)
 
 
 async def test_realtime_dropping_mid_call_closes_the_stream(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -21,6 +22,7 @@ import httpx
 import pytest
 from twilio.request_validator import RequestValidator
 
+from app.security import stream_token
 from tests.conftest import API_KEY, AUTH_TOKEN
 from tests.fakes.audio import speech
 from tests.fakes.realtime_server import FakeRealtime
@@ -64,8 +66,12 @@ class ServerProcess:
         sig = RequestValidator(AUTH_TOKEN).compute_signature(
             PUBLIC.replace("https", "wss") + "/media-stream", {}
         )
+        call_sid = "CA" + secrets.token_hex(16)
         return FakeTwilioCall(
-            f"ws://127.0.0.1:{self.port}/media-stream", headers={"X-Twilio-Signature": sig}
+            f"ws://127.0.0.1:{self.port}/media-stream",
+            headers={"X-Twilio-Signature": sig},
+            call_sid=call_sid,
+            custom_parameters={"StreamToken": stream_token(AUTH_TOKEN, call_sid)},
         )
 
 

@@ -196,8 +196,102 @@ def test_dtmf_reaches_the_model_and_digits_are_validated() -> None:
     dtmf = {"event": "dtmf", "streamSid": STREAM, "dtmf": {"track": "inbound_track", "digit": "5"}}
     events = to_realtime(s.twilio_message(200, dtmf))
     assert events[0]["item"]["content"][0]["text"] == "The caller pressed 5 on their keypad."
-    assert events[1] == {"type": "response.create"}
+    assert events[1]["type"] == "response.create" and "instructions" not in events[1]["response"]
     bad = {"event": "dtmf", "streamSid": STREAM, "dtmf": {"digit": "55x"}}
     assert s.twilio_message(300, bad) == [] and "twilio.malformed_dtmf" in s.bad_input
     off = live(CallConfig(greeting="", dtmf_to_model=False))
     assert to_realtime(off.twilio_message(200, dtmf)) == []
+
+
+def test_caller_speaking_before_the_goodbye_is_audible_calls_the_hang_up_off() -> None:
+    s = live(TOOLS)
+    s.realtime_message(100, function_call("end_call"))
+    s.realtime_message(110, done())  # no words: the bridge asks for the goodbye
+    s.realtime_message(120, {"type": "response.created", "response": {"id": "resp_2"}})
+    # The caller speaks before any of the goodbye is heard; the service cancels it.
+    s.realtime_message(130, {"type": "input_audio_buffer.speech_started", "item_id": "u"})
+    assert not s.ending.active
+    assert not rests(s.realtime_message(140, done("resp_2", status="cancelled")))
+
+
+def test_min_speech_last_words_wait_for_the_callers_unclassified_speech() -> None:
+    cfg = CallConfig(
+        tools=("end_call",), rest_available=True, interrupt_min_speech_ms=1000, greeting=""
+    )
+    for end_ms, hangs_up in ((1900, True), (3500, False)):
+        s = live(cfg)
+        marks = play(s, 100, "item_a", 10)
+        s.realtime_message(110, function_call("end_call"))
+        s.realtime_message(120, done())
+        echo_all(s, 500, marks[:8])
+        started = {"type": "input_audio_buffer.speech_started", "audio_start_ms": 700}
+        s.realtime_message(800, started)  # over the goodbye, not yet classified
+        assert not rests(echo_all(s, 1100, marks[8:]))  # last word played: wait
+        stopped = {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": end_ms}
+        out = s.realtime_message(1200, stopped)
+        assert bool(rests(out)) is hangs_up  # noise: hang up now; a real turn: called off
+        assert s.ending.active is hangs_up
+
+
+def test_the_time_limit_survives_one_barge_in_then_is_hard() -> None:
+    s = live(CallConfig(max_call_ms=60_000, rest_available=True, greeting=""))
+    s.realtime_message(100, done())
+
+    def wrap_up(now: float, rid: str) -> list[str]:
+        s.timer(now, MAX_DURATION_TIMER)
+        s.realtime_message(now + 1, {"type": "response.created", "response": {"id": rid}})
+        return play(s, now + 2, f"item_{rid}", 20, response=rid)
+
+    wrap_up(60_000, "resp_w1")
+    out = s.realtime_message(60_500, {"type": "input_audio_buffer.speech_started"})
+    assert SetTimer(MAX_DURATION_TIMER, 60_500 + 60_000) in out  # one grace period
+    assert not s.ending.active and not rests(out)
+    s.realtime_message(60_510, done("resp_w1", status="cancelled"))
+    wrap_up(120_500, "resp_w2")
+    out = s.realtime_message(121_000, {"type": "input_audio_buffer.speech_started"})
+    assert rests(out) == [RestRequest("hangup", {"Status": "completed"})]  # hard limit
+
+
+def test_a_refused_response_request_is_retried_after_the_active_one() -> None:
+    s = live(CallConfig(greeting=""))
+    s.realtime_message(100, done())
+    dtmf = {"event": "dtmf", "streamSid": STREAM, "dtmf": {"digit": "1"}}
+    create = to_realtime(s.twilio_message(200, dtmf))[-1]
+    busy = {
+        "type": "error",
+        "error": {
+            "type": "invalid_request_error",
+            "code": "conversation_already_has_active_response",
+            "event_id": create["event_id"],
+        },
+    }
+    vad = {"id": "resp_vad", "metadata": None}  # the service's own response (server VAD)
+    s.realtime_message(210, {"type": "response.created", "response": vad})
+    assert s.realtime_message(211, busy) == []
+    again = to_realtime(s.realtime_message(300, done("resp_vad")))
+    assert [e["type"] for e in again] == ["response.create"]
+    ours = {"id": "resp_2", "metadata": again[0]["response"]["metadata"]}
+    s.realtime_message(310, {"type": "response.created", "response": ours})
+    assert not s.responses.responding or s.responses.active == "resp_2"
+
+
+def test_failing_responses_hand_the_call_to_the_fallback() -> None:
+    s = live(CallConfig(greeting=""))
+    quota = {
+        "type": "response.done",
+        "response": {
+            "id": "resp_1",
+            "status": "failed",
+            "status_details": {"error": {"type": "requests", "code": "insufficient_quota"}},
+        },
+    }
+    out = s.realtime_message(100, quota)
+    assert CloseTwilio("responses_failing") in out
+    assert s.summary()["ended"] == "failure"
+    # Transient failures: the first is survived, two in a row are not.
+    s2 = live(CallConfig(greeting=""))
+    transient = {"type": "response.done", "response": {"id": "resp_1", "status": "failed"}}
+    assert not any(isinstance(a, CloseTwilio) for a in s2.realtime_message(100, transient))
+    s2.realtime_message(110, {"type": "response.created", "response": {"id": "resp_2"}})
+    out = s2.realtime_message(120, {**transient, "response": {"id": "resp_2", "status": "failed"}})
+    assert CloseTwilio("responses_failing") in out

@@ -8,6 +8,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -197,3 +198,90 @@ def test_unknown_format_or_level_rejected() -> None:
         configure_logging("xml", "INFO", stream=io.StringIO())
     with pytest.raises(ValueError):
         configure_logging("kv", "LOUD", stream=io.StringIO())
+
+
+def test_websocket_protocol_debug_is_never_rendered(out: io.StringIO) -> None:
+    # uvicorn hands its own `uvicorn.error` logger to the websockets library, which logs
+    # every frame and handshake header at DEBUG: caller audio, DTMF digits, signatures.
+    configure_logging("kv", "DEBUG", stream=out)
+    for name in ("uvicorn.error", "websockets.server", "websockets.client"):
+        logging.getLogger(name).debug("< x-twilio-signature: %s", "SIGNATURE-abc")
+        logging.getLogger(name).debug('< TEXT \'{"event":"dtmf","dtmf":{"digit":"7"}}\'')
+    logging.getLogger("uvicorn.error").info("Started server process")
+    assert "SIGNATURE" not in out.getvalue() and "digit" not in out.getvalue()
+    assert "Started server process" in out.getvalue()  # uvicorn's own lines still pass
+    # The frame records are not even built: the library checks the level once per socket.
+    assert not logging.getLogger("uvicorn.error").isEnabledFor(logging.DEBUG)
+    assert not logging.getLogger("websockets.server").isEnabledFor(logging.DEBUG)
+
+
+def test_wire_loggers_never_go_below_the_chosen_level(out: io.StringIO) -> None:
+    configure_logging("kv", "WARNING", stream=out)
+    logging.getLogger("uvicorn.error").info("Started server process")
+    logging.getLogger("uvicorn.error").warning("disk nearly full")
+    assert [line.split("msg=")[1] for line in lines(out)] == ['"disk nearly full"']
+
+
+def test_websockets_library_debug_is_dropped_whatever_the_logger(out: io.StringIO) -> None:
+    # Defence in depth: even if something turns a websocket logger back to DEBUG, the
+    # handler drops sub-INFO records that the websockets library itself produced.
+    import websockets.protocol
+
+    logger = logging.getLogger("uvicorn.error")
+    logger.setLevel(logging.DEBUG)
+    try:
+        record = logger.makeRecord(
+            logger.name,
+            logging.DEBUG,
+            websockets.protocol.__file__,
+            1,
+            "< TEXT %s",
+            ('{"dtmf":{"digit":"7"}}',),
+            None,
+        )
+        logger.handle(record)
+        other = logging.getLogger("some.library.websockets")
+        other.setLevel(logging.DEBUG)
+        other.handle(
+            other.makeRecord(
+                other.name,
+                logging.DEBUG,
+                websockets.protocol.__file__,
+                1,
+                "< x-twilio-signature: SIG",
+                (),
+                None,
+            )
+        )
+        logging.getLogger("app.bridge").debug("our own debug line")
+    finally:
+        logger.setLevel(logging.NOTSET)
+    text = out.getvalue()
+    assert "digit" not in text and "SIG" not in text
+    assert "our own debug line" in text
+
+
+@pytest.mark.e2e
+async def test_e2e_debug_logs_hold_no_key_press_or_signature(app_with: Any, realtime: Any) -> None:
+    """The real app at LOG_LEVEL=DEBUG: a signed media stream with a key press."""
+    app = await app_with(bot_greeting="", log_level="DEBUG")
+    [handler] = [h for h in logging.getLogger().handlers if getattr(h, "_bridge_handler", False)]
+    buffer = io.StringIO()
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(buffer)
+    signature = app.sign_ws()["X-Twilio-Signature"]
+    async with app.call() as call:
+        await call.start(stream_audio=False)
+        conn = await realtime.wait_connection()
+        await conn.wait_for("session.update")
+        await call.send_dtmf("7")
+        item = await conn.wait_for("conversation.item.create", timeout=10)
+        assert item["item"]["content"][0]["text"] == "The caller pressed 7 on their keypad."
+        await call.hangup()
+    await app.wait_idle()
+    text = buffer.getvalue()
+    assert "event=twilio.dtmf" in text  # the key press is logged, its digit is not
+    assert "level=debug" in text  # debug logging really was on
+    assert signature not in text
+    assert '"7"' not in text and "digit" not in text and "pressed 7" not in text
+    assert "media-stream" in text.lower() or "websocket" in text.lower()

@@ -19,7 +19,13 @@ from app.call.actions import (
     ToTwilio,
 )
 from app.call.config import CallConfig
-from app.call.session import CONFIRM_TIMER, READY_TIMER, CallSession
+from app.call.session import (
+    CONFIRM_TIMER,
+    READY_TIMER,
+    START_TIMEOUT_MS,
+    START_TIMER,
+    CallSession,
+)
 from tests.fakes.realtime_server import CLIENT_EVENT_ADAPTER
 
 STREAM, CALL = "MZ" + "0" * 32, "CA" + "1" * 32
@@ -101,8 +107,9 @@ def play(s: CallSession, now: float, item: str, chunks: int, response: str = "re
 
 def test_start_opens_realtime_with_a_ready_deadline() -> None:
     s = CallSession(CallConfig(realtime_ready_timeout_ms=4000))
+    assert s.opened(0) == [SetTimer(START_TIMER, START_TIMEOUT_MS)]
     out = s.twilio_message(10, start_msg())
-    assert out == [ConnectRealtime(), SetTimer(READY_TIMER, 4010)]
+    assert out == [CancelTimer(START_TIMER), ConnectRealtime(), SetTimer(READY_TIMER, 4010)]
     assert (s.call_sid, s.stream_sid) == (CALL, STREAM)
 
 
@@ -267,7 +274,8 @@ def test_min_speech_policy_long_speech_interrupts_then_is_answered() -> None:
     commit = {"type": "input_audio_buffer.committed", "item_id": "u1"}
     assert [e["type"] for e in to_realtime(s.realtime_message(2910, commit))] == ["response.cancel"]
     done = {"type": "response.done", "response": {"id": "resp_1", "status": "cancelled"}}
-    assert to_realtime(s.realtime_message(2950, done)) == [{"type": "response.create"}]
+    (create,) = to_realtime(s.realtime_message(2950, done))
+    assert create["type"] == "response.create" and "instructions" not in create["response"]
 
 
 def test_min_speech_session_leaves_interrupting_and_answering_to_the_bridge() -> None:
@@ -287,6 +295,16 @@ def test_not_ready_in_time_closes_the_stream_for_the_fallback() -> None:
         CloseTwilio("realtime_unavailable") in out and CloseRealtime("realtime_unavailable") in out
     )
     assert s.done
+
+
+def test_the_caller_is_released_before_the_realtime_socket_is_closed() -> None:
+    # A stalled Realtime peer may take its time over the closing handshake; the caller
+    # must not wait for it before Twilio can run the fallback.
+    s = CallSession(CallConfig())
+    s.twilio_message(0, start_msg())
+    out = s.timer(4000, READY_TIMER)
+    kinds = [type(a) for a in out]
+    assert kinds.index(CloseTwilio) < kinds.index(CloseRealtime)
 
 
 def test_session_updated_cancels_the_ready_deadline() -> None:
@@ -355,3 +373,11 @@ def test_min_speech_policy_uses_speech_length_without_padding_and_silence() -> N
         stopped = {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": end_ms}
         out = s.realtime_message(1500, stopped)
         assert (to_twilio(out) == [{"event": "clear", "streamSid": STREAM}]) is interrupts
+
+
+def test_a_stream_that_never_starts_is_closed() -> None:
+    s = CallSession(CallConfig())
+    s.opened(0)
+    s.twilio_message(5, {"event": "connected", "protocol": "Call", "version": "1.0.0"})
+    out = s.timer(START_TIMEOUT_MS, START_TIMER)
+    assert CloseTwilio("no_start") in out and s.done

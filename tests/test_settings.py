@@ -242,6 +242,22 @@ def test_numeric_and_choice_bounds(field: str, value: object) -> None:
     assert f"invalid setting {field.upper()}:" in problems(**{field: value})
 
 
+def test_min_speech_confirmation_needs_server_vad(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TURN_DETECTION", "semantic_vad")
+    monkeypatch.setenv("INTERRUPT_MIN_SPEECH_MS", "300")
+    with pytest.raises(SettingsError) as info:
+        load_settings(_env_file=None)
+    [line] = info.value.problems
+    assert "TURN_DETECTION=semantic_vad" in line and "INTERRUPT_MIN_SPEECH_MS=300" in line
+    assert line.startswith("invalid settings: ")
+    # Either half alone is fine.
+    assert load_settings(_env_file=None, interrupt_min_speech_ms=0).turn_detection == (
+        "semantic_vad"
+    )
+    monkeypatch.delenv("TURN_DETECTION")
+    assert load_settings(_env_file=None).interrupt_min_speech_ms == 300
+
+
 def test_connect_timeout_upper_bound_is_inclusive() -> None:
     settings = load_settings(_env_file=None, realtime_connect_timeout_seconds=5)
     assert settings.realtime_connect_timeout_seconds == 5

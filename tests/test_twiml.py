@@ -69,6 +69,11 @@ def test_escaping_of_message_and_parameters() -> None:
     assert param is not None and param.get("value") == "<&>\"'"
 
 
+def test_webhook_documents_keep_their_xml_declaration() -> None:
+    for xml in (connect_stream(STREAM, {}, "m", None), apology("bye")):
+        assert xml.startswith('<?xml version="1.0" encoding="UTF-8"?><Response>')
+
+
 def test_apology_says_then_hangs_up() -> None:
     root = parse(apology("Sorry <&> goodbye"))
     assert [child.tag for child in root] == ["Say", "Hangup"]
@@ -81,7 +86,8 @@ def test_apology_with_empty_message_just_hangs_up() -> None:
 
 def test_dial_number_is_plain_text_as_in_contract() -> None:
     xml = dial("+14155550100")
-    assert "<Response><Dial>+14155550100</Dial></Response>" in xml
+    # Exactly the contract's Twiml= value: no <?xml ...?> declaration in front.
+    assert xml == "<Response><Dial>+14155550100</Dial></Response>"
     root = parse(xml)
     assert root[0].get("callerId") is None and root[0].get("timeout") is None
 

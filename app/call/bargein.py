@@ -59,6 +59,13 @@ class BargeIn:
             log_event(logger, logging.INFO, "turn.noise_ignored")
         if outcome is not Stop.NOISE:
             call.nudges.caller_active()
+        if call.ending.waiting_for_caller:
+            # The last words have played while the caller was talking over them: noise
+            # lets the ending go ahead; a real turn calls it off.
+            if outcome is Stop.NOISE:
+                call.ending.played_out(now)
+            else:
+                call.ending.call_off(now)
         call.nudges.maybe_arm(now)
 
     def committed(self, now: float, ev: dict[str, Any]) -> None:
@@ -114,8 +121,8 @@ class BargeIn:
                 call._emit(ToRealtime(rt.item_truncate(item_id, heard_ms)))
             else:
                 call._emit(ToRealtime(rt.item_delete(item_id)))
-        if audible:
-            call.ending.call_off(now)
+        if audible or call.ending.active:
+            call.ending.call_off(now)  # the caller spoke up: no hang-up on top of them
         log_event(
             logger,
             logging.INFO,

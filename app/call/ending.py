@@ -77,6 +77,9 @@ class Ending:
     def __init__(self, call: CallSession) -> None:
         self.call = call
         self.pending: PendingEnding | None = None
+        #: The last words have played, but the caller was speaking over them and it isn't
+        #: known yet whether that was a turn (call off) or noise (go ahead).
+        self.waiting_for_caller = False
 
     @property
     def active(self) -> bool:
@@ -156,8 +159,14 @@ class Ending:
     def played_out(self, now: float) -> None:
         """The last mark echo of everything sent has come back."""
         p = self.pending
-        if p is not None and p.stage == "playing_out":
-            self._act(now)
+        if p is None or p.stage != "playing_out":
+            return
+        utterance = self.call.turns.current
+        if utterance is not None and utterance.over_bot and not utterance.interrupted:
+            self.waiting_for_caller = True  # the playout timer still bounds this wait
+            return
+        self.waiting_for_caller = False
+        self._act(now)
 
     def playout_timeout(self, now: float) -> None:
         p = self.pending
@@ -173,11 +182,19 @@ class Ending:
             self._act(now)
 
     def call_off(self, now: float) -> bool:
-        """The caller barged in during the last words: the ending is called off."""
+        """The caller barged in during the last words: the ending is called off.
+
+        Except a time-limit ending the second time: the limit gets one grace period after
+        a call-off, then it is hard (the call ends even if the caller talks over it)."""
         p = self.pending
         if p is None or self.committed:
             return False
+        if p.summary_reason == "max_duration" and not self.call.nudges.grant_grace(now):
+            log_event(logger, logging.WARNING, "ending.hard_limit", kind=p.kind)
+            self._act(now)
+            return False
         self.pending = None
+        self.waiting_for_caller = False
         self.call._emit(CancelTimer(PLAYOUT_TIMER))
         what = "hang-up" if p.kind == "hangup" else "transfer"
         log_event(logger, logging.INFO, "ending.called_off", kind=p.kind)

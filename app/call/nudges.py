@@ -29,6 +29,9 @@ logger = logging.getLogger("app.call")
 
 SILENCE_TIMER: Final = "silence"
 MAX_DURATION_TIMER: Final = "max_duration"
+#: After the caller talks over the time-limit wrap-up (or a goodbye was pending when the
+#: limit came), the limit comes back this much later; the second wrap-up is final.
+MAX_DURATION_GRACE_MS: Final = 60_000
 _DIGITS: Final = frozenset("0123456789*#ABCD")
 #: What the model is told for a key press (the recorder redacts the digit in it).
 DTMF_MESSAGE: Final = "The caller pressed {digit} on their keypad."
@@ -54,6 +57,7 @@ class Nudges:
         self.reprompts = 0  # unanswered in a row
         self.reprompts_total = 0
         self._armed = False
+        self._grace_used = False
 
     # -- max duration ---------------------------------------------------------------------
 
@@ -64,12 +68,22 @@ class Nudges:
     def _max_duration(self, now: float) -> None:
         call = self.call
         if call.ending.active:
+            # Another ending is under way; if it is called off, the limit still applies.
+            call._emit(SetTimer(MAX_DURATION_TIMER, now + MAX_DURATION_GRACE_MS))
             return
         log_event(logger, logging.INFO, "call.max_duration")
         self.disarm()
         call.ending.begin(now, "hangup", "max_duration", summary_reason="max_duration")
         call._emit(ToRealtime(rt.system_text(_WRAP_UP)))
         call.responses.request(call._instructions(_WRAP_UP), closing=True)
+
+    def grant_grace(self, now: float) -> bool:
+        """The caller talked over the wrap-up: allow one more grace period (True), once."""
+        if self._grace_used:
+            return False
+        self._grace_used = True
+        self.call._emit(SetTimer(MAX_DURATION_TIMER, now + MAX_DURATION_GRACE_MS))
+        return True
 
     # -- silence --------------------------------------------------------------------------
 

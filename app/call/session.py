@@ -50,9 +50,12 @@ from app.protocol.b64 import decoded_len, is_b64
 logger = logging.getLogger("app.call")
 
 READY_TIMER = "realtime_ready"
+START_TIMER = "twilio_start"
+#: A media stream that never sends `start` is closed after this long.
+START_TIMEOUT_MS = 10_000
 _ENDING_TIMERS = (PLAYOUT_TIMER, RETRY_TIMER, STOP_GRACE_TIMER)
 _NUDGE_TIMERS = (SILENCE_TIMER, MAX_DURATION_TIMER)
-ALL_TIMERS = (READY_TIMER, CONFIRM_TIMER, *_ENDING_TIMERS, *_NUDGE_TIMERS)
+ALL_TIMERS = (START_TIMER, READY_TIMER, CONFIRM_TIMER, *_ENDING_TIMERS, *_NUDGE_TIMERS)
 
 #: Per kind of bad input, log the first few in full, then one in this many.
 _BAD_LOG_FIRST = 5
@@ -113,6 +116,10 @@ class CallSession:
     def done(self) -> bool:
         """The call is over; the I/O layer can tear down."""
         return self.phase == "ended"
+
+    def opened(self, now: float) -> list[Action]:
+        """The media stream socket was accepted: `start` must follow soon."""
+        return [SetTimer(START_TIMER, now + START_TIMEOUT_MS)]
 
     # -- one entry point for recorded and live inputs -------------------------------------
 
@@ -202,6 +209,7 @@ class CallSession:
             return
         self.stream_sid, self.call_sid, self.account_sid, self.parameters = fields
         self.started_ms = now
+        self._emit(CancelTimer(START_TIMER))
         self.phase = "connecting"
         claimed = self.parameters.get("CallSid")
         if claimed and claimed != self.call_sid:
@@ -300,7 +308,7 @@ class CallSession:
         elif kind == "response.created":
             response = ev.get("response")
             if isinstance(response, dict) and isinstance(response.get("id"), str):
-                self.responses.created(response["id"])
+                self.responses.created(response)
                 self.nudges.disarm()
         elif kind == "response.output_item.done":
             item = ev.get("item")
@@ -323,7 +331,7 @@ class CallSession:
                 self._emit(CancelTimer(READY_TIMER))
                 log_event(logger, _INFO, "realtime.ready")
         elif kind == "error":
-            self._on_error(ev)
+            self._on_error(now, ev)
         elif not isinstance(kind, str):
             self._bad("realtime", "event_without_type")
         return self._flush()
@@ -361,12 +369,17 @@ class CallSession:
             response_id=response.get("id"),
             status=response.get("status"),
         )
-        self.responses.done(now, response.get("id"))
+        self.responses.done(now, response)
+        if self.done:
+            return
         self.nudges.maybe_arm(now)
 
-    def _on_error(self, ev: dict[str, Any]) -> None:
+    def _on_error(self, now: float, ev: dict[str, Any]) -> None:
         err = ev.get("error")
         err = err if isinstance(err, dict) else {}
+        if self.responses.refused(now, err):
+            log_event(logger, _WARNING, "realtime.response_refused", code=err.get("code"))
+            return
         code = err.get("code")
         level = _DEBUG if code in rt.BENIGN_ERROR_CODES else _WARNING
         log_event(
@@ -381,7 +394,11 @@ class CallSession:
 
     def timer(self, now: float, name: str) -> list[Action]:
         """A timer set by a `SetTimer` action expired."""
-        if name == READY_TIMER:
+        if name == START_TIMER:
+            if self.phase == "waiting_start":
+                log_event(logger, _WARNING, "twilio.no_start")
+                self._end(now, "failure", detail="no_start", close_realtime=False)
+        elif name == READY_TIMER:
             if not self.realtime_ready and self.phase in ("connecting", "live"):
                 log_event(logger, _ERROR, "realtime.not_ready_in_time")
                 self._end(now, "failure", detail="realtime_unavailable")
@@ -393,6 +410,13 @@ class CallSession:
             self.ending.timer(now, name)
         elif name in _NUDGE_TIMERS:
             self.nudges.timer(now, name)
+        return self._flush()
+
+    def refuse(self, now: float, reason: str) -> list[Action]:
+        """The stream's `start` failed the I/O layer's checks (a stream token or account
+        that doesn't match): close it before anything is opened for it."""
+        if self.phase == "waiting_start":
+            self._end(now, "failure", detail=reason, close_realtime=False)
         return self._flush()
 
     def shutdown(self, now: float) -> list[Action]:
@@ -427,10 +451,12 @@ class CallSession:
         self.ended_ms = now
         for name in ALL_TIMERS:
             self._emit(CancelTimer(name))
-        if close_realtime:
-            self._emit(CloseRealtime(detail or reason))
+        # The caller first: closing the stream lets Twilio run the fallback at once,
+        # whatever a stalled Realtime peer does with its closing handshake.
         if close_twilio:
             self._emit(CloseTwilio(detail or reason))
+        if close_realtime:
+            self._emit(CloseRealtime(detail or reason))
 
     def summary(self, with_text: bool = True) -> dict[str, Any]:
         """The end-of-call record (logged once as `call.summary`)."""

@@ -17,9 +17,15 @@ from app.call.config import CallConfig
 Event = dict[str, Any]
 
 PCMU: Final = {"type": "audio/pcmu"}
+#: Metadata key tagging the responses the bridge asked for.
+REQUEST_KEY: Final = "bridge_request"
 
 #: Server error codes that are a normal part of the conversation, not failures.
 BENIGN_ERROR_CODES: Final = frozenset({"response_cancel_not_active"})
+#: Response failures that will not go away by asking again.
+FATAL_RESPONSE_CODES: Final = frozenset(
+    {"insufficient_quota", "invalid_api_key", "account_deactivated", "billing_hard_limit_reached"}
+)
 
 
 def turn_detection(cfg: CallConfig) -> dict[str, Any]:
@@ -75,11 +81,22 @@ def input_audio_append(payload: str) -> Event:
     return {"type": "input_audio_buffer.append", "audio": payload}
 
 
-def response_create(instructions: str | None = None) -> Event:
-    """Ask for a response; `instructions` replace the session's for this response only."""
-    if instructions is None:
-        return {"type": "response.create"}
-    return {"type": "response.create", "response": {"instructions": instructions}}
+def response_create(instructions: str | None = None, event_id: str | None = None) -> Event:
+    """Ask for a response; `instructions` replace the session's for this response only.
+    `event_id` comes back in an `error` if the service refuses the request."""
+    event: Event = {"type": "response.create"}
+    response: dict[str, Any] = {}
+    if event_id is not None:
+        # The id comes back in an `error` refusing this request, and, as metadata, in the
+        # `response.created` of the response it started: so both can be told apart from
+        # responses the service starts by itself (server VAD).
+        event["event_id"] = event_id
+        response["metadata"] = {REQUEST_KEY: event_id}
+    if instructions is not None:
+        response["instructions"] = instructions
+    if response:
+        event["response"] = response
+    return event
 
 
 def response_cancel() -> Event:

@@ -185,6 +185,7 @@ class FakeResponse:
     audio_bytes_sent: int = 0
     transcript_sent: str = ""
     create_event: dict[str, Any] | None = None
+    metadata: dict[str, str] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     _stop_reason: str | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -201,6 +202,7 @@ class RealtimeConnection:
     def __init__(self, server: FakeRealtime, ws: ServerConnection) -> None:
         self.server = server
         self.ws = ws
+        self.stalled = False
         request = ws.request
         assert request is not None
         self.headers: Headers = request.headers
@@ -320,6 +322,12 @@ class RealtimeConnection:
         else:
             await self.ws.close(code, reason)
 
+    def stall(self) -> None:
+        """Become a black hole: stop reading the socket (no pongs, no close handshake) and
+        stop sending, like a half-open TCP connection or a partitioned service."""
+        self.stalled = True
+        self.ws.transport.pause_reading()
+
     # ------------------------------------------------------------------ plumbing
 
     def _notify(self) -> None:
@@ -327,7 +335,7 @@ class RealtimeConnection:
         self.server._watch.notify()
 
     async def _send(self, event: dict[str, Any], *, force: bool = False) -> None:
-        if self.server.silent and not force:
+        if (self.server.silent and not force) or self.stalled:
             return
         event.setdefault("event_id", new_id("event"))
         self.sent.append(event)
@@ -740,6 +748,8 @@ class RealtimeConnection:
         resp = FakeResponse(
             id=new_id("resp"), script=script, trigger=trigger, create_event=create_event
         )
+        # Like the service, echo the request's metadata in the response object.
+        resp.metadata = ((create_event or {}).get("response") or {}).get("metadata")
         self.responses.append(resp)
         self.active_response = resp
         if self._output_format() != "audio/pcmu" and script.audio:
@@ -760,7 +770,7 @@ class RealtimeConnection:
                     "max_output_tokens": "inf",
                     "audio": {"output": copy.deepcopy(self.session["audio"]["output"])},
                     "usage": None,
-                    "metadata": None,
+                    "metadata": resp.metadata,
                 },
             }
         )
@@ -824,7 +834,7 @@ class RealtimeConnection:
                                 "audio_tokens": audio_tokens,
                             },
                         },
-                        "metadata": None,
+                        "metadata": resp.metadata,
                     },
                 }
             )
@@ -1091,6 +1101,8 @@ class FakeRealtime:
         self.hang_handshake = hang_handshake
         """When true, the TCP connection is accepted but the upgrade never completes."""
         self.silent = silent
+        self.stall_on_connect = False
+        """When true, each new connection is accepted, then black-holed (see ``stall``)."""
         """When true, connections are accepted and client events recorded, but the fake never
         sends anything on its own (no session.created, no replies): a hung service."""
         self.generation_speed = generation_speed
@@ -1150,6 +1162,9 @@ class FakeRealtime:
     async def aclose(self) -> None:
         """Close every connection and the listening socket."""
         self._closing.set()
+        for conn in self.connections:
+            if conn.stalled:  # a black hole has no closing handshake to wait for
+                conn.ws.transport.abort()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -1222,6 +1237,8 @@ class FakeRealtime:
         conn = RealtimeConnection(self, ws)
         self.connections.append(conn)
         self._watch.notify()
+        if self.stall_on_connect:
+            conn.stall()
         try:
             if conn.headers.get("OpenAI-Beta") is not None:
                 await conn._send({"type": "error", "error": dict(BETA_DISABLED_ERROR)})
