@@ -125,7 +125,13 @@ class Bridge:
             if self.verify_start is not None and data.get("event") == "start":
                 refused = self.verify_start(data)
                 if refused is not None:
+                    fields = tw.start_fields(data)
+                    if fields is not None:
+                        bind_call(call_sid=fields[1], stream_sid=fields[0])
                     log_event(logger, logging.WARNING, "stream.refused", reason=refused)
+                    if self.recorder is not None:
+                        self.recorder.discard()  # not a call: nothing to replay
+                        self.recorder = None
                     return s.refuse(now, refused)
             direction, msg = "from_twilio", data
         elif kind == "realtime":

@@ -23,11 +23,12 @@ _FINAL_STATUSES = frozenset({400, 401, 403, 404})
 
 #: A Realtime peer that stops answering (half-open TCP, a black-holed route) is noticed
 #: by keepalive pings: no pong within PING_TIMEOUT_S of a ping sent every PING_INTERVAL_S
-#: closes the socket, and the call's media stream with it. Worst case about 3.5 s, inside
-#: the contract's 5 s of silence. The defaults (20 s + 20 s) would leave ~50 s of silence.
-PING_INTERVAL_S = 1.5
+#: closes the socket (after at most CLOSE_TIMEOUT_S of closing handshake), and the call's
+#: media stream with it: about 3.3 s in the worst case, inside the contract's 5 s of
+#: silence. The library defaults (20 s + 20 s + 10 s) would leave ~50 s of silence.
+PING_INTERVAL_S = 1.0
 PING_TIMEOUT_S = 2.0
-CLOSE_TIMEOUT_S = 1.0
+CLOSE_TIMEOUT_S = 0.25
 
 #: The websockets library logs the upgrade request's headers at DEBUG, bearer token
 #: included. Its logger for our connections never goes below INFO, whatever LOG_LEVEL is.

@@ -296,6 +296,11 @@ class CallRecorder:
             if entry is not None:
                 self.record(t_ms, *entry)
 
+    def discard(self) -> None:
+        """Write nothing for this stream (it was refused before it became a call)."""
+        self._broken = True
+        self._early.clear()
+
     def close(self) -> None:
         if self._name is None and self._early and not self._broken:
             self._open(None)  # a stream that never started is worth keeping too

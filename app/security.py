@@ -146,4 +146,7 @@ def stream_token(auth_token: str, call_sid: str) -> str:
 
 
 def check_stream_token(auth_token: str, call_sid: str, token: object) -> bool:
-    return isinstance(token, str) and hmac.compare_digest(token, stream_token(auth_token, call_sid))
+    if not isinstance(token, str):
+        return False
+    expected = stream_token(auth_token, call_sid).encode()
+    return hmac.compare_digest(token.encode("utf-8", "replace"), expected)

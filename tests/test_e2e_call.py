@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from urllib.parse import urlencode
 
 import httpx
@@ -94,10 +96,10 @@ async def test_media_stream_upgrade_needs_a_valid_signature(app_with: AppFactory
 
 @pytest.mark.parametrize("forgery", ["no_token", "token_of_another_call", "other_account"])
 async def test_a_stream_must_belong_to_the_call_it_claims(
-    app_with: AppFactory, realtime: FakeRealtime, forgery: str
+    app_with: AppFactory, realtime: FakeRealtime, forgery: str, tmp_path: Path
 ) -> None:
     """A valid upgrade signature is the same for every call; `start` must prove the call."""
-    app = await app_with(twilio_account_sid=ACCOUNT_SID)
+    app = await app_with(twilio_account_sid=ACCOUNT_SID, record_dir=str(tmp_path))
     params = {
         "no_token": {"StreamToken": ""},
         "token_of_another_call": {"StreamToken": stream_token(AUTH_TOKEN, "CA" + "9" * 32)},
@@ -109,6 +111,8 @@ async def test_a_stream_must_belong_to_the_call_it_claims(
         await call.wait_closed(timeout=5)
     assert realtime.connections == []  # nothing was opened (or paid for) for it
     await app.wait_idle()
+    app.state.recordings.stop()  # flush: a refused stream is not a call, nothing is written
+    assert os.listdir(tmp_path) == []
 
 
 async def test_greeting_plays_byte_identical_with_a_mark_after_each_delta(

@@ -6,11 +6,12 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from app.call.actions import Action, CloseRealtime, CloseTwilio, RestRequest, SetTimer
+from app.call.bargein import CONFIRM_TIMER
 from app.call.config import CallConfig
 from app.call.ending import PLAYOUT_TIMER, RETRY_TIMER, STOP_GRACE_TIMER
 from app.call.nudges import MAX_DURATION_TIMER, SILENCE_TIMER
 from app.call.session import CallSession
-from tests.test_session import STREAM, live, mark_msg, play, start_msg, to_realtime
+from tests.test_session import STREAM, delta, live, mark_msg, play, start_msg, to_realtime
 
 TOOLS = CallConfig(
     tools=("end_call", "transfer_call"), rest_available=True, transfer_number="+15550001234"
@@ -295,3 +296,106 @@ def test_failing_responses_hand_the_call_to_the_fallback() -> None:
     s2.realtime_message(110, {"type": "response.created", "response": {"id": "resp_2"}})
     out = s2.realtime_message(120, {**transient, "response": {"id": "resp_2", "status": "failed"}})
     assert CloseTwilio("responses_failing") in out
+
+
+def test_a_key_press_while_connecting_reaches_the_model_once_the_socket_opens() -> None:
+    s = CallSession(CallConfig(greeting="Greet."))
+    s.twilio_message(0, start_msg())
+    dtmf = {"event": "dtmf", "streamSid": STREAM, "dtmf": {"digit": "3"}}
+    assert to_realtime(s.twilio_message(50, dtmf)) == []  # nothing to send it on yet
+    events = to_realtime(s.realtime_open(200))
+    kinds = [e["type"] for e in events]
+    assert kinds == ["session.update", "conversation.item.create", "response.create"]
+    assert "pressed 3" in events[1]["item"]["content"][0]["text"]
+    # The key press is answered; the greeting is not queued behind it.
+    s.realtime_message(210, {"type": "response.created", "response": events[2]["response"]})
+    assert not to_realtime(s.realtime_message(900, done("resp_x")))
+
+
+def test_min_speech_caller_speaking_before_the_goodbye_is_audible_calls_it_off() -> None:
+    cfg = CallConfig(tools=("end_call",), rest_available=True, interrupt_min_speech_ms=800)
+    s = live(cfg)
+    s.realtime_message(100, function_call("end_call"))
+    s.realtime_message(110, done())  # no words yet: closing words requested
+    started = {"type": "input_audio_buffer.speech_started", "audio_start_ms": 100}
+    s.realtime_message(120, started)  # the bot is silent: this is a turn
+    assert not s.ending.active
+    # The goodbye asked for is withdrawn: cancelled as it starts, its audio never played.
+    meta = {"bridge_request": "bridge_response_2"}
+    started_resp = {"id": "resp_2", "metadata": meta}
+    cancel = to_realtime(
+        s.realtime_message(130, {"type": "response.created", "response": started_resp})
+    )
+    assert cancel == [{"type": "response.cancel"}]
+    assert s.realtime_message(140, delta("item_b", response="resp_2")) == []
+    assert not rests(s.realtime_message(150, done("resp_2", status="cancelled")))
+
+
+def test_a_confirmed_turn_after_the_last_word_calls_the_ending_off() -> None:
+    cfg = CallConfig(tools=("end_call",), rest_available=True, interrupt_min_speech_ms=800)
+    s = live(cfg)
+    marks = play(s, 100, "item_a", 5)
+    s.realtime_message(110, function_call("end_call"))
+    s.realtime_message(120, done())
+    s.realtime_message(300, {"type": "input_audio_buffer.speech_started", "audio_start_ms": 0})
+    assert not rests(echo_all(s, 600, marks))  # last word played while the caller talks
+    assert s.ending.waiting_for_caller
+    s.timer(1600, CONFIRM_TIMER)  # ...and the caller is still talking: a real turn
+    assert not s.ending.active
+    assert not rests(s.timer(30_120, PLAYOUT_TIMER))
+
+
+def test_nothing_left_to_play_at_response_done_still_waits_for_the_caller() -> None:
+    cfg = CallConfig(tools=("end_call",), rest_available=True, interrupt_min_speech_ms=800)
+    s = live(cfg)
+    marks = play(s, 100, "item_a", 5)
+    s.realtime_message(110, function_call("end_call"))
+    s.realtime_message(300, {"type": "input_audio_buffer.speech_started", "audio_start_ms": 0})
+    echo_all(s, 600, marks)  # played out before the response is even done
+    assert not rests(s.realtime_message(650, done()))
+    assert s.ending.waiting_for_caller
+
+
+def test_calling_the_time_limit_off_withdraws_its_queued_wrap_up() -> None:
+    s = live(CallConfig(max_call_ms=60_000, rest_available=True, greeting=""))
+    s.realtime_message(100, done())
+    s.realtime_message(59_000, {"type": "response.created", "response": {"id": "resp_a"}})
+    play(s, 59_010, "item_a", 30, response="resp_a")
+    s.timer(60_000, MAX_DURATION_TIMER)  # the answer is still active: wrap-up queued
+    s.realtime_message(60_100, {"type": "input_audio_buffer.speech_started"})  # barge-in
+    after = to_realtime(s.realtime_message(60_200, done("resp_a", status="cancelled")))
+    assert not [e for e in after if e["type"] == "response.create"]  # no goodbye now
+
+
+def test_a_failing_closing_response_ends_the_call_without_also_acting() -> None:
+    s = live(TOOLS)
+    s.realtime_message(100, function_call("transfer_call"))
+    s.realtime_message(110, done())
+    s.realtime_message(120, {"type": "response.created", "response": {"id": "resp_2"}})
+    failed = {
+        "type": "response.done",
+        "response": {
+            "id": "resp_2",
+            "status": "failed",
+            "status_details": {"error": {"code": "insufficient_quota"}},
+        },
+    }
+    out = s.realtime_message(130, failed)
+    assert not rests(out) and CloseTwilio("responses_failing") in out
+
+
+def test_a_refused_greeting_is_dropped_when_the_service_answers_by_itself() -> None:
+    s = CallSession(CallConfig(greeting="Greet."))
+    s.twilio_message(0, start_msg())
+    create = to_realtime(s.realtime_open(10))[-1]
+    vad = {"id": "resp_vad", "metadata": None}
+    s.realtime_message(20, {"type": "response.created", "response": vad})
+    refusal = {
+        "type": "error",
+        "error": {
+            "code": "conversation_already_has_active_response",
+            "event_id": create["event_id"],
+        },
+    }
+    s.realtime_message(21, refusal)
+    assert not to_realtime(s.realtime_message(900, done("resp_vad")))  # no late greeting

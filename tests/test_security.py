@@ -133,3 +133,14 @@ def test_public_url_keeps_raw_query() -> None:
     checker = SignatureChecker(VECTOR_TOKEN)
     url = public_url(base, "/myapp.php", "foo=1&bar=2")
     assert checker.check_webhook(url, VECTOR_PARAMS, VECTOR_SIGNATURE)
+
+
+def test_stream_tokens_bind_a_stream_to_its_call() -> None:
+    from app.security import check_stream_token, stream_token
+
+    token = stream_token("auth-token", "CA" + "1" * 32)
+    assert check_stream_token("auth-token", "CA" + "1" * 32, token)
+    assert not check_stream_token("auth-token", "CA" + "2" * 32, token)
+    assert not check_stream_token("other-token", "CA" + "1" * 32, token)
+    for forged in (None, "", 42, "é" * 32, token[:-1]):
+        assert not check_stream_token("auth-token", "CA" + "1" * 32, forged)

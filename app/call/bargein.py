@@ -46,6 +46,10 @@ class BargeIn:
             self.interrupt(now)
         elif decision is Start.WAIT:
             call._emit(SetTimer(CONFIRM_TIMER, now + call.turns.confirm_after_ms))
+        if decision is Start.NOTHING and call.ending.active:
+            # Speech while the bot is silent is a turn: the caller spoke before the last
+            # words were audible, so nobody hangs up or transfers on top of them.
+            call.ending.call_off(now)
 
     def speech_stopped(self, now: float, ev: dict[str, Any]) -> None:
         call = self.call
@@ -87,8 +91,13 @@ class BargeIn:
 
     def confirm_timer(self, now: float) -> None:
         """The min-speech confirmation time passed with the caller still speaking."""
-        if self.call.turns.confirmed() and self.call.playback.playing:
+        call = self.call
+        if not call.turns.confirmed():
+            return
+        if call.playback.playing:
             self.interrupt(now)
+        elif call.ending.waiting_for_caller:
+            call.ending.call_off(now)  # a real turn over the last words: no hang-up
 
     def interrupt(self, now: float) -> None:
         """Stop the bot: silence what the caller hears, and make the model remember only that.

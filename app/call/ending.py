@@ -152,7 +152,7 @@ class Ending:
             return
         p.stage = "playing_out"
         if not call.playback.playing:
-            self._act(now)
+            self.played_out(now)
         else:
             call._emit(SetTimer(PLAYOUT_TIMER, now + call.config.playout_timeout_ms))
 
@@ -162,7 +162,7 @@ class Ending:
         if p is None or p.stage != "playing_out":
             return
         utterance = self.call.turns.current
-        if utterance is not None and utterance.over_bot and not utterance.interrupted:
+        if utterance is not None and not utterance.interrupted:
             self.waiting_for_caller = True  # the playout timer still bounds this wait
             return
         self.waiting_for_caller = False
@@ -170,6 +170,9 @@ class Ending:
 
     def playout_timeout(self, now: float) -> None:
         p = self.pending
+        if p is not None and self.waiting_for_caller:
+            self.call_off(now)  # the caller is still talking over the last words
+            return
         if p is not None and p.stage in ("speaking", "closing", "playing_out"):
             log_event(
                 logger,
@@ -195,6 +198,7 @@ class Ending:
             return False
         self.pending = None
         self.waiting_for_caller = False
+        self.call.responses.withdraw_closing()
         self.call._emit(CancelTimer(PLAYOUT_TIMER))
         what = "hang-up" if p.kind == "hangup" else "transfer"
         log_event(logger, logging.INFO, "ending.called_off", kind=p.kind)
@@ -207,6 +211,7 @@ class Ending:
         p, call = self.pending, self.call
         assert p is not None
         p.stage = "rest"
+        self.waiting_for_caller = False
         call._emit(CancelTimer(PLAYOUT_TIMER))
         if not call.config.rest_available:
             # No REST credentials: the only way to end the call is to close the stream

@@ -129,7 +129,7 @@ class Nudges:
         self.reprompts_total += 1
         log_event(logger, logging.INFO, "call.silence_reprompt", reprompt=self.reprompts)
         call._emit(ToRealtime(rt.system_text(_REPROMPT)))
-        call.responses.request()
+        call.responses.request(droppable=True)
 
     # -- key presses ----------------------------------------------------------------------
 

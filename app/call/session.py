@@ -102,6 +102,9 @@ class CallSession:
         self._buffer: deque[str] = deque()
         self._buffer_bytes = 0
         self._out: list[Action] = []
+        #: Client events decided before the Realtime socket was open (a key press while
+        #: connecting): sent right after `session.update`, never lost.
+        self._before_open: list[Action] = []
 
     @property
     def responding(self) -> bool:
@@ -270,8 +273,11 @@ class CallSession:
         while self._buffer:
             self._emit(ToRealtime(rt.input_audio_append(self._buffer.popleft())))
         self._buffer_bytes = 0
-        if self.config.greeting:
-            self.responses.request(self._instructions(self.config.greeting))
+        self._out.extend(self._before_open)
+        self._before_open.clear()
+        if self.config.greeting and not self.responding:
+            instructions = self._instructions(self.config.greeting)
+            self.responses.request(instructions, droppable=True)
         return self._flush()
 
     def realtime_failed(self, now: float, reason: str) -> list[Action]:
@@ -494,6 +500,9 @@ class CallSession:
         return f"{self.config.instructions}\n\n{extra}"
 
     def _emit(self, action: Action) -> None:
+        if type(action) is ToRealtime and self.phase in ("waiting_start", "connecting"):
+            self._before_open.append(action)
+            return
         self._out.append(action)
 
     def _flush(self) -> list[Action]:
