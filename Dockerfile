@@ -97,9 +97,11 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=4)"]
 
 # `exec` replaces the shell, so uvicorn is PID 1 and gets SIGTERM directly.
+# No websocket compression: base64 mu-law barely compresses and deflate costs CPU and
+# memory per call (measured with `make load`).
 # Behind a load balancer: trust X-Forwarded-Proto/-For (the app's Twilio
 # signature check needs the public scheme) from any peer by default; set
 # FORWARDED_ALLOW_IPS to the balancer's addresses when the container is
 # reachable other than through it. No --timeout-graceful-shutdown: the app
 # drains its own calls on SIGTERM (see "Run" above) before uvicorn shuts down.
-CMD ["sh", "-c", "exec uvicorn app.main:app --host 0.0.0.0 --port \"${PORT:-8000}\" --proxy-headers --forwarded-allow-ips \"${FORWARDED_ALLOW_IPS:-*}\""]
+CMD ["sh", "-c", "exec uvicorn app.main:app --host 0.0.0.0 --port \"${PORT:-8000}\" --ws-per-message-deflate false --proxy-headers --forwarded-allow-ips \"${FORWARDED_ALLOW_IPS:-*}\""]

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 8000
 
-.PHONY: run test lint bench fixtures clean tools
+.PHONY: run test lint bench load fixtures clean tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,8 @@ tools:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng sox >/dev/null; }
 
 run: $(STAMP)
-	$(BIN)/uvicorn app.main:app --host 0.0.0.0 --port $(PORT) $(if $(wildcard .env),--env-file .env,)
+	$(BIN)/uvicorn app.main:app --host 0.0.0.0 --port $(PORT) --ws-per-message-deflate false \
+	  $(if $(wildcard .env),--env-file .env,)
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests bench
@@ -35,6 +36,11 @@ test: $(STAMP) tools lint
 bench: $(STAMP)
 	$(BIN)/python -m bench.hot_path
 	$(BIN)/python -m bench.replay_speed
+
+# N concurrent calls through the real server process against the fakes (about 75 s;
+# not part of `bench` or `test`). Options: make load LOAD_ARGS="--calls 50 --seconds 20".
+load: $(STAMP) tools
+	$(BIN)/python -m bench.load $(LOAD_ARGS)
 
 # Re-record the call-fixture library (real app + fakes, real time; about two minutes).
 fixtures: $(STAMP) tools

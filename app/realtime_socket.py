@@ -30,6 +30,9 @@ PING_INTERVAL_S = 1.0
 PING_TIMEOUT_S = 2.0
 CLOSE_TIMEOUT_S = 0.25
 
+#: No permessage-deflate: base64 mu-law barely compresses, and deflate cost 15-25 % more
+#: CPU and twice the memory per call in `make load` (bench/load.py, --no-compression).
+
 #: The websockets library logs the upgrade request's headers at DEBUG, bearer token
 #: included. Its logger for our connections never goes below INFO, whatever LOG_LEVEL is.
 _WS_LOGGER = logging.getLogger("app.realtime_socket.websockets")
@@ -67,6 +70,7 @@ async def open_realtime(endpoint: RealtimeEndpoint, timeout_s: float) -> ClientC
                     ping_interval=PING_INTERVAL_S,
                     ping_timeout=PING_TIMEOUT_S,
                     close_timeout=CLOSE_TIMEOUT_S,
+                    compression=None,
                     max_size=MAX_MESSAGE_BYTES,
                     user_agent_header="twilio-realtime-bridge",
                     logger=_WS_LOGGER,
