@@ -29,6 +29,7 @@ import logging
 import platform
 import queue
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -82,8 +83,9 @@ def audio_field(direction: str, msg: Message) -> tuple[str, ...] | None:
     return None
 
 
-def strip_audio(direction: str, msg: Message) -> Message:
-    """A copy of `msg` with its audio payload replaced by `{"_audio_bytes": N}`."""
+def map_audio(direction: str, msg: Message, change: Callable[[Any], Any]) -> Message:
+    """A copy of `msg` with its audio field (if any) replaced by `change(field)`; the
+    message itself is never modified (it may still be on its way to a socket)."""
     path = audio_field(direction, msg)
     if path is None:
         return msg
@@ -95,11 +97,17 @@ def strip_audio(direction: str, msg: Message) -> Message:
         if not isinstance(child, dict):
             return msg
         node[key] = node = dict(child)
-    payload = node.get(leaf)
-    if is_b64(payload):
-        assert isinstance(payload, str)
-        node[leaf] = {AUDIO: decoded_len(payload)}
+    node[leaf] = change(node.get(leaf))
     return out
+
+
+def _to_length(payload: Any) -> Any:
+    return {AUDIO: decoded_len(payload)} if is_b64(payload) else payload
+
+
+def strip_audio(direction: str, msg: Message) -> Message:
+    """A copy of `msg` with its audio payload replaced by `{"_audio_bytes": N}`."""
+    return map_audio(direction, msg, _to_length)
 
 
 def _redact_dtmf(msg: Message) -> Message:

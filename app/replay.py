@@ -29,7 +29,14 @@ from app.call.actions import Action, CancelTimer, SetTimer
 from app.call.config import CallConfig
 from app.call.session import CallSession
 from app.observability import configure_logging
-from app.recording import AUDIO, DIRECTIONS, action_record, audio_field, strip_audio
+from app.recording import (
+    AUDIO,
+    DIRECTIONS,
+    action_record,
+    audio_field,
+    map_audio,
+    strip_audio,
+)
 
 #: Outputs may differ in time by this much (timers fire a little late in a live run).
 TOLERANCE_MS: Final = 150.0
@@ -96,20 +103,15 @@ def _synthetic_audio(nbytes: int) -> str:
     return base64.b64encode(b"\xff" * nbytes).decode()
 
 
+def _from_length(value: Any) -> Any:
+    if isinstance(value, dict) and AUDIO in value:
+        return _synthetic_audio(int(value[AUDIO]))
+    return value
+
+
 def _restore_audio(direction: str, msg: Message) -> Message:
     """Give a length-only audio field a payload of that length, so the core sees audio."""
-    path = audio_field(direction, msg)
-    if path is None:
-        return msg
-    *parents, leaf = path
-    out = dict(msg)
-    node = out
-    for key in parents:
-        node[key] = node = dict(node[key])
-    value = node.get(leaf)
-    if isinstance(value, dict) and AUDIO in value:
-        node[leaf] = _synthetic_audio(int(value[AUDIO]))
-    return out
+    return map_audio(direction, msg, _from_length)
 
 
 def _mark_name(entry: Entry) -> str | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,8 @@ from app.recording import AUDIO
 from app.replay import Entry, Fixture, load, replay, report
 from tests.conftest import API_KEY, AUTH_TOKEN, make_settings, serve
 from tests.fakes.audio import speech
-from tests.fakes.realtime_server import FakeRealtime, ScriptedResponse
+from tests.fakes.realtime_server import FakeRealtime, RealtimeConnection, ScriptedResponse
+from tests.fakes.twilio_caller import FakeTwilioCall
 
 LIBRARY = Path(__file__).parent / "fixtures" / "calls"
 FIXTURES = sorted(LIBRARY.glob("*.jsonl"))
@@ -91,7 +92,12 @@ def test_a_hang_up_that_comes_too_early_fails() -> None:
 # -- a recording made by a running server replays without any edit ---------------------
 
 
-async def record_one_call(tmp_path: Path, **settings: object) -> Path:
+During = Callable[[FakeTwilioCall, RealtimeConnection], Awaitable[None]]
+
+
+async def record_one_call(tmp_path: Path, during: During | None = None, **settings: object) -> Path:
+    """Record one real call through a running server (greeting, then `during`, then the
+    caller speaks and hangs up); return the fixture file the server wrote."""
     hello = speech("Hello, how can I help?")
     record_dir = tmp_path / "recordings"
     async with FakeRealtime([ScriptedResponse(audio=hello, transcript="Hello")]) as rt:
@@ -106,7 +112,10 @@ async def record_one_call(tmp_path: Path, **settings: object) -> Path:
         async with serve(app_settings) as app:
             async with app.call() as call:
                 await call.start()
+                conn = await rt.wait_connection()
                 await call.wait_for_heard(len(hello), timeout=20)
+                if during is not None:
+                    await during(call, conn)
                 await call.say(speech("Thanks."))
                 await call.hangup()
             await app.wait_idle()

@@ -13,9 +13,9 @@ from app.call.config import CallConfig
 from app.call.nudges import DTMF_MESSAGE
 from app.recording import DTMF_KEYS, CallRecorder, RecordingWriter, redact
 from app.replay import Entry, load, replay, report
-from tests.conftest import API_KEY, AUTH_TOKEN, make_settings, serve
-from tests.fakes.audio import speech
-from tests.fakes.realtime_server import FakeRealtime, ScriptedResponse
+from tests.fakes.realtime_server import RealtimeConnection
+from tests.fakes.twilio_caller import FakeTwilioCall
+from tests.test_call_fixtures import record_one_call
 
 LIBRARY = Path(__file__).parent / "fixtures" / "calls"
 STREAM = "MZ" + "1" * 32
@@ -179,28 +179,13 @@ def test_a_redacted_recording_replays_like_the_raw_one() -> None:
 
 @pytest.mark.e2e
 async def test_e2e_a_recorded_key_press_is_redacted_and_replays(tmp_path: Path) -> None:
-    hello = speech("Hello, how can I help?")
-    record_dir = tmp_path / "recordings"
-    async with FakeRealtime([ScriptedResponse(audio=hello, transcript="Hello")]) as rt:
-        settings = make_settings(
-            openai_api_key=API_KEY,
-            openai_realtime_url=rt.url,
-            public_base_url="https://bridge.example.com",
-            twilio_auth_token=AUTH_TOKEN,
-            record_dir=str(record_dir),
-        )
-        async with serve(settings) as app:
-            async with app.call() as call:
-                await call.start()
-                conn = await rt.wait_connection()
-                await call.wait_for_heard(len(hello), timeout=20)
-                await call.send_dtmf("7")
-                item = await conn.wait_for("conversation.item.create", timeout=10)
-                assert item["item"]["content"][0]["text"] == DTMF_MESSAGE.format(digit="7")
-                await conn.wait_for("response.create", timeout=10)
-                await call.hangup()
-            await app.wait_idle()
-    (path,) = list(record_dir.glob("*.jsonl"))
+    async def press_7(call: FakeTwilioCall, conn: RealtimeConnection) -> None:
+        await call.send_dtmf("7")
+        item = await conn.wait_for("conversation.item.create", timeout=10)
+        assert item["item"]["content"][0]["text"] == DTMF_MESSAGE.format(digit="7")
+        await conn.wait_for("response.create", timeout=10)
+
+    path = await record_one_call(tmp_path, during=press_7)
     text = path.read_text()
     assert '"event":"dtmf"' in text and '"digit":"*"' in text
     assert DTMF_MESSAGE.format(digit="*") in text
