@@ -140,7 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log_event(logger, logging.INFO, "webhook.incoming_call", caller=params.get("From"))
         parameters = {name: params.get(name, "") for name in _STREAM_PARAMETERS}
         token = settings.twilio_auth_token
-        if token is not None and params.get("CallSid"):
+        if settings.stream_token_required and token is not None and params.get("CallSid"):
             parameters[STREAM_TOKEN_PARAMETER] = stream_token(
                 token.get_secret_value(), params["CallSid"]
             )
@@ -196,11 +196,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _start_verifier(settings: Settings) -> Callable[[dict[str, Any]], str | None] | None:
-    """Checks a stream's `start` against the call it claims (None: nothing to check)."""
-    token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None
-    account = settings.twilio_account_sid
-    if token is None and account is None:
+    """Checks a stream's `start` against the call it claims (None: nothing to check).
+
+    Opt-in (STREAM_TOKEN_REQUIRED): then only streams opened from this bridge's own TwiML
+    (which carries the token) are accepted, not those of Studio flows or other TwiML."""
+    if not settings.stream_token_required or settings.twilio_auth_token is None:
         return None
+    token = settings.twilio_auth_token.get_secret_value()
+    account = settings.twilio_account_sid
 
     def verify(msg: dict[str, Any]) -> str | None:
         fields = tw.start_fields(msg)
@@ -209,9 +212,7 @@ def _start_verifier(settings: Settings) -> Callable[[dict[str, Any]], str | None
         _, call_sid, account_sid, params = fields
         if account is not None and account_sid != account:
             return "account_mismatch"
-        if token is not None and not check_stream_token(
-            token, call_sid, params.get(STREAM_TOKEN_PARAMETER)
-        ):
+        if not check_stream_token(token, call_sid, params.get(STREAM_TOKEN_PARAMETER)):
             return "bad_stream_token"
         return None
 

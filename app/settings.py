@@ -137,6 +137,8 @@ class Settings(BaseSettings):
     twilio_account_sid: str | None = None
     twilio_auth_token: SecretStr | None = None
     twilio_api_base_url: str = "https://api.twilio.com"
+    # Hardening beyond the signature checks (needs TWILIO_AUTH_TOKEN): see .env.example.
+    stream_token_required: bool = False
 
     # --- Call behaviour -----------------------------------------------------------------
     bot_instructions: str = DEFAULT_INSTRUCTIONS

@@ -69,12 +69,12 @@ class RunningApp:
         call_sid = kwargs.pop("call_sid", None) or "CA" + secrets.token_hex(16)
         params = {"CallSid": call_sid, **kwargs.pop("custom_parameters", {})}
         token = self.settings.twilio_auth_token
-        if token is not None:
+        if token is not None and self.settings.stream_token_required:
             params.setdefault(
                 STREAM_TOKEN_PARAMETER, stream_token(token.get_secret_value(), call_sid)
             )
         if self.settings.twilio_account_sid:
-            kwargs.setdefault("account_sid", self.settings.twilio_account_sid)
+            kwargs.setdefault("account_sid", self.settings.twilio_account_sid)  # as Twilio
         return FakeTwilioCall(
             self.ws_url, headers=headers, call_sid=call_sid, custom_parameters=params, **kwargs
         )

@@ -62,9 +62,7 @@ async def test_webhook_returns_connect_stream_with_parameters_and_fallback(
         assert stream is not None
         assert stream.get("url") == "wss://bridge.example.com/media-stream"
         got = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
-        token = got.pop("StreamToken")
-        assert got == params
-        assert token == stream_token(AUTH_TOKEN, params["CallSid"])  # binds stream to call
+        assert got == params  # the call's data, and nothing else by default
         assert say.text == "We are sorry." and dial.text == "+15550009999"
 
         bad = twilio_post(app.http_url, app.public_base, params, "wrong-token-xxxxxxxx")
@@ -98,8 +96,11 @@ async def test_media_stream_upgrade_needs_a_valid_signature(app_with: AppFactory
 async def test_a_stream_must_belong_to_the_call_it_claims(
     app_with: AppFactory, realtime: FakeRealtime, forgery: str, tmp_path: Path
 ) -> None:
-    """A valid upgrade signature is the same for every call; `start` must prove the call."""
-    app = await app_with(twilio_account_sid=ACCOUNT_SID, record_dir=str(tmp_path))
+    """A valid upgrade signature is the same for every call; with STREAM_TOKEN_REQUIRED the
+    `start` must prove the call."""
+    app = await app_with(
+        twilio_account_sid=ACCOUNT_SID, record_dir=str(tmp_path), stream_token_required=True
+    )
     params = {
         "no_token": {"StreamToken": ""},
         "token_of_another_call": {"StreamToken": stream_token(AUTH_TOKEN, "CA" + "9" * 32)},
@@ -113,6 +114,24 @@ async def test_a_stream_must_belong_to_the_call_it_claims(
     await app.wait_idle()
     app.state.recordings.stop()  # flush: a refused stream is not a call, nothing is written
     assert os.listdir(tmp_path) == []
+
+
+async def test_with_stream_tokens_the_twiml_carries_the_calls_token_and_its_stream_works(
+    app_with: AppFactory, realtime: FakeRealtime
+) -> None:
+    app = await app_with(stream_token_required=True)
+    params = {"CallSid": "CA" + "4" * 32, "From": "+15551230000", "To": "+15559870000"}
+    async with httpx.AsyncClient() as client:
+        resp = await client.send(twilio_post(app.http_url, app.public_base, params, AUTH_TOKEN))
+    stream = ET.fromstring(resp.text).find("Connect/Stream")
+    assert stream is not None
+    got = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+    assert got.pop("StreamToken") == stream_token(AUTH_TOKEN, params["CallSid"])
+    # Twilio passes the TwiML's parameters on: that stream is accepted.
+    async with app.call(call_sid=params["CallSid"], custom_parameters=got) as call:
+        await call.start()
+        await (await realtime.wait_connection()).wait_for("session.update")
+        await call.hangup()
 
 
 async def test_greeting_plays_byte_identical_with_a_mark_after_each_delta(

@@ -89,6 +89,7 @@ async def server(
         "PUBLIC_BASE_URL": PUBLIC,
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
         "BOT_GREETING": "",
+        "STREAM_TOKEN_REQUIRED": "true",  # the callers below carry their call's token
         "LOG_FORMAT": "json",
         **env,
     }
