@@ -121,17 +121,24 @@ class Ending:
         self.pending = PendingEnding(kind, reason, "speaking", response_id)
         call._emit(ToRealtime(rt.function_output(call_id, json.dumps(_TOOL_RESULT[kind]))))
 
-    def begin(self, now: float, kind: str, reason: str, summary_reason: str) -> None:
-        """End the call on the bridge's own initiative (max duration, silence)."""
+    def begin(
+        self, now: float, kind: str, reason: str, summary_reason: str, last_words: str
+    ) -> None:
+        """End the call on the bridge's own initiative (max duration, silence): the model
+        says `last_words` (an instruction), then the call ends after they have played."""
         if self.active:
             return
-        self.pending = PendingEnding(kind, reason, "closing", summary_reason=summary_reason)
-        self.call._emit(SetTimer(PLAYOUT_TIMER, now + self.call.config.playout_timeout_ms))
+        self.pending = PendingEnding(kind, reason, "speaking", summary_reason=summary_reason)
+        self._ask_for_last_words(now, last_words)
 
-    def closing_words_instructions(self) -> str | None:
-        """Instructions for the response that carries the closing words, if one is due."""
-        p = self.pending
-        return _CLOSING_WORDS[p.kind] if p is not None else None
+    def _ask_for_last_words(self, now: float, instruction: str) -> None:
+        """Ask the model for the closing words; the ending then waits for that response
+        (bounded by the last-words timeout)."""
+        p, call = self.pending, self.call
+        assert p is not None
+        p.stage, p.response_id = "closing", None
+        call._emit(SetTimer(PLAYOUT_TIMER, now + call.config.playout_timeout_ms))
+        call.responses.request(call._instructions(instruction), closing=True)
 
     # -- progress -------------------------------------------------------------------------
 
@@ -146,9 +153,7 @@ class Ending:
             return
         if p.stage == "speaking" and not had_audio:
             # The model called the tool without a word: ask for the closing words first.
-            p.stage, p.response_id = "closing", None
-            call._emit(SetTimer(PLAYOUT_TIMER, now + call.config.playout_timeout_ms))
-            call.responses.request(call._instructions(_CLOSING_WORDS[p.kind]), closing=True)
+            self._ask_for_last_words(now, _CLOSING_WORDS[p.kind])
             return
         p.stage = "playing_out"
         if not call.playback.playing:

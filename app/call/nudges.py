@@ -73,9 +73,8 @@ class Nudges:
             return
         log_event(logger, logging.INFO, "call.max_duration")
         self.disarm()
-        call.ending.begin(now, "hangup", "max_duration", summary_reason="max_duration")
         call._emit(ToRealtime(rt.system_text(_WRAP_UP)))
-        call.responses.request(call._instructions(_WRAP_UP), closing=True)
+        call.ending.begin(now, "hangup", "max_duration", "max_duration", last_words=_WRAP_UP)
 
     def grant_grace(self, now: float) -> bool:
         """The caller talked over the wrap-up: allow one more grace period (True), once."""
@@ -121,9 +120,8 @@ class Nudges:
         limit = call.config.silence_max_reprompts
         if limit > 0 and self.reprompts >= limit:
             log_event(logger, logging.INFO, "call.silence_hangup", reprompts=self.reprompts)
-            call.ending.begin(now, "hangup", "silence", summary_reason="bot_hung_up")
             call._emit(ToRealtime(rt.system_text(_SILENCE_GOODBYE)))
-            call.responses.request(call._instructions(_SILENCE_GOODBYE), closing=True)
+            call.ending.begin(now, "hangup", "silence", "bot_hung_up", last_words=_SILENCE_GOODBYE)
             return
         self.reprompts += 1
         self.reprompts_total += 1

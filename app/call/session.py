@@ -75,7 +75,6 @@ class CallSession:
         self.phase = "waiting_start"
         self.stream_sid = ""
         self.call_sid = ""
-        self.account_sid = ""
         self.parameters: dict[str, str] = {}
         self.started_ms = 0.0
         self.ended_ms = 0.0
@@ -99,12 +98,12 @@ class CallSession:
         self.usage: dict[str, int] = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
         self.bad_input: dict[str, int] = {}
         self.caller_audio_bytes = 0
-        self._buffer: deque[str] = deque()
-        self._buffer_bytes = 0
         self._out: list[Action] = []
-        #: Client events decided before the Realtime socket was open (a key press while
-        #: connecting): sent right after `session.update`, never lost.
-        self._before_open: list[Action] = []
+        #: Client events decided before the Realtime socket is open (the caller's first
+        #: words, a key press): sent right after `session.update`, in order. Of the caller's
+        #: audio only the most recent `connect_buffer_ms` is kept.
+        self._before_open: deque[ToRealtime] = deque()
+        self._before_open_audio = 0
 
     @property
     def responding(self) -> bool:
@@ -210,7 +209,7 @@ class CallSession:
         if fields is None:
             self._bad("twilio", "malformed_start")
             return
-        self.stream_sid, self.call_sid, self.account_sid, self.parameters = fields
+        self.stream_sid, self.call_sid, _, self.parameters = fields
         self.started_ms = now
         self._emit(CancelTimer(START_TIMER))
         self.phase = "connecting"
@@ -223,29 +222,19 @@ class CallSession:
         self.nudges.call_started(now)
 
     def _on_media(self, msg: dict[str, Any]) -> None:
-        if self.phase != "live":
-            if self.phase == "waiting_start":
-                self._bad("twilio", "media_before_start")
-                return
-            if self.phase == "ended":
-                return
+        if self.phase == "waiting_start":
+            self._bad("twilio", "media_before_start")
+            return
+        if self.phase == "ended":
+            return
         media = msg.get("media")
         payload = media.get("payload") if isinstance(media, dict) else None
         if not is_b64(payload):
             self._bad("twilio", "invalid_audio_payload")
             return
         assert isinstance(payload, str)
-        nbytes = decoded_len(payload)
-        self.caller_audio_bytes += nbytes
-        if self.phase == "live":
-            self._emit(ToRealtime(rt.input_audio_append(payload)))
-            return
-        # Connecting: keep the most recent audio so the caller's first words aren't lost.
-        self._buffer.append(payload)
-        self._buffer_bytes += nbytes
-        limit = self.config.connect_buffer_ms * tw.BYTES_PER_MS
-        while self._buffer_bytes > limit:
-            self._buffer_bytes -= decoded_len(self._buffer.popleft())
+        self.caller_audio_bytes += decoded_len(payload)
+        self._emit(ToRealtime(rt.input_audio_append(payload)))
 
     def _on_mark(self, now: float, msg: dict[str, Any]) -> None:
         mark = msg.get("mark")
@@ -270,11 +259,9 @@ class CallSession:
             return self._flush()
         self.phase = "live"
         self._emit(ToRealtime(rt.session_update(self.config)))
-        while self._buffer:
-            self._emit(ToRealtime(rt.input_audio_append(self._buffer.popleft())))
-        self._buffer_bytes = 0
         self._out.extend(self._before_open)
         self._before_open.clear()
+        self._before_open_audio = 0
         if self.config.greeting and not self.responding:
             instructions = self._instructions(self.config.greeting)
             self.responses.request(instructions, droppable=True)
@@ -400,6 +387,8 @@ class CallSession:
 
     def timer(self, now: float, name: str) -> list[Action]:
         """A timer set by a `SetTimer` action expired."""
+        if self.phase == "ended":
+            return self._flush()  # every timer was cancelled with the call
         if name == START_TIMER:
             if self.phase == "waiting_start":
                 log_event(logger, _WARNING, "twilio.no_start")
@@ -410,8 +399,6 @@ class CallSession:
                 self._end(now, "failure", detail="realtime_unavailable")
         elif name == CONFIRM_TIMER:
             self.barge_in.confirm_timer(now)
-        elif self.phase == "ended":
-            pass
         elif name in _ENDING_TIMERS:
             self.ending.timer(now, name)
         elif name in _NUDGE_TIMERS:
@@ -501,9 +488,21 @@ class CallSession:
 
     def _emit(self, action: Action) -> None:
         if type(action) is ToRealtime and self.phase in ("waiting_start", "connecting"):
-            self._before_open.append(action)
+            self._hold(action)
             return
         self._out.append(action)
+
+    def _hold(self, action: ToRealtime) -> None:
+        """Keep a client event until the Realtime socket opens (see `_before_open`)."""
+        self._before_open.append(action)
+        if action.msg["type"] != "input_audio_buffer.append":
+            return
+        self._before_open_audio += decoded_len(action.msg["audio"])
+        limit = self.config.connect_buffer_ms * tw.BYTES_PER_MS
+        while self._before_open_audio > limit:
+            oldest = next(a for a in self._before_open if a.msg["type"] == action.msg["type"])
+            self._before_open.remove(oldest)
+            self._before_open_audio -= decoded_len(oldest.msg["audio"])
 
     def _flush(self) -> list[Action]:
         out, self._out = self._out, []
