@@ -48,7 +48,6 @@ import contextlib
 import ctypes
 import gc
 import json
-import logging
 import math
 import os
 import random
@@ -66,14 +65,10 @@ from typing import Any
 
 import httpx
 from twilio.request_validator import RequestValidator
-from websockets.asyncio.client import connect
-from websockets.asyncio.server import serve
 
 from app.security import STREAM_TOKEN_PARAMETER, stream_token
-from tests.fakes import realtime_server
 from tests.fakes.audio import BYTES_PER_MS, MULAW_SILENCE, speech
 from tests.fakes.realtime_server import (
-    MAX_EVENT_BYTES,
     FakeRealtime,
     RealtimeConnection,
     ScriptedResponse,
@@ -157,33 +152,14 @@ PROBE = Probe()
 class TimedCall(FakeTwilioCall):
     """A FakeTwilioCall whose frames are tagged and timed (send and receive)."""
 
-    async def connect(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self.ws = await connect(
-            self.url,
-            additional_headers=self.headers,
-            open_timeout=self.open_timeout,
-            max_size=None,
-            compression="deflate" if PROBE.compression else None,
-            logger=logging.getLogger("bench.load.websockets"),
-        )
-        self._record("connected", url=self.url)
-        self._spawn(self._receive_loop(), "receive")
-        self._spawn(self._playout_loop(), "playout")
-
     def _next_frame(self) -> tuple[bytes, list[asyncio.Future[None]]]:
         frame, finished = super()._next_frame()
         return PROBE.tag_in() + frame[TAG_BYTES:], finished
 
     async def _send(self, msg: dict[str, Any]) -> None:
-        assert self.ws is not None
-        async with self._send_lock:
-            if msg["event"] == "media":
-                PROBE.in_sent[msg["media"]["payload"]] = time.perf_counter()
-            await self.ws.send(json.dumps(msg))
-        if msg["event"] != "media":  # the bench does not keep 50 frames a second per call
-            self.sent_messages.append(msg)
-            self._record("sent", event=msg["event"], msg=msg)
+        if msg["event"] == "media":
+            PROBE.in_sent[msg["media"]["payload"]] = time.perf_counter()
+        await super()._send(msg)
 
     async def _on_message(self, message: str | bytes) -> None:
         if isinstance(message, str):
@@ -231,27 +207,10 @@ class TimedConnection(RealtimeConnection):
 
 
 class TimedRealtime(FakeRealtime):
-    """FakeRealtime whose connections are TimedConnections; deflate on or off."""
+    """FakeRealtime whose connections are TimedConnections. (The bridge's Realtime client
+    never offers compression, so that leg is uncompressed whatever this server allows.)"""
 
-    async def __aenter__(self) -> TimedRealtime:
-        realtime_server.RealtimeConnection = TimedConnection  # type: ignore[misc]
-        self._server = await serve(
-            self._handler,
-            "127.0.0.1",
-            0,
-            process_request=self._process_request,
-            max_size=MAX_EVENT_BYTES + 1024,
-            compression="deflate" if PROBE.compression else None,
-            logger=logging.getLogger("bench.load.websockets"),
-        )
-        self.port = next(iter(self._server.sockets)).getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        try:
-            await self.aclose()
-        finally:
-            realtime_server.RealtimeConnection = RealtimeConnection  # type: ignore[misc]
+    connection_class = TimedConnection
 
 
 # -- the server process -------------------------------------------------------------------
@@ -532,6 +491,8 @@ async def _measure(
                 STREAM_TOKEN_PARAMETER: stream_token(AUTH_TOKEN, call_sid),
             },
             open_timeout=15,
+            compression="deflate" if PROBE.compression else None,
+            keep_sent_media=False,  # 50 frames a second per call would be kept otherwise
         )
         try:
             await call.connect()

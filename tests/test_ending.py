@@ -273,7 +273,8 @@ def test_a_refused_response_request_is_retried_after_the_active_one() -> None:
     assert [e["type"] for e in again] == ["response.create"]
     ours = {"id": "resp_2", "metadata": again[0]["response"]["metadata"]}
     s.realtime_message(310, {"type": "response.created", "response": ours})
-    assert not s.responses.responding or s.responses.active == "resp_2"
+    s.realtime_message(400, done("resp_2"))
+    assert not s.responding  # recognised as ours: no request is left waiting
 
 
 def test_failing_responses_hand_the_call_to_the_fallback() -> None:

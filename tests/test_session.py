@@ -244,8 +244,7 @@ def test_benign_cancel_error_is_debug_only(caplog: pytest.LogCaptureFixture) -> 
 def test_min_speech_policy_short_noise_does_not_interrupt() -> None:
     cfg = CallConfig(interrupt_min_speech_ms=800, vad_prefix_padding_ms=300)
     s = live(cfg)
-    session = to_realtime(s.realtime_open(0)) or []
-    assert session == []  # already live
+    assert s.realtime_open(0) == []  # already live: the session is not configured twice
     play(s, 100, "item_a", 30)
     started = {"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 700}
     out = s.realtime_message(1000, started)

@@ -1144,6 +1144,9 @@ class FakeRealtime:
         """Append responses to the script."""
         self.script.extend(responses)
 
+    #: What serves each connection (a subclass can observe or time the traffic).
+    connection_class: type[RealtimeConnection] = RealtimeConnection
+
     async def __aenter__(self) -> FakeRealtime:
         self._server = await serve(
             self._handler,
@@ -1234,7 +1237,7 @@ class FakeRealtime:
         return None
 
     async def _handler(self, ws: ServerConnection) -> None:
-        conn = RealtimeConnection(self, ws)
+        conn = self.connection_class(self, ws)
         self.connections.append(conn)
         self._watch.notify()
         if self.stall_on_connect:

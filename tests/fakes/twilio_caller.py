@@ -82,6 +82,8 @@ class FakeTwilioCall:
         custom_parameters: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
         open_timeout: float = 5.0,
+        compression: str | None = "deflate",
+        keep_sent_media: bool = True,
     ) -> None:
         self.url = url
         self.call_sid = call_sid or _sid("CA")
@@ -90,6 +92,10 @@ class FakeTwilioCall:
         self.custom_parameters = dict(custom_parameters or {})
         self.headers = dict(headers or {})
         self.open_timeout = open_timeout
+        self.compression = compression
+        """Offered to the server (``"deflate"``, like a default client), or None."""
+        self.keep_sent_media = keep_sent_media
+        """False: ``sent_messages`` omits media frames (long load runs send 50 a second)."""
         self.ws: ClientConnection | None = None
 
         self.sent_messages: list[dict[str, Any]] = []
@@ -151,6 +157,7 @@ class FakeTwilioCall:
             additional_headers=self.headers,
             open_timeout=self.open_timeout,
             max_size=None,
+            compression=self.compression,
             logger=_WS_LOGGER,
         )
         self._record("connected", url=self.url)
@@ -337,9 +344,11 @@ class FakeTwilioCall:
         assert self.ws is not None
         async with self._send_lock:
             await self.ws.send(json.dumps(msg))
-        self.sent_messages.append(msg)
         if msg["event"] != "media":
+            self.sent_messages.append(msg)
             self._record("sent", event=msg["event"], msg=msg)
+        elif self.keep_sent_media:
+            self.sent_messages.append(msg)
 
     async def _stop_media(self) -> None:
         media = [t for t in self._tasks if t.get_name() == "twilio-call-media"]
