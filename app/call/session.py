@@ -337,12 +337,12 @@ class CallSession:
         if self.phase != "live" or not self.responses.audio(ev.get("response_id"), item_id):
             return  # audio of a response the caller cut off is never played
         assert isinstance(delta, str)
-        nbytes = decoded_len(delta)
+        if item_id not in self.playback.items:
+            self.transcript.assistant(item_id)  # the bot's turn starts with its first audio
         self.nudges.disarm()
-        name = self.playback.sent(now, item_id, nbytes)
+        name = self.playback.sent(now, item_id, decoded_len(delta))
         self._emit(ToTwilio(tw.media(self.stream_sid, delta)))
         self._emit(ToTwilio(tw.mark(self.stream_sid, name)))
-        self.transcript.assistant(item_id).sent_ms = self.playback.items[item_id].sent_ms
 
     def _on_response_done(self, now: float, ev: dict[str, Any]) -> None:
         response = ev.get("response")
@@ -455,6 +455,7 @@ class CallSession:
         """The end-of-call record (logged once as `call.summary`)."""
         for item_id, played in self.playback.items.items():
             turn = self.transcript.assistant(item_id)
+            turn.sent_ms = played.sent_ms
             if turn.heard_ms is None:
                 turn.heard_ms = played.played_ms
         return {
