@@ -3,8 +3,11 @@
     python -m app.replay FILE        # the call's timeline, then the replay verdict
 
 The recorded *inputs* (from Twilio, from OpenAI, REST answers) are fed to a fresh
-`CallSession` at their recorded times; the timers the core sets fire on a virtual clock,
-so nothing sleeps and a minute-long call replays in milliseconds. What the core sends
+`CallSession` at their recorded times; the core's timers fire on a virtual clock, through
+the same driver contract the live bridge follows (`app.call.outbox`: wake the core at its
+`deadline`, each timer fires at its own deadline), so nothing sleeps and a minute-long
+call replays in milliseconds. The live bridge feeds the core exactly the times it records,
+so a recording made by a running server replays as it ran. What the core sends
 is compared with the recorded *outputs*, direction by direction (to Twilio, to OpenAI,
 REST requests): the same messages in the same order, equal except for what legitimately
 differs between runs (mark names, compared by position; audio, compared by length;
@@ -25,7 +28,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Final
 
-from app.call.actions import Action, CancelTimer, SetTimer
+from app.call.actions import Action
 from app.call.config import CallConfig
 from app.call.session import CallSession
 from app.observability import configure_logging
@@ -72,7 +75,16 @@ class Fixture:
 
     @property
     def config(self) -> CallConfig:
-        return CallConfig.from_dict(self.header.get("config", {}))
+        """The recorded configuration; what the header lacks comes from today's defaults."""
+        return CallConfig.from_dict(self.header.get("config", {}), defaults=default_config())
+
+
+@cache
+def default_config() -> CallConfig:
+    """The call configuration of the settings' own defaults (no environment, no `.env`)."""
+    from app.settings import Settings
+
+    return CallConfig.from_settings(Settings.model_construct())
 
 
 class FixtureError(ValueError):
@@ -153,31 +165,28 @@ def replay(fixture: Fixture) -> Result:
     recorded_marks = [n for e in fixture.entries if e.dir == "to_twilio" if (n := _mark_name(e))]
     mark_index = {name: i for i, name in enumerate(recorded_marks)}
     replay_marks: list[str] = []
-    timers: dict[str, float] = {}
     out: list[Entry] = []
 
     def collect(now: float, actions: list[Action]) -> None:
         for action in actions:
-            if type(action) is SetTimer:
-                timers[action.name] = action.at_ms
-            elif type(action) is CancelTimer:
-                timers.pop(action.name, None)
-            elif (entry := action_record(action)) is not None:
+            if (entry := action_record(action)) is not None:
                 produced = Entry(now, *entry)
                 if (name := _mark_name(produced)) is not None:
                     replay_marks.append(name)
                 out.append(produced)
 
+    def wake_until(t_ms: float) -> None:
+        """What the live driver's wake-ups do: fire the timers due by `t_ms`."""
+        while (at := session.deadline) is not None and at <= t_ms and not session.done:
+            collect(at, session.advance(at))
+
     collect(0.0, session.opened(0.0))
     i = 0
     while i < len(inputs) and not session.done:
         nxt = inputs[i]
-        if timers:
-            name, at = min(timers.items(), key=lambda kv: kv[1])
-            if at < nxt.t_ms:
-                del timers[name]
-                collect(at, session.timer(at, name))
-                continue
+        wake_until(nxt.t_ms)
+        if session.done:
+            break
         i += 1
         msg = _restore_audio(nxt.dir, nxt.msg)
         name = _mark_name(nxt) if nxt.dir == "from_twilio" else None
@@ -185,10 +194,7 @@ def replay(fixture: Fixture) -> Result:
             msg = {**msg, "mark": {**msg["mark"], "name": replay_marks[mark_index[name]]}}
         collect(nxt.t_ms, session.feed(nxt.t_ms, nxt.dir, msg))
     # A live call stops at its end; timers still due before that end fire here too.
-    while timers and not session.done:
-        name, at = min(timers.items(), key=lambda kv: kv[1])
-        del timers[name]
-        collect(at, session.timer(at, name))
+    wake_until(float("inf"))
     result = Result(fixture, out, unconsumed_inputs=len(inputs) - i)
     result.mismatches = compare(fixture.entries, out)
     return result

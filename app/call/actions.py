@@ -2,7 +2,8 @@
 
 The core (`app.call.session.CallSession`) never touches a socket or a clock: each input
 returns a list of these, and `app.bridge` carries them out in order. A recorded call
-replays by feeding the same inputs and comparing the actions that come out.
+replays by feeding the same inputs and comparing the actions that come out. Timers are not
+actions: the core keeps them and tells its driver when to wake it (`app.call.outbox`).
 """
 
 from __future__ import annotations
@@ -31,21 +32,6 @@ class ConnectRealtime:
 
 
 @dataclass(frozen=True, slots=True)
-class SetTimer:
-    """Call `timer(name)` at `at_ms` (call time); replaces a timer of the same name."""
-
-    name: str
-    at_ms: float
-
-
-@dataclass(frozen=True, slots=True)
-class CancelTimer:
-    """Forget the timer `name` if it is set."""
-
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
 class CloseTwilio:
     """Close the media stream. Unless the call was ended deliberately, Twilio then runs
     the fallback TwiML that follows `<Connect>`."""
@@ -69,13 +55,4 @@ class RestRequest:
     params: dict[str, str]
 
 
-Action = (
-    ToTwilio
-    | ToRealtime
-    | ConnectRealtime
-    | SetTimer
-    | CancelTimer
-    | CloseTwilio
-    | CloseRealtime
-    | RestRequest
-)
+Action = ToTwilio | ToRealtime | ConnectRealtime | CloseTwilio | CloseRealtime | RestRequest

@@ -1,98 +1,108 @@
 """What one call needs to know about its configuration, as plain data.
 
 The call core never reads the environment or pydantic settings: it is given a
-`CallConfig`, so that a recorded call can be replayed with exactly the configuration
-it ran with (the fixture header stores it) and unit tests can build one in a line.
+`CallConfig`, so that a recorded call replays with exactly the configuration it ran with
+(the fixture header stores it) and tests can build one in a line.
+
+**One declaration, one default.** A call setting is declared once, in `app.settings`
+(environment name, type, validation, default). A `CallConfig` field only names the setting
+it comes from (and how its unit converts, seconds to ms), so it has no default of its own
+that could drift: `from_settings` reads every field generically. Derived fields (the tools
+offered, whether REST can be used) are computed there too. Tests build configs from the
+settings' defaults (`tests/core.py: config()`), never from numbers of their own.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 if TYPE_CHECKING:
     from app.settings import Settings
 
 TurnDetection = Literal["server_vad", "semantic_vad"]
 
+#: Caller audio kept while the Realtime socket opens (older audio is dropped). Not a setting.
+CONNECT_BUFFER_MS: Final = 5000
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _setting(name: str, convert: Callable[[Any], Any] | None = None) -> Any:
+    """A field filled from setting `name` (through `convert`, if given)."""
+    return field(metadata={"setting": name, "convert": convert})
+
+
+def _derived(read: Callable[[Settings], Any]) -> Any:
+    """A field computed from the whole settings object."""
+    return field(metadata={"derived": read})
+
+
+def _transcription(settings: Settings) -> str | None:
+    return settings.transcription_model if settings.transcription_enabled else None
+
+
+def _noise(value: str) -> str | None:
+    return None if value == "off" else value
+
 
 @dataclass(frozen=True, slots=True)
 class CallConfig:
     """Behaviour of one call. Times are in milliseconds."""
 
-    instructions: str = "You are a helpful phone assistant. Keep answers short."
-    voice: str = "marin"
+    instructions: str = _derived(lambda s: s.instructions)
+    voice: str = _setting("bot_voice")
     #: What the bot is told to do first; empty means the caller speaks first.
-    greeting: str = "Greet the caller briefly and ask how you can help."
+    greeting: str = _setting("bot_greeting")
     #: Caller transcription model, or None for no caller transcripts.
-    transcription_model: str | None = "gpt-4o-mini-transcribe"
-    transcription_language: str | None = None
-    turn_detection: TurnDetection = "server_vad"
-    vad_threshold: float = 0.5
-    vad_prefix_padding_ms: int = 300
-    vad_silence_duration_ms: int = 500
-    vad_eagerness: str = "auto"
+    transcription_model: str | None = _derived(_transcription)
+    transcription_language: str | None = _setting("transcription_language")
+    turn_detection: TurnDetection = _setting("turn_detection")  # noqa: RUF009 (a field spec)
+    vad_threshold: float = _setting("vad_threshold")
+    vad_prefix_padding_ms: int = _setting("vad_prefix_padding_ms")
+    vad_silence_duration_ms: int = _setting("vad_silence_duration_ms")
+    vad_eagerness: str = _setting("vad_eagerness")
     #: "near_field", "far_field", or None for off.
-    noise_reduction: str | None = "near_field"
+    noise_reduction: str | None = _setting("noise_reduction", convert=_noise)
     #: 0: interrupt the bot as soon as the caller starts speaking. N > 0: only once the
     #: caller has kept speaking for N ms (the bot keeps talking meanwhile).
-    interrupt_min_speech_ms: int = 0
+    interrupt_min_speech_ms: int = _setting("interrupt_min_speech_ms")
     #: The caller never waits in silence longer than this for the Realtime service.
-    realtime_ready_timeout_ms: int = 4000
-    #: Caller audio kept while the Realtime socket opens (older audio is dropped).
-    connect_buffer_ms: int = 5000
+    realtime_ready_timeout_ms: int = _setting("realtime_connect_timeout_seconds", convert=_ms)
     #: Tools offered to the model (names from `app.call.tools`).
-    tools: tuple[str, ...] = field(default_factory=tuple)
+    tools: tuple[str, ...] = _derived(lambda s: _tools(s))
     #: Twilio REST credentials exist: the bridge can hang up and transfer calls.
-    rest_available: bool = False
-    transfer_number: str | None = None
-    transfer_caller_id: str | None = None
-    transfer_timeout_s: int | None = None
+    rest_available: bool = _derived(lambda s: s.rest_enabled)
+    transfer_number: str | None = _setting("transfer_number")
+    transfer_caller_id: str | None = _setting("transfer_caller_id")
+    transfer_timeout_s: int | None = _setting("transfer_timeout_seconds")
     #: Longest wait for the last words to play before hanging up / transferring anyway.
-    playout_timeout_ms: int = 30_000
+    playout_timeout_ms: int = _setting("last_words_timeout_seconds", convert=_ms)
     #: 0 = no limit. At the limit the bot wraps up and the call ends after its last word.
-    max_call_ms: int = 0
+    max_call_ms: int = _setting("max_call_seconds", convert=_ms)
     #: 0 = off. Caller silence (after the bot's audio finished playing) before a reprompt.
-    silence_reprompt_ms: int = 0
+    silence_reprompt_ms: int = _setting("silence_reprompt_seconds", convert=_ms)
     #: Unanswered reprompts before a polite hang-up; 0 = never hang up for silence.
-    silence_max_reprompts: int = 2
-    dtmf_to_model: bool = True
+    silence_max_reprompts: int = _setting("silence_max_reprompts")
+    dtmf_to_model: bool = _setting("dtmf_to_model")
+    connect_buffer_ms: int = CONNECT_BUFFER_MS
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, rest_available: bool) -> CallConfig:
-        """The per-call view of the process settings."""
-        tools: list[str] = []
-        if rest_available:
-            tools.append("end_call")
-            if settings.transfer_number:
-                tools.append("transfer_call")
-        return cls(
-            instructions=settings.instructions,
-            voice=settings.bot_voice,
-            greeting=settings.bot_greeting,
-            transcription_model=(
-                settings.transcription_model if settings.transcription_enabled else None
-            ),
-            transcription_language=settings.transcription_language,
-            turn_detection=settings.turn_detection,
-            vad_threshold=settings.vad_threshold,
-            vad_prefix_padding_ms=settings.vad_prefix_padding_ms,
-            vad_silence_duration_ms=settings.vad_silence_duration_ms,
-            vad_eagerness=settings.vad_eagerness,
-            noise_reduction=None if settings.noise_reduction == "off" else settings.noise_reduction,
-            interrupt_min_speech_ms=settings.interrupt_min_speech_ms,
-            realtime_ready_timeout_ms=round(settings.realtime_connect_timeout_seconds * 1000),
-            tools=tuple(tools),
-            rest_available=rest_available,
-            transfer_number=settings.transfer_number,
-            transfer_caller_id=settings.transfer_caller_id,
-            transfer_timeout_s=settings.transfer_timeout_seconds,
-            playout_timeout_ms=round(settings.last_words_timeout_seconds * 1000),
-            max_call_ms=round(settings.max_call_seconds * 1000),
-            silence_reprompt_ms=round(settings.silence_reprompt_seconds * 1000),
-            silence_max_reprompts=settings.silence_max_reprompts,
-            dtmf_to_model=settings.dtmf_to_model,
-        )
+    def from_settings(cls, settings: Settings) -> CallConfig:
+        """The per-call view of the process settings (every field, read generically)."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            meta = f.metadata
+            if "derived" in meta:
+                values[f.name] = meta["derived"](settings)
+            elif "setting" in meta:
+                value = getattr(settings, meta["setting"])
+                convert = meta["convert"]
+                values[f.name] = convert(value) if convert is not None else value
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (for fixture headers)."""
@@ -101,10 +111,17 @@ class CallConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CallConfig:
-        """Inverse of `to_dict`; unknown keys (from newer versions) are ignored."""
+    def from_dict(cls, data: dict[str, Any], defaults: CallConfig) -> CallConfig:
+        """Inverse of `to_dict`. Keys a fixture lacks (fields added since it was recorded)
+        come from `defaults`; unknown keys (from newer versions) are ignored."""
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
         if "tools" in kwargs:
             kwargs["tools"] = tuple(kwargs["tools"])
-        return cls(**kwargs)
+        return replace(defaults, **kwargs)
+
+
+def _tools(settings: Settings) -> tuple[str, ...]:
+    if not settings.rest_enabled:
+        return ()
+    return ("end_call", "transfer_call") if settings.transfer_number else ("end_call",)

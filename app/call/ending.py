@@ -2,54 +2,55 @@
 
 Peers cut the goodbye off (a hang-up on a timer), transfer on top of the hand-off
 sentence, or treat the `stop` that follows their own REST call as a failure. Here an
-ending is a small state machine owned by the call:
-
-    speaking --response.done--> playing_out --last mark echo--> rest --2xx/20404--> done
-       |  (no words in that response: ask for closing words first)  | 429/5xx: retry
-       |                                                            | other: failure,
-       +--- caller barges in: called off, the model is told ---+    |  close the stream
-                                                                    v  (fallback TwiML)
+ending is a machine of its own, `Stage` in `app.call.state` (its diagram is in
+`docs/call-states.md`), moved only along the rows of `ENDINGS`:
 
 * A tool runs only from a *completed* function-call item: an interrupted response can
-  carry truncated arguments.
+  carry truncated arguments (the session checks this before `from_tool`).
 * "Played out" is known from Twilio mark echoes, never from generation time; the wait is
   bounded (`playout_timeout_ms`), and when it runs out the action happens anyway, logged.
 * REST retries (429, 5xx, no answer) are decided here, with backoff timers, so that a
   recorded call replays its retries too. 20404 means the call is already over: done.
+
+This class keeps the ending's state and emits its own actions (the REST update, closing
+the Realtime socket once Twilio accepted it, the message telling the model an ending was
+called off); it returns what happened, and the session decides what that means for the
+call (asking for closing words, ending the call).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from enum import Enum
+from typing import Final
 
-from app import twiml
-from app.call.actions import CancelTimer, CloseRealtime, RestRequest, SetTimer, ToRealtime
+from app.call.actions import CloseRealtime, RestRequest
+from app.call.config import CallConfig
+from app.call.outbox import Outbox, Timer
+from app.call.state import ENDINGS, Input, Machine, Stage
 from app.observability import log_event
 from app.protocol import realtime as rt
-
-if TYPE_CHECKING:
-    from app.call.session import CallSession
+from app.protocol import twilio as tw
 
 logger = logging.getLogger("app.call")
 
-PLAYOUT_TIMER: Final = "last_words"
-RETRY_TIMER: Final = "rest_retry"
-STOP_GRACE_TIMER: Final = "stop_grace"
 #: After a successful REST update Twilio ends the stream itself; if it doesn't, we do.
 STOP_GRACE_MS: Final = 3000
 REST_BACKOFF_MS: Final = (500, 1000, 2000, 4000)
 
+#: The model's tools that end the call, by the kind of ending they ask for.
+TOOL_ENDINGS: Final = {"end_call": "hangup", "transfer_call": "transfer"}
 #: How each kind of ending is reported in the call summary.
 END_REASONS: Final = {"hangup": "bot_hung_up", "transfer": "transferred"}
 
-_CLOSING_WORDS: Final = {
+#: What the model is asked to say when it called the tool without a word.
+CLOSING_WORDS: Final = {
     "hangup": "Say a brief, friendly goodbye to the caller now, in one short sentence.",
     "transfer": "Tell the caller in one short sentence that you are transferring them now.",
 }
-_TOOL_RESULT: Final = {
+#: The function call's output: what the model is told will happen.
+TOOL_RESULT: Final = {
     "hangup": "The call will be hung up as soon as your last words have been heard. "
     "Say nothing more unless the caller speaks.",
     "transfer": "The caller will be transferred as soon as your last words have been heard. "
@@ -60,230 +61,196 @@ _CALLED_OFF: Final = (
     "is still going on. Listen to the caller and continue the conversation."
 )
 
+#: Stages in which the last words are still being generated or played.
+WORDS_STAGES: Final = (Stage.SPEAKING, Stage.CLOSING, Stage.PLAYING_OUT)
+_UNDER_WAY: Final = (*WORDS_STAGES, Stage.WAITING_FOR_CALLER, Stage.REST)
+_COMMITTED: Final = (Stage.REST, Stage.DONE, Stage.FAILED)
 
-@dataclass(slots=True)
-class PendingEnding:
-    kind: str  # "hangup" | "transfer"
-    reason: str  # why, for the log (from the model, or max_duration / silence)
-    stage: str  # speaking | closing | playing_out | rest | done
-    response_id: str | None = None  # the response whose last words we wait for
-    attempts: int = 0
-    summary_reason: str = ""
+
+class Progress(Enum):
+    """What a `response.done` meant for the ending."""
+
+    NOTHING = "nothing"
+    ASK_FOR_WORDS = "ask_for_words"  # the tool came without a word: ask for closing words
+    PLAYED_OUT = "played_out"  # the last words are generated and have all been heard
+
+
+class RestVerdict(Enum):
+    """What a REST answer meant."""
+
+    IGNORED = "ignored"  # not waiting for one
+    DONE = "done"  # Twilio ends the stream next: the expected end
+    RETRY = "retry"
+    FAILED = "failed"  # the call goes to the fallback TwiML
 
 
 class Ending:
-    """The call's deliberate ending, if any. Emits actions through its call session."""
+    """The call's deliberate ending, if any."""
 
-    def __init__(self, call: CallSession) -> None:
-        self.call = call
-        self.pending: PendingEnding | None = None
-        #: The last words have played, but the caller was speaking over them and it isn't
-        #: known yet whether that was a turn (call off) or noise (go ahead).
-        self.waiting_for_caller = False
+    def __init__(self, outbox: Outbox, config: CallConfig) -> None:
+        self.out = outbox
+        self.config = config
+        self.machine: Machine[Stage] = Machine("ending", ENDINGS, Stage.NONE)
+        self.kind = ""  # "hangup" | "transfer"
+        self.reason = ""  # why, for the log (from the model, or max_duration / silence)
+        self.summary_reason = ""  # how the call ends, when not the kind's default
+        self.response_id: str | None = None  # the response whose last words we wait for
+        self.attempts = 0
+
+    # -- questions ------------------------------------------------------------------------
+
+    @property
+    def stage(self) -> Stage:
+        return self.machine.state
 
     @property
     def active(self) -> bool:
-        return self.pending is not None and self.pending.stage != "done"
+        """An ending is under way (and not yet accepted by Twilio)."""
+        return self.machine.state in _UNDER_WAY
 
     @property
     def committed(self) -> bool:
         """The REST request is out or done: too late to call the ending off."""
-        return self.pending is not None and self.pending.stage in ("rest", "done")
+        return self.machine.state in _COMMITTED
+
+    @property
+    def waiting_for_caller(self) -> bool:
+        """The last words played while the caller talked over them: turn, or noise?"""
+        return self.machine.state is Stage.WAITING_FOR_CALLER
 
     def intended_reason(self) -> str:
-        """How the call ends if the pending ending succeeds (for the summary)."""
-        p = self.pending
-        assert p is not None
-        return p.summary_reason or END_REASONS[p.kind]
+        """How the call ends if this ending succeeds (for the summary)."""
+        return self.summary_reason or END_REASONS[self.kind]
 
     # -- starting -------------------------------------------------------------------------
 
-    def tool_call(self, now: float, item: dict[str, Any], response_id: str | None) -> None:
-        """A function-call item of the model's finished (`response.output_item.done`)."""
-        call, name, call_id = self.call, item.get("name"), item.get("call_id")
-        if not isinstance(call_id, str):
-            call._bad("realtime", "function_call_without_call_id")
-            return
-        if item.get("status") != "completed":
-            log_event(logger, logging.INFO, "tool.ignored_incomplete", tool=name)
-            return
-        kind = {"end_call": "hangup", "transfer_call": "transfer"}.get(str(name))
-        if kind is None or name not in call.config.tools:
-            log_event(logger, logging.WARNING, "tool.unknown", tool=str(name)[:60])
-            call._emit(ToRealtime(rt.function_output(call_id, '{"error": "unknown tool"}')))
-            call.responses.request()
-            return
-        if self.active:
-            call._emit(ToRealtime(rt.function_output(call_id, '{"result": "already ending"}')))
-            return
-        reason = _reason(item.get("arguments"))
-        log_event(logger, logging.INFO, "tool.called", tool=name, reason=reason)
-        self.pending = PendingEnding(kind, reason, "speaking", response_id)
-        call._emit(ToRealtime(rt.function_output(call_id, json.dumps(_TOOL_RESULT[kind]))))
+    def from_tool(self, kind: str, reason: str, response_id: str | None) -> None:
+        """The model called `end_call`/`transfer_call` in response `response_id`."""
+        self._start(Input.TOOL_CALL, kind, reason, "", response_id)
 
-    def begin(
-        self, now: float, kind: str, reason: str, summary_reason: str, last_words: str
+    def from_bridge(self, now: float, kind: str, reason: str, summary_reason: str) -> None:
+        """The bridge ends the call (time limit, silence): its closing words are asked for
+        next (by the session), and waited for at most `playout_timeout_ms`."""
+        self._start(Input.BRIDGE_ENDS, kind, reason, summary_reason, None)
+        self.out.set_timer(Timer.LAST_WORDS, now + self.config.playout_timeout_ms)
+
+    def _start(
+        self, via: Input, kind: str, reason: str, summary_reason: str, response_id: str | None
     ) -> None:
-        """End the call on the bridge's own initiative (max duration, silence): the model
-        says `last_words` (an instruction), then the call ends after they have played."""
-        if self.active:
-            return
-        self.pending = PendingEnding(kind, reason, "speaking", summary_reason=summary_reason)
-        self._ask_for_last_words(now, last_words)
-
-    def _ask_for_last_words(self, now: float, instruction: str) -> None:
-        """Ask the model for the closing words; the ending then waits for that response
-        (bounded by the last-words timeout)."""
-        p, call = self.pending, self.call
-        assert p is not None
-        p.stage, p.response_id = "closing", None
-        call._emit(SetTimer(PLAYOUT_TIMER, now + call.config.playout_timeout_ms))
-        call.responses.request(call._instructions(instruction), closing=True)
+        self.machine.move(via)
+        self.kind, self.reason, self.summary_reason = kind, reason, summary_reason
+        self.response_id, self.attempts = response_id, 0
 
     # -- progress -------------------------------------------------------------------------
 
     def response_created(self, response_id: str) -> None:
-        p = self.pending
-        if p is not None and p.stage == "closing" and p.response_id is None:
-            p.response_id = response_id
+        """The response carrying the closing words started."""
+        if self.machine.state is Stage.CLOSING and self.response_id is None:
+            self.response_id = response_id
 
-    def response_done(self, now: float, response_id: str | None, had_audio: bool) -> None:
-        p, call = self.pending, self.call
-        if p is None or p.response_id != response_id or p.stage not in ("speaking", "closing"):
-            return
-        if p.stage == "speaking" and not had_audio:
-            # The model called the tool without a word: ask for the closing words first.
-            self._ask_for_last_words(now, _CLOSING_WORDS[p.kind])
-            return
-        p.stage = "playing_out"
-        if not call.playback.playing:
-            self.played_out(now)
-        else:
-            call._emit(SetTimer(PLAYOUT_TIMER, now + call.config.playout_timeout_ms))
+    def response_done(
+        self, now: float, response_id: object, had_audio: bool, playing: bool
+    ) -> Progress:
+        state = self.machine.state
+        if state not in (Stage.SPEAKING, Stage.CLOSING) or self.response_id != response_id:
+            return Progress.NOTHING
+        if state is Stage.SPEAKING and not had_audio:
+            # The model called the tool without a word: the closing words come first.
+            self.machine.move(Input.DONE_WITHOUT_WORDS)
+            self.response_id = None
+            self.out.set_timer(Timer.LAST_WORDS, now + self.config.playout_timeout_ms)
+            return Progress.ASK_FOR_WORDS
+        self.machine.move(Input.DONE_WITH_WORDS if state is Stage.SPEAKING else Input.CLOSING_DONE)
+        if not playing:
+            return Progress.PLAYED_OUT
+        self.out.set_timer(Timer.LAST_WORDS, now + self.config.playout_timeout_ms)
+        return Progress.NOTHING
 
-    def played_out(self, now: float) -> None:
-        """The last mark echo of everything sent has come back."""
-        p = self.pending
-        if p is None or p.stage != "playing_out":
-            return
-        utterance = self.call.turns.current
-        if utterance is not None and not utterance.interrupted:
-            self.waiting_for_caller = True  # the playout timer still bounds this wait
-            return
-        self.waiting_for_caller = False
-        self._act(now)
+    def caller_over_last_words(self) -> None:
+        """The last words played out while the caller was speaking: wait to learn whether
+        that was a turn (the last-words timer still bounds the wait)."""
+        self.machine.move(Input.CALLER_OVER_LAST_WORDS)
 
-    def playout_timeout(self, now: float) -> None:
-        p = self.pending
-        if p is not None and self.waiting_for_caller:
-            self.call_off(now)  # the caller is still talking over the last words
-            return
-        if p is not None and p.stage in ("speaking", "closing", "playing_out"):
-            log_event(
-                logger,
-                logging.WARNING,
-                "ending.playout_timeout",
-                kind=p.kind,
-                stage=p.stage,
-                queued_ms=self.call.playback.queued_ms(),
-            )
-            self._act(now)
-
-    def call_off(self, now: float) -> bool:
-        """The caller barged in during the last words: the ending is called off.
-
-        Except a time-limit ending the second time: the limit gets one grace period after
-        a call-off, then it is hard (the call ends even if the caller talks over it)."""
-        p = self.pending
-        if p is None or self.committed:
-            return False
-        if p.summary_reason == "max_duration" and not self.call.nudges.grant_grace(now):
-            log_event(logger, logging.WARNING, "ending.hard_limit", kind=p.kind)
-            self._act(now)
-            return False
-        self.pending = None
-        self.waiting_for_caller = False
-        self.call.responses.withdraw_closing()
-        self.call._emit(CancelTimer(PLAYOUT_TIMER))
-        what = "hang-up" if p.kind == "hangup" else "transfer"
-        log_event(logger, logging.INFO, "ending.called_off", kind=p.kind)
-        self.call._emit(ToRealtime(rt.system_text(_CALLED_OFF.format(what=what))))
-        return True
+    def call_off(self) -> None:
+        """The caller spoke during the last words: no hang-up or transfer; the model is told."""
+        self.machine.move(Input.CALLED_OFF)
+        self.out.cancel_timer(Timer.LAST_WORDS)
+        log_event(logger, logging.INFO, "ending.called_off", kind=self.kind)
+        what = "hang-up" if self.kind == "hangup" else "transfer"
+        self.out.realtime(rt.system_text(_CALLED_OFF.format(what=what)))
 
     # -- acting ---------------------------------------------------------------------------
 
-    def _act(self, now: float) -> None:
-        p, call = self.pending, self.call
-        assert p is not None
-        p.stage = "rest"
-        self.waiting_for_caller = False
-        call._emit(CancelTimer(PLAYOUT_TIMER))
-        if not call.config.rest_available:
-            # No REST credentials: the only way to end the call is to close the stream
-            # (Twilio then runs the fallback TwiML). Tools are not offered in this case.
-            log_event(logger, logging.WARNING, "ending.without_rest", kind=p.kind)
-            call._end(now, self.intended_reason(), detail="no_rest_credentials")
-            return
-        self._request(now)
+    def act(self, via: Input) -> bool:
+        """Move to REST along `via` and send the update. False when there are no REST
+        credentials: the only way to end the call is then to close the stream (Twilio runs
+        the fallback TwiML; tools are not offered in that case), which the session does."""
+        self.machine.move(via)
+        self.out.cancel_timer(Timer.LAST_WORDS)
+        if not self.config.rest_available:
+            log_event(logger, logging.WARNING, "ending.without_rest", kind=self.kind)
+            return False
+        self._request()
+        return True
 
-    def _request(self, now: float) -> None:
-        p, cfg = self.pending, self.call.config
-        assert p is not None
-        p.attempts += 1
-        if p.kind == "hangup":
+    def _request(self) -> None:
+        self.attempts += 1
+        cfg = self.config
+        if self.kind == "hangup":
             params = {"Status": "completed"}
         else:
             assert cfg.transfer_number
-            document = twiml.dial(
+            twiml = tw.dial_twiml(
                 cfg.transfer_number, cfg.transfer_caller_id, cfg.transfer_timeout_s
             )
-            params = {"Twiml": document}
-        log_event(logger, logging.INFO, "rest.request", kind=p.kind, attempt=p.attempts)
-        self.call._emit(RestRequest(p.kind, params))
+            params = {"Twiml": twiml}
+        log_event(logger, logging.INFO, "rest.request", kind=self.kind, attempt=self.attempts)
+        self.out.emit(RestRequest(self.kind, params))
 
-    def rest_result(self, now: float, status: int, code: int | None, error: str) -> None:
-        p, call = self.pending, self.call
-        if p is None or p.stage != "rest":
-            return
+    def rest_result(self, now: float, status: int, code: int | None, error: str) -> RestVerdict:
+        if self.machine.state is not Stage.REST:
+            return RestVerdict.IGNORED
         ok = 200 <= status < 300
         gone = code == 20404 or (status == 404 and code is None)
         log_event(
             logger,
             logging.INFO if ok or gone else logging.WARNING,
             "rest.response",
-            kind=p.kind,
+            kind=self.kind,
             status=status,
             code=code,
             error=error or None,
-            attempt=p.attempts,
+            attempt=self.attempts,
         )
         if ok or gone:
-            p.stage = "done"
-            call.end_reason = self.intended_reason()
-            call.deliberate = True
+            self.machine.move(Input.REST_OK)
             # Twilio now ends the stream (`stop`, close): that is the expected end.
-            call._emit(CloseRealtime(call.end_reason))
-            call._emit(SetTimer(STOP_GRACE_TIMER, now + STOP_GRACE_MS))
-            return
+            self.out.emit(CloseRealtime(self.intended_reason()))
+            self.out.set_timer(Timer.STOP_GRACE, now + STOP_GRACE_MS)
+            return RestVerdict.DONE
         retriable = status == 429 or status >= 500 or status == 0
-        if retriable and p.attempts <= len(REST_BACKOFF_MS):
-            call._emit(SetTimer(RETRY_TIMER, now + REST_BACKOFF_MS[p.attempts - 1]))
-            return
-        log_event(logger, logging.ERROR, "ending.rest_failed", kind=p.kind, status=status)
-        # Nobody is left in silence: closing the stream makes Twilio run the fallback.
-        call._end(now, "failure", detail=f"rest_{p.kind}_failed")
+        if retriable and self.attempts <= len(REST_BACKOFF_MS):
+            self.machine.move(Input.REST_RETRY)
+            self.out.set_timer(Timer.REST_RETRY, now + REST_BACKOFF_MS[self.attempts - 1])
+            return RestVerdict.RETRY
+        log_event(logger, logging.ERROR, "ending.rest_failed", kind=self.kind, status=status)
+        self.machine.move(Input.REST_FAILED)
+        return RestVerdict.FAILED
 
-    def timer(self, now: float, name: str) -> None:
-        if name == PLAYOUT_TIMER:
-            self.playout_timeout(now)
-        elif name == RETRY_TIMER:
-            if self.pending is not None and self.pending.stage == "rest":
-                self._request(now)
-        elif name == STOP_GRACE_TIMER and self.call.phase != "ended":
-            self.call._end(now, self.call.end_reason)
+    def retry(self) -> None:
+        """The backoff before repeating the REST update is over."""
+        if self.machine.state is Stage.REST:
+            self.machine.move(Input.RETRY_TIMER)
+            self._request()
+
+    def stream_ended(self) -> None:
+        """Twilio ended the stream while our update was out: its `stop` overtook the REST
+        answer. That is the deliberate end, not a hang-up (peers lose transfers to it)."""
+        self.machine.move(Input.STREAM_ENDED)
 
 
-def _reason(arguments: object) -> str:
+def tool_reason(arguments: object) -> str:
+    """The `reason` argument of an ending tool call, for the log."""
     try:
         parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
     except ValueError:

@@ -16,19 +16,16 @@ Every setting is off when 0 (or false).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Final
+from enum import Enum
+from typing import Final
 
-from app.call.actions import CancelTimer, SetTimer, ToRealtime
+from app.call.config import CallConfig
+from app.call.outbox import Outbox, Timer
 from app.observability import log_event
 from app.protocol import realtime as rt
 
-if TYPE_CHECKING:
-    from app.call.session import CallSession
-
 logger = logging.getLogger("app.call")
 
-SILENCE_TIMER: Final = "silence"
-MAX_DURATION_TIMER: Final = "max_duration"
 #: After the caller talks over the time-limit wrap-up (or a goodbye was pending when the
 #: limit came), the limit comes back this much later; the second wrap-up is final.
 MAX_DURATION_GRACE_MS: Final = 60_000
@@ -40,20 +37,31 @@ _REPROMPT: Final = (
     "The caller has not said anything for a while. Briefly and kindly check whether they "
     "are still there."
 )
-_SILENCE_GOODBYE: Final = (
+#: The closing words' instruction when the caller stays silent.
+SILENCE_GOODBYE: Final = (
     "The caller has not answered. Say a short, polite goodbye now; the call will then end."
 )
-_WRAP_UP: Final = (
+#: The closing words' instruction at the time limit.
+WRAP_UP: Final = (
     "The call has reached its maximum length. Politely tell the caller you have to end the "
     "call now and say goodbye, in one or two short sentences."
 )
 
 
+class Silence(Enum):
+    """What the silence timer asks for."""
+
+    NOTHING = "nothing"
+    REPROMPT = "reprompt"  # ask the model to check on the caller
+    GOODBYE = "goodbye"  # end the call after a goodbye (`SILENCE_GOODBYE`)
+
+
 class Nudges:
     """Silence and time-limit timers, and key presses, for one call."""
 
-    def __init__(self, call: CallSession) -> None:
-        self.call = call
+    def __init__(self, outbox: Outbox, config: CallConfig) -> None:
+        self.out = outbox
+        self.config = config
         self.reprompts = 0  # unanswered in a row
         self.reprompts_total = 0
         self._armed = False
@@ -62,90 +70,76 @@ class Nudges:
     # -- max duration ---------------------------------------------------------------------
 
     def call_started(self, now: float) -> None:
-        if self.call.config.max_call_ms > 0:
-            self.call._emit(SetTimer(MAX_DURATION_TIMER, now + self.call.config.max_call_ms))
+        if self.config.max_call_ms > 0:
+            self.out.set_timer(Timer.MAX_DURATION, now + self.config.max_call_ms)
 
-    def _max_duration(self, now: float) -> None:
-        call = self.call
-        if call.ending.active:
+    def max_duration(self, now: float, ending_active: bool) -> bool:
+        """The time limit is reached: True to wrap up now (the model is told; the session
+        ends the call after its closing words, `WRAP_UP`)."""
+        if ending_active:
             # Another ending is under way; if it is called off, the limit still applies.
-            call._emit(SetTimer(MAX_DURATION_TIMER, now + MAX_DURATION_GRACE_MS))
-            return
+            self.out.set_timer(Timer.MAX_DURATION, now + MAX_DURATION_GRACE_MS)
+            return False
         log_event(logger, logging.INFO, "call.max_duration")
         self.disarm()
-        call._emit(ToRealtime(rt.system_text(_WRAP_UP)))
-        call.ending.begin(now, "hangup", "max_duration", "max_duration", last_words=_WRAP_UP)
+        self.out.realtime(rt.system_text(WRAP_UP))
+        return True
 
     def grant_grace(self, now: float) -> bool:
         """The caller talked over the wrap-up: allow one more grace period (True), once."""
         if self._grace_used:
             return False
         self._grace_used = True
-        self.call._emit(SetTimer(MAX_DURATION_TIMER, now + MAX_DURATION_GRACE_MS))
+        self.out.set_timer(Timer.MAX_DURATION, now + MAX_DURATION_GRACE_MS)
         return True
 
     # -- silence --------------------------------------------------------------------------
 
-    def maybe_arm(self, now: float) -> None:
-        """Start the silence clock if both sides are quiet and the bot has been heard out."""
-        call = self.call
-        if (
-            call.config.silence_reprompt_ms <= 0
-            or self._armed
-            or call.phase != "live"
-            or call.ending.active
-            or call.playback.playing
-            or call.responding
-            or call.turns.current is not None
-        ):
-            return
-        self._armed = True
-        call._emit(SetTimer(SILENCE_TIMER, now + call.config.silence_reprompt_ms))
+    def maybe_arm(self, now: float, quiet: bool) -> None:
+        """Start the silence clock if the call is `quiet`: both sides silent, the bot heard
+        out, nothing asked for, no ending under way."""
+        if quiet and not self._armed and self.config.silence_reprompt_ms > 0:
+            self._armed = True
+            self.out.set_timer(Timer.SILENCE, now + self.config.silence_reprompt_ms)
 
     def disarm(self) -> None:
         if self._armed:
             self._armed = False
-            self.call._emit(CancelTimer(SILENCE_TIMER))
+            self.out.cancel_timer(Timer.SILENCE)
 
     def caller_active(self) -> None:
         """The caller spoke or pressed a key: the silence count starts over."""
         self.reprompts = 0
         self.disarm()
 
-    def _silence(self, now: float) -> None:
-        call = self.call
+    def silence(self, busy: bool) -> Silence:
+        """The silence timer fired (`busy`: something happened meanwhile after all)."""
         self._armed = False
-        if call.ending.active or call.playback.playing or call.responding:
-            return
-        limit = call.config.silence_max_reprompts
+        if busy:
+            return Silence.NOTHING
+        limit = self.config.silence_max_reprompts
         if limit > 0 and self.reprompts >= limit:
             log_event(logger, logging.INFO, "call.silence_hangup", reprompts=self.reprompts)
-            call._emit(ToRealtime(rt.system_text(_SILENCE_GOODBYE)))
-            call.ending.begin(now, "hangup", "silence", "bot_hung_up", last_words=_SILENCE_GOODBYE)
-            return
+            self.out.realtime(rt.system_text(SILENCE_GOODBYE))
+            return Silence.GOODBYE
         self.reprompts += 1
         self.reprompts_total += 1
         log_event(logger, logging.INFO, "call.silence_reprompt", reprompt=self.reprompts)
-        call._emit(ToRealtime(rt.system_text(_REPROMPT)))
-        call.responses.request(droppable=True)
+        self.out.realtime(rt.system_text(_REPROMPT))
+        return Silence.REPROMPT
 
     # -- key presses ----------------------------------------------------------------------
 
-    def dtmf(self, now: float, digit: object) -> None:
-        call = self.call
+    def dtmf(self, digit: object, committed: bool) -> bool:
+        """A key press; True when it was passed to the model (which should then answer).
+        `committed`: the call is ending, too late to act on keys."""
         if not isinstance(digit, str) or digit not in _DIGITS:
-            call._bad("twilio", "malformed_dtmf")
-            return
+            self.out.bad("twilio", "malformed_dtmf")
+            return False
         self.caller_active()
-        if not call.config.dtmf_to_model or call.ending.committed:
+        if not self.config.dtmf_to_model or committed:
             log_event(logger, logging.INFO, "twilio.dtmf", forwarded=False)
-            return
+            return False
         log_event(logger, logging.INFO, "twilio.dtmf", forwarded=True)
-        call._emit(ToRealtime(rt.user_text(DTMF_MESSAGE.format(digit=digit))))
-        call.responses.request()
-
-    def timer(self, now: float, name: str) -> None:
-        if name == SILENCE_TIMER:
-            self._silence(now)
-        elif name == MAX_DURATION_TIMER:
-            self._max_duration(now)
+        self.out.realtime(rt.user_text(DTMF_MESSAGE.format(digit=digit)))
+        return True

@@ -10,20 +10,23 @@ Each `response.create` of the bridge's carries an `event_id` and the same id as
 `metadata.bridge_request`: the service echoes the first in an `error` refusing the
 request and the second in the `response.created` it starts, so the bridge's responses are
 told apart from those the service starts on its own (server VAD).
+
+It emits only its own client events (`response.create`, `response.cancel`, deleting the
+items of cut-off answers) through the call's outbox, and reports outcomes; what they mean
+for the call (an ending waiting for its last words, a call whose answers keep failing)
+is the session's to decide.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from enum import Enum
+from typing import Any, Final
 
-from app.call.actions import ToRealtime
+from app.call.outbox import Outbox
 from app.observability import log_event
 from app.protocol import realtime as rt
-
-if TYPE_CHECKING:
-    from app.call.session import CallSession
 
 logger = logging.getLogger("app.call")
 
@@ -54,11 +57,28 @@ class Request:
         )
 
 
-class Responses:
-    """Response bookkeeping for one call; emits through its call session."""
+class Refusal(Enum):
+    """What an `error` refusing our `response.create` means."""
 
-    def __init__(self, call: CallSession) -> None:
-        self.call = call
+    ASK_AGAIN = "ask_again"  # the service started one of its own first
+    FAILED = "failed"  # a failure, the call can go on
+    FAILING = "failing"  # fatal, or too many in a row: hand the caller to the fallback
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A `response.done`, as the rest of the call needs to know it."""
+
+    response_id: object  # as the service sent it
+    had_audio: bool  # some of its audio was played (not dropped)
+    failing: bool  # it failed, fatally or once too often in a row
+
+
+class Responses:
+    """Response bookkeeping for one call."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.out = outbox
         self.active: str | None = None
         self.failed_in_row = 0
         self._in_flight: Request | None = None
@@ -96,7 +116,7 @@ class Responses:
         self._seq += 1
         req.event_id = f"bridge_response_{self._seq}"
         self._in_flight = req
-        self.call._emit(ToRealtime(rt.response_create(req.instructions, req.event_id)))
+        self.out.realtime(rt.response_create(req.instructions, req.event_id))
 
     def withdraw_closing(self) -> None:
         """The ending these last words were for was called off: don't say them."""
@@ -112,51 +132,53 @@ class Responses:
 
     # -- server events --------------------------------------------------------------------
 
-    def created(self, response: dict[str, Any]) -> None:
+    def created(self, response: dict[str, Any]) -> bool:
         """`response.created`: ours if its metadata names our request (or, should the
-        service not echo metadata at all, if we are waiting for one)."""
+        service not echo metadata at all, if we are waiting for one). True when it is the
+        response carrying an ending's last words."""
         response_id = response["id"]
         self.active = response_id
         req = self._in_flight
         if req is None:
-            return
+            return False
         if "metadata" in response:  # the service sends null for its own responses
             metadata = response["metadata"]
             tag = metadata.get(rt.REQUEST_KEY) if isinstance(metadata, dict) else None
             if tag != req.event_id:
-                return  # the service's own response; ours is still in flight
+                return False  # the service's own response; ours is still in flight
         self._in_flight = None
         if req.withdrawn:
-            self.call._emit(ToRealtime(rt.response_cancel()))
+            self.out.realtime(rt.response_cancel())
             self._dropped.add(response_id)
-        elif req.closing:
-            self.call.ending.response_created(response_id)
+            return False
+        return req.closing
 
-    def refused(self, now: float, error: dict[str, Any]) -> bool:
-        """An `error` event; True if it refused our in-flight `response.create`."""
+    def refused(self, error: dict[str, Any]) -> Refusal | None:
+        """An `error` event: what it means if it refused our in-flight `response.create`
+        (None: it didn't)."""
         req = self._in_flight
         if req is None or error.get("event_id") != req.event_id:
-            return False
+            return None
         self._in_flight = None
         if error.get("code") == _ALREADY_ACTIVE:
             # The service started a response of its own first.
             if not (req.droppable or req.withdrawn):
                 self._queue(req)  # still wanted: ask again after it
-            return True
-        self._failed(now, error.get("code"))
-        return True
+            return Refusal.ASK_AGAIN
+        return Refusal.FAILING if self._failed(error.get("code")) else Refusal.FAILED
 
-    def audio(self, response_id: object, item_id: str) -> bool:
-        """Audio arrived for `item_id`: play it (True), or drop it (cut-off response)."""
+    def audio(self, response_id: object, item_id: str, *, new_item: bool) -> bool:
+        """Audio arrived for `item_id` (`new_item`: none of it was played yet): play it
+        (True), or drop it (a cut-off response)."""
         if response_id in self._dropped:
-            if item_id not in self.call.playback.items:
+            if new_item:
                 self._unheard_items[item_id] = None
             return False
-        if isinstance(response_id, str):
+        if type(response_id) is str:
             self._with_audio.add(response_id)
         return True
 
-    def done(self, now: float, response: dict[str, Any]) -> None:
+    def done(self, response: dict[str, Any]) -> Finished:
         response_id = response.get("id")
         status = response.get("status")
         if response_id == self.active:
@@ -164,10 +186,11 @@ class Responses:
         if response_id in self._dropped:
             # Items none of whose audio reached the caller leave the conversation.
             for item_id in self._unheard_items:
-                self.call._emit(ToRealtime(rt.item_delete(item_id)))
+                self.out.realtime(rt.item_delete(item_id))
             self._unheard_items.clear()
         had_audio = response_id in self._with_audio
         self._with_audio.discard(response_id)  # type: ignore[arg-type]
+        failing = False
         if status == "failed":
             details = response.get("status_details")
             error = details.get("error") if isinstance(details, dict) else None
@@ -180,26 +203,18 @@ class Responses:
                 code=error.get("code"),
                 error_type=error.get("type"),
             )
-            self._failed(now, error.get("code"))
-            if self.call.done:
-                return
+            failing = self._failed(error.get("code"))
         elif status in ("completed", "cancelled", "incomplete"):
             self.failed_in_row = 0
-        self.call.ending.response_done(now, response_id, had_audio)  # type: ignore[arg-type]
+        return Finished(response_id, had_audio, failing)
+
+    def send_waiting(self) -> None:
+        """Ask for the response that waited for the active one to finish, if any."""
         if self._waiting is not None and not self.responding:
             req, self._waiting = self._waiting, None
             self._send(req)
 
-    def _failed(self, now: float, code: object) -> None:
+    def _failed(self, code: object) -> bool:
+        """Count a failure; True when answers keep failing (fatal, or too many in a row)."""
         self.failed_in_row += 1
-        fatal = code in rt.FATAL_RESPONSE_CODES or self.failed_in_row >= MAX_FAILED_IN_ROW
-        if not fatal or self.call.ending.committed:
-            return  # an ending already on its way ends the call anyway
-        log_event(
-            logger,
-            logging.ERROR,
-            "realtime.responses_failing",
-            code=code,
-            failed_in_row=self.failed_in_row,
-        )
-        self.call._end(now, "failure", detail="responses_failing")
+        return code in rt.FATAL_RESPONSE_CODES or self.failed_in_row >= MAX_FAILED_IN_ROW

@@ -1,65 +1,62 @@
 """CallSession: the whole decision logic of one phone call, without I/O.
 
-Inputs are the messages of the two sockets (already JSON-parsed dicts), timer expiries
-and socket lifecycle events, each stamped with the call time in ms. Each input returns
-the list of `app.call.actions` to carry out, in order. Nothing here reads a clock,
-sleeps or touches a socket, so a recorded call replays deterministically.
+Inputs are the messages of the two sockets (already JSON-parsed dicts), socket lifecycle
+events and REST answers, each stamped with the call time in ms; each returns the list of
+`app.call.actions` to carry out, in order. The core keeps its own timers: the driver wakes
+it at `deadline` and calls `advance` (the contract is in `app.call.outbox`). Nothing here
+reads a clock, sleeps or touches a socket, so a recorded call replays deterministically.
 
-Life of a call::
-
-    waiting_start --start--> connecting --realtime_open--> live --stop/close--> ended
-                                  |                           |
-                                  +--failed / not ready in time / dropped--> ended
-                                     (media stream closed: Twilio plays the fallback)
+The call's phases and its ending's stages move only along the rows of `app.call.state`
+(read that table first). This class is the coordinator: it turns each input into the
+components' calls and their outcomes into the call's next steps. The components (barge-in,
+responses, ending, nudges) never call each other or this class: they get the outbox and
+the state they read, and return outcomes.
 
 Audio passes straight through: Twilio's base64 payload becomes `input_audio_buffer.append`
 as the same string; each `response.output_audio.delta` becomes a Twilio `media` message
 with the same string, followed by a uniquely named `mark` so that `PlaybackTracker` knows
-what the caller has really heard. Payload validity is checked with a regex, never decoded.
+what the caller has really heard. Payloads are never decoded nor validated: only their
+type and length (a multiple of 4, as base64 is) are checked. `caller_audio` and
+`bot_audio` are the audio path's two entry points, which the live driver calls directly
+(building the frames itself) and `feed` calls for every other driver.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections import deque
-from typing import Any
+from typing import Any, Final
 
-from app.call.actions import (
-    Action,
-    CancelTimer,
-    CloseRealtime,
-    CloseTwilio,
-    ConnectRealtime,
-    SetTimer,
-    ToRealtime,
-    ToTwilio,
-)
-from app.call.bargein import CONFIRM_TIMER, BargeIn
+from app.call.actions import Action, CloseRealtime, CloseTwilio, ConnectRealtime
+from app.call.bargein import BargeIn
 from app.call.config import CallConfig
-from app.call.ending import PLAYOUT_TIMER, RETRY_TIMER, STOP_GRACE_TIMER, Ending
-from app.call.nudges import MAX_DURATION_TIMER, SILENCE_TIMER, Nudges
+from app.call.ending import (
+    CLOSING_WORDS,
+    TOOL_ENDINGS,
+    TOOL_RESULT,
+    WORDS_STAGES,
+    Ending,
+    Progress,
+    RestVerdict,
+    tool_reason,
+)
+from app.call.nudges import SILENCE_GOODBYE, WRAP_UP, Nudges, Silence
+from app.call.outbox import Outbox, Timer
 from app.call.playback import Echo, PlaybackTracker
-from app.call.responses import Responses
+from app.call.responses import Refusal, Responses
+from app.call.setup import session_update
+from app.call.state import PHASES, Input, Machine, Phase, Stage
 from app.call.transcript import Transcript
-from app.call.turns import TurnPolicy
+from app.call.turns import Start, Stop, TurnPolicy
 from app.observability import log_event
 from app.protocol import realtime as rt
 from app.protocol import twilio as tw
-from app.protocol.b64 import decoded_len, is_b64
+from app.protocol.b64 import decoded_len
 
 logger = logging.getLogger("app.call")
 
-READY_TIMER = "realtime_ready"
-START_TIMER = "twilio_start"
 #: A media stream that never sends `start` is closed after this long.
-START_TIMEOUT_MS = 10_000
-_ENDING_TIMERS = (PLAYOUT_TIMER, RETRY_TIMER, STOP_GRACE_TIMER)
-_NUDGE_TIMERS = (SILENCE_TIMER, MAX_DURATION_TIMER)
-ALL_TIMERS = (START_TIMER, READY_TIMER, CONFIRM_TIMER, *_ENDING_TIMERS, *_NUDGE_TIMERS)
-
-#: Per kind of bad input, log the first few in full, then one in this many.
-_BAD_LOG_FIRST = 5
-_BAD_LOG_EVERY = 100
+START_TIMEOUT_MS: Final = 10_000
 
 _DEBUG = logging.DEBUG
 _INFO = logging.INFO
@@ -67,12 +64,18 @@ _WARNING = logging.WARNING
 _ERROR = logging.ERROR
 
 
+def _audio_ok(text: object) -> bool:
+    """Shape only, never content: a non-empty string whose length base64 could have."""
+    return type(text) is str and len(text) > 0 and len(text) % 4 == 0
+
+
 class CallSession:
     """One call, from Twilio's `start` to the end of both sockets."""
 
     def __init__(self, config: CallConfig) -> None:
         self.config = config
-        self.phase = "waiting_start"
+        self.out = Outbox(config.connect_buffer_ms)
+        self.phase: Machine[Phase] = Machine("phase", PHASES, Phase.WAITING_START)
         self.stream_sid = ""
         self.call_sid = ""
         self.parameters: dict[str, str] = {}
@@ -80,9 +83,6 @@ class CallSession:
         self.ended_ms = 0.0
         self.end_reason = ""
         self.end_detail = ""
-        #: The bridge ended the call itself (REST hang-up/transfer succeeded): the `stop`
-        #: and closes that follow are the expected end, not failures.
-        self.deliberate = False
         self.realtime_ready = False
         self.playback = PlaybackTracker()
         self.turns = TurnPolicy(
@@ -91,19 +91,19 @@ class CallSession:
             config.vad_silence_duration_ms if config.turn_detection == "server_vad" else 500,
         )
         self.transcript = Transcript()
-        self.responses = Responses(self)
-        self.barge_in = BargeIn(self)
-        self.ending = Ending(self)
-        self.nudges = Nudges(self)
+        self.responses = Responses(self.out)
+        self.barge_in = BargeIn(self.out, self.playback, self.transcript)
+        self.ending = Ending(self.out, config)
+        self.nudges = Nudges(self.out, config)
         self.usage: dict[str, int] = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
-        self.bad_input: dict[str, int] = {}
         self.caller_audio_bytes = 0
-        self._out: list[Action] = []
-        #: Client events decided before the Realtime socket is open (the caller's first
-        #: words, a key press): sent right after `session.update`, in order. Of the caller's
-        #: audio only the most recent `connect_buffer_ms` is kept.
-        self._before_open: deque[ToRealtime] = deque()
-        self._before_open_audio = 0
+
+    # -- questions ------------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        """The call is over; the I/O layer can tear down."""
+        return self.phase.state is Phase.ENDED
 
     @property
     def responding(self) -> bool:
@@ -115,15 +115,31 @@ class CallSession:
         return self.barge_in.count
 
     @property
-    def done(self) -> bool:
-        """The call is over; the I/O layer can tear down."""
-        return self.phase == "ended"
+    def deliberate(self) -> bool:
+        """The bridge ended the call itself (Twilio accepted the REST update): the `stop`
+        and closes that follow are the expected end, not failures."""
+        return self.ending.stage is Stage.DONE
+
+    @property
+    def bad_input(self) -> dict[str, int]:
+        return self.out.bad_input
+
+    @property
+    def deadline(self) -> float | None:
+        """When the driver must wake the core (`advance`), in call ms; None: no timer."""
+        return self.out.deadline
+
+    # -- the driver's entry points ------------------------------------------------------------
 
     def opened(self, now: float) -> list[Action]:
         """The media stream socket was accepted: `start` must follow soon."""
-        return [SetTimer(START_TIMER, now + START_TIMEOUT_MS)]
+        self.out.set_timer(Timer.START, now + START_TIMEOUT_MS)
+        return self.out.take()
 
-    # -- one entry point for recorded and live inputs -------------------------------------
+    def advance(self, now: float) -> list[Action]:
+        """Fire every timer due at or before `now`, each at its own deadline."""
+        self._advance(now)
+        return self.out.take()
 
     def feed(self, now: float, direction: str, msg: dict[str, Any]) -> list[Action]:
         """Any input, in the form a call fixture records it (see `app.recording`).
@@ -131,38 +147,107 @@ class CallSession:
         `direction` is `from_twilio`, `from_openai` or `rest`. Besides protocol messages,
         `{"_socket": ...}` records a socket event, `{"_frame_error": reason}` a frame that
         could not be parsed, and `{"response": {...}}` (direction `rest`) a REST answer.
-        The bridge feeds live inputs through here and the replayer feeds recorded ones,
-        so both run the very same code.
+        The live bridge and the replayer both feed inputs through here (or through the two
+        audio entry points), so both run the very same code. Timers due by `now` fire first.
         """
+        self._advance(now)
+        if self.phase.state is Phase.ENDED:
+            return self.out.take()
         if direction == "from_twilio":
             if "_socket" in msg:
-                return self.twilio_closed(now)
-            if "_frame_error" in msg:
-                return self.bad_twilio_frame(str(msg["_frame_error"]))
-            return self.twilio_message(now, msg)
-        if direction == "from_openai":
+                self._twilio_gone(now)
+            elif "_frame_error" in msg:
+                self.out.bad("twilio", str(msg["_frame_error"]))
+            else:
+                self._twilio_message(now, msg)
+        elif direction == "from_openai":
             socket = msg.get("_socket")
             if socket == "open":
-                return self.realtime_open(now)
-            if socket == "failed":
-                return self.realtime_failed(now, str(msg.get("reason", "")))
-            if socket == "closed":
-                return self.realtime_closed(now, msg.get("code"), str(msg.get("reason", "")))
-            if "_frame_error" in msg:
-                return self.bad_realtime_frame(str(msg["_frame_error"]))
-            return self.realtime_message(now, msg)
-        if direction == "rest" and isinstance(msg.get("response"), dict):
+                self._realtime_open()
+            elif socket == "failed":
+                self._realtime_failed(now, str(msg.get("reason", "")))
+            elif socket == "closed":
+                self._realtime_closed(now, msg.get("code"), str(msg.get("reason", "")))
+            elif "_frame_error" in msg:
+                self.out.bad("realtime", str(msg["_frame_error"]))
+            else:
+                self._realtime_message(now, msg)
+        elif direction == "rest" and isinstance(msg.get("response"), dict):
             r = msg["response"]
-            return self.rest_result(now, int(r.get("status", 0)), r.get("code"), r.get("error", ""))
-        raise ValueError(f"not an input: {direction}")
+            self._rest_result(now, int(r.get("status", 0)), r.get("code"), r.get("error", ""))
+        else:
+            raise ValueError(f"not an input: {direction}")
+        return self.out.take()
 
-    # -- inputs: Twilio -------------------------------------------------------------------
+    def caller_audio(self, payload: object) -> bool:
+        """A Twilio `media` payload: True when it goes to the Realtime socket now, as
+        `input_audio_buffer.append` (the caller builds the frame); False when it was held
+        for the socket to open, or skipped."""
+        phase = self.phase.state
+        if phase is Phase.LIVE:
+            if not _audio_ok(payload):
+                self.out.bad("twilio", "invalid_audio_payload")
+                return False
+            self.caller_audio_bytes += decoded_len(payload)  # type: ignore[arg-type]
+            return True
+        if phase is Phase.WAITING_START:
+            self.out.bad("twilio", "media_before_start")
+        elif phase is Phase.CONNECTING:
+            if not _audio_ok(payload):
+                self.out.bad("twilio", "invalid_audio_payload")
+            else:
+                self.caller_audio_bytes += decoded_len(payload)  # type: ignore[arg-type]
+                self.out.realtime(rt.input_audio_append(payload))  # type: ignore[arg-type]
+        return False
 
-    def twilio_message(self, now: float, msg: dict[str, Any]) -> list[Action]:
-        """A JSON object from the media stream."""
+    def bot_audio(self, now: float, ev: dict[str, Any]) -> str | None:
+        """A `response.output_audio.delta`: the name of the mark to send after its audio
+        when it is to be played (the caller sends `media` then `mark`), else None."""
+        delta, item_id = ev.get("delta"), ev.get("item_id")
+        if not _audio_ok(delta) or type(item_id) is not str:
+            self.out.bad("realtime", "invalid_audio_delta")
+            return None
+        new_item = item_id not in self.playback.items
+        if self.phase.state is not Phase.LIVE or not self.responses.audio(
+            ev.get("response_id"), item_id, new_item=new_item
+        ):
+            return None  # audio of a response the caller cut off is never played
+        if new_item:
+            self.transcript.assistant(item_id)  # the bot's turn starts with its first audio
+        self.nudges.disarm()
+        return self.playback.sent(now, item_id, decoded_len(delta))  # type: ignore[arg-type]
+
+    def refuse(self, now: float, reason: str) -> list[Action]:
+        """The stream's `start` failed the I/O layer's checks (a stream token or account
+        that doesn't match): close it before anything is opened for it."""
+        if self.phase.state is Phase.WAITING_START:
+            self._end(now, Input.START_REFUSED, "failure", detail=reason, close_realtime=False)
+        return self.out.take()
+
+    def shutdown(self, now: float) -> list[Action]:
+        """The server is shutting down and the drain time is over: end the call through the
+        media stream, so Twilio runs the fallback TwiML (which may dial a human)."""
+        if self.phase.state is not Phase.ENDED:
+            log_event(logger, _WARNING, "call.ended_by_shutdown")
+            self._end(now, Input.SHUTDOWN, "shutdown")
+        return self.out.take()
+
+    def crashed(self, now: float) -> None:
+        """The driver caught an error of ours: the call is over (it tears everything down)."""
+        if self.phase.state is not Phase.ENDED:
+            self.phase.move(Input.CRASHED)
+            self.end_reason, self.ended_ms = "bridge_error", now
+            self.out.cancel_all_timers()
+
+    # -- Twilio ---------------------------------------------------------------------------
+
+    def _twilio_message(self, now: float, msg: dict[str, Any]) -> None:
         event = msg.get("event")
         if event == "media":
-            self._on_media(msg)
+            media = msg.get("media")
+            payload = media.get("payload") if type(media) is dict else None
+            if self.caller_audio(payload):
+                self.out.realtime(rt.input_audio_append(payload))  # type: ignore[arg-type]
         elif event == "mark":
             self._on_mark(now, msg)
         elif event == "start":
@@ -173,142 +258,109 @@ class CallSession:
             log_event(logger, _DEBUG, "twilio.connected", protocol=msg.get("protocol"))
         elif event == "dtmf":
             dtmf = msg.get("dtmf")
-            self.nudges.dtmf(now, dtmf.get("digit") if isinstance(dtmf, dict) else None)
+            digit = dtmf.get("digit") if isinstance(dtmf, dict) else None
+            if self.nudges.dtmf(digit, self.ending.committed):
+                self.responses.request()
         else:
-            self._bad("twilio", "unknown_event", event=str(event)[:40])
-        return self._flush()
-
-    def twilio_closed(self, now: float) -> list[Action]:
-        """The media stream socket closed (with or without a `stop` first)."""
-        self._twilio_gone(now)
-        return self._flush()
-
-    def _twilio_gone(self, now: float) -> None:
-        if self.phase == "ended":
-            return
-        if self.deliberate:  # Twilio ending the stream after our own REST update
-            self._end(now, self.end_reason, close_twilio=False)
-        elif self.ending.committed:
-            # Twilio's `stop` for our own update can overtake the REST answer: it is the
-            # deliberate end, not a hang-up (peers lose transfers to exactly this race).
-            self.deliberate = True
-            self._end(now, self.ending.intended_reason(), close_twilio=False)
-        else:
-            self._end(now, "caller_hung_up", close_twilio=False)
-
-    def bad_twilio_frame(self, reason: str) -> list[Action]:
-        """A frame the socket layer could not turn into a message (binary, not JSON...)."""
-        self._bad("twilio", reason)
-        return self._flush()
+            self.out.bad("twilio", "unknown_event", event=str(event)[:40])
 
     def _on_start(self, now: float, msg: dict[str, Any]) -> None:
-        if self.phase != "waiting_start":
-            self._bad("twilio", "duplicate_start")
+        if self.phase.state is not Phase.WAITING_START:
+            self.out.bad("twilio", "duplicate_start")
             return
         fields = tw.start_fields(msg)
         if fields is None:
-            self._bad("twilio", "malformed_start")
+            self.out.bad("twilio", "malformed_start")
             return
         self.stream_sid, self.call_sid, _, self.parameters = fields
         self.started_ms = now
-        self._emit(CancelTimer(START_TIMER))
-        self.phase = "connecting"
+        self.out.cancel_timer(Timer.START)
+        self.phase.move(Input.START)
         claimed = self.parameters.get("CallSid")
         if claimed and claimed != self.call_sid:
             log_event(logger, _WARNING, "twilio.call_sid_mismatch", claimed=claimed)
         log_event(logger, _INFO, "call.started", caller=self.parameters.get("From"))
-        self._emit(ConnectRealtime())
-        self._emit(SetTimer(READY_TIMER, now + self.config.realtime_ready_timeout_ms))
+        self.out.emit(ConnectRealtime())
+        self.out.set_timer(Timer.READY, now + self.config.realtime_ready_timeout_ms)
         self.nudges.call_started(now)
-
-    def _on_media(self, msg: dict[str, Any]) -> None:
-        if self.phase == "waiting_start":
-            self._bad("twilio", "media_before_start")
-            return
-        if self.phase == "ended":
-            return
-        media = msg.get("media")
-        payload = media.get("payload") if isinstance(media, dict) else None
-        if not is_b64(payload):
-            self._bad("twilio", "invalid_audio_payload")
-            return
-        assert isinstance(payload, str)
-        self.caller_audio_bytes += decoded_len(payload)
-        self._emit(ToRealtime(rt.input_audio_append(payload)))
 
     def _on_mark(self, now: float, msg: dict[str, Any]) -> None:
         mark = msg.get("mark")
         name = mark.get("name") if isinstance(mark, dict) else None
         if not isinstance(name, str):
-            self._bad("twilio", "malformed_mark")
+            self.out.bad("twilio", "malformed_mark")
             return
         result = self.playback.echo(now, name)
         if result is Echo.PLAYED and not self.playback.playing:
-            self.ending.played_out(now)
-            self.nudges.maybe_arm(now)
+            self._ending_played_out(now)
+            self._maybe_arm(now)
         elif result is Echo.UNKNOWN:
-            self._bad("twilio", "unknown_mark")
+            self.out.bad("twilio", "unknown_mark")
         elif result is Echo.CLEARED:
             log_event(logger, _DEBUG, "playback.cleared_echo", mark=name)
 
-    # -- inputs: Realtime -----------------------------------------------------------------
+    def _twilio_gone(self, now: float) -> None:
+        """The media stream ended (`stop`, or the socket closed without one)."""
+        if self.deliberate:  # Twilio ending the stream after our own REST update
+            self._end(now, Input.TWILIO_GONE, self.end_reason, close_twilio=False)
+        elif self.ending.stage is Stage.REST:
+            self.ending.stream_ended()
+            self._end(now, Input.TWILIO_GONE, self.ending.intended_reason(), close_twilio=False)
+        else:
+            self._end(now, Input.TWILIO_GONE, "caller_hung_up", close_twilio=False)
 
-    def realtime_open(self, now: float) -> list[Action]:
-        """The Realtime socket is open: configure the session, flush audio, greet."""
-        if self.phase != "connecting":
-            return self._flush()
-        self.phase = "live"
-        self._emit(ToRealtime(rt.session_update(self.config)))
-        self._out.extend(self._before_open)
-        self._before_open.clear()
-        self._before_open_audio = 0
+    # -- Realtime -------------------------------------------------------------------------
+
+    def _realtime_open(self) -> None:
+        """The Realtime socket is open: configure the session, flush what was held, greet."""
+        if self.phase.state is not Phase.CONNECTING:
+            return
+        self.phase.move(Input.REALTIME_OPEN)
+        self.out.open_realtime(session_update(self.config))
         if self.config.greeting and not self.responding:
-            instructions = self._instructions(self.config.greeting)
-            self.responses.request(instructions, droppable=True)
-        return self._flush()
+            self.responses.request(self._instructions(self.config.greeting), droppable=True)
 
-    def realtime_failed(self, now: float, reason: str) -> list[Action]:
+    def _realtime_failed(self, now: float, reason: str) -> None:
         """The Realtime socket could not be opened (after the bridge's bounded retries)."""
-        if self.phase in ("connecting", "waiting_start"):
+        if self.phase.state is Phase.CONNECTING:
             log_event(logger, _ERROR, "realtime.unavailable", reason=reason)
-            self._end(now, "failure", detail="realtime_unavailable", close_realtime=False)
-        return self._flush()
+            detail = "realtime_unavailable"
+            self._end(now, Input.REALTIME_FAILED, "failure", detail=detail, close_realtime=False)
 
-    def realtime_closed(self, now: float, code: int | None, reason: str) -> list[Action]:
+    def _realtime_closed(self, now: float, code: int | None, reason: str) -> None:
         """The Realtime socket closed under us."""
         if self.deliberate:
             log_event(logger, _DEBUG, "realtime.closed_after_ending", code=code)
-        elif self.phase != "ended":
+        elif self.phase.state in (Phase.CONNECTING, Phase.LIVE):
             log_event(logger, _ERROR, "realtime.lost", code=code, reason=reason)
-            self._end(now, "failure", detail="realtime_lost", close_realtime=False)
-        return self._flush()
+            detail = "realtime_lost"
+            self._end(now, Input.REALTIME_LOST, "failure", detail=detail, close_realtime=False)
 
-    def bad_realtime_frame(self, reason: str) -> list[Action]:
-        self._bad("realtime", reason)
-        return self._flush()
-
-    def realtime_message(self, now: float, ev: dict[str, Any]) -> list[Action]:
-        """A server event from the Realtime socket."""
+    def _realtime_message(self, now: float, ev: dict[str, Any]) -> None:
         kind = ev.get("type")
         if kind == "response.output_audio.delta":
-            self._on_audio_delta(now, ev)
+            name = self.bot_audio(now, ev)
+            if name is not None:
+                self.out.twilio(tw.media(self.stream_sid, ev["delta"]))
+                self.out.twilio(tw.mark(self.stream_sid, name))
         elif kind == "input_audio_buffer.speech_started":
-            self.barge_in.speech_started(now, ev)
+            self._speech_started(now, ev)
         elif kind == "input_audio_buffer.speech_stopped":
-            self.barge_in.speech_stopped(now, ev)
+            self._speech_stopped(now, ev)
         elif kind == "input_audio_buffer.committed":
-            self.barge_in.committed(now, ev)
+            self._committed(now, ev)
         elif kind == "response.created":
             response = ev.get("response")
             if isinstance(response, dict) and isinstance(response.get("id"), str):
-                self.responses.created(response)
+                if self.responses.created(response):
+                    self.ending.response_created(response["id"])
                 self.nudges.disarm()
         elif kind == "response.output_item.done":
             item = ev.get("item")
             if isinstance(item, dict) and item.get("type") == "function_call":
-                self.ending.tool_call(now, item, ev.get("response_id"))
+                self._function_call(item, ev.get("response_id"))
         elif kind == "response.done":
-            self._on_response_done(now, ev)
+            self._response_done(now, ev)
         elif kind == "response.output_audio_transcript.done":
             item_id, text = ev.get("item_id"), ev.get("transcript")
             if isinstance(item_id, str) and isinstance(text, str):
@@ -321,33 +373,17 @@ class CallSession:
         elif kind == "session.updated":
             if not self.realtime_ready:
                 self.realtime_ready = True
-                self._emit(CancelTimer(READY_TIMER))
+                self.out.cancel_timer(Timer.READY)
                 log_event(logger, _INFO, "realtime.ready")
         elif kind == "error":
             self._on_error(now, ev)
         elif not isinstance(kind, str):
-            self._bad("realtime", "event_without_type")
-        return self._flush()
+            self.out.bad("realtime", "event_without_type")
 
-    def _on_audio_delta(self, now: float, ev: dict[str, Any]) -> None:
-        delta, item_id = ev.get("delta"), ev.get("item_id")
-        if not is_b64(delta) or not isinstance(item_id, str):
-            self._bad("realtime", "invalid_audio_delta")
-            return
-        if self.phase != "live" or not self.responses.audio(ev.get("response_id"), item_id):
-            return  # audio of a response the caller cut off is never played
-        assert isinstance(delta, str)
-        if item_id not in self.playback.items:
-            self.transcript.assistant(item_id)  # the bot's turn starts with its first audio
-        self.nudges.disarm()
-        name = self.playback.sent(now, item_id, decoded_len(delta))
-        self._emit(ToTwilio(tw.media(self.stream_sid, delta)))
-        self._emit(ToTwilio(tw.mark(self.stream_sid, name)))
-
-    def _on_response_done(self, now: float, ev: dict[str, Any]) -> None:
+    def _response_done(self, now: float, ev: dict[str, Any]) -> None:
         response = ev.get("response")
         if not isinstance(response, dict):
-            self._bad("realtime", "malformed_response_done")
+            self.out.bad("realtime", "malformed_response_done")
             return
         usage = response.get("usage")
         if isinstance(usage, dict):
@@ -362,22 +398,35 @@ class CallSession:
             response_id=response.get("id"),
             status=response.get("status"),
         )
-        self.responses.done(now, response)
-        if self.done:
+        finished = self.responses.done(response)
+        if finished.failing and not self.ending.committed:
+            self._responses_failing(now)
             return
-        self.nudges.maybe_arm(now)
+        progress = self.ending.response_done(
+            now, finished.response_id, finished.had_audio, self.playback.playing
+        )
+        if progress is Progress.ASK_FOR_WORDS:
+            words = self._instructions(CLOSING_WORDS[self.ending.kind])
+            self.responses.request(words, closing=True)
+        elif progress is Progress.PLAYED_OUT:
+            self._ending_played_out(now)
+        self.responses.send_waiting()
+        if not self.done:
+            self._maybe_arm(now)
 
     def _on_error(self, now: float, ev: dict[str, Any]) -> None:
         err = ev.get("error")
         err = err if isinstance(err, dict) else {}
-        if self.responses.refused(now, err):
+        refusal = self.responses.refused(err)
+        if refusal is not None:
             log_event(logger, _WARNING, "realtime.response_refused", code=err.get("code"))
+            if refusal is Refusal.FAILING and not self.ending.committed:
+                self._responses_failing(now)
             return
         code = err.get("code")
-        level = _DEBUG if code in rt.BENIGN_ERROR_CODES else _WARNING
         log_event(
             logger,
-            level,
+            _DEBUG if code in rt.BENIGN_ERROR_CODES else _WARNING,
             "realtime.error",
             code=code,
             error_type=err.get("type"),
@@ -385,51 +434,228 @@ class CallSession:
             param=err.get("param"),
         )
 
-    def timer(self, now: float, name: str) -> list[Action]:
-        """A timer set by a `SetTimer` action expired."""
-        if self.phase == "ended":
-            return self._flush()  # every timer was cancelled with the call
-        if name == START_TIMER:
-            if self.phase == "waiting_start":
-                log_event(logger, _WARNING, "twilio.no_start")
-                self._end(now, "failure", detail="no_start", close_realtime=False)
-        elif name == READY_TIMER:
-            if not self.realtime_ready and self.phase in ("connecting", "live"):
-                log_event(logger, _ERROR, "realtime.not_ready_in_time")
-                self._end(now, "failure", detail="realtime_unavailable")
-        elif name == CONFIRM_TIMER:
-            self.barge_in.confirm_timer(now)
-        elif name in _ENDING_TIMERS:
-            self.ending.timer(now, name)
-        elif name in _NUDGE_TIMERS:
-            self.nudges.timer(now, name)
-        return self._flush()
+    def _responses_failing(self, now: float) -> None:
+        """Answers keep failing (quota, outage): a caller must not sit through silence."""
+        failed = self.responses.failed_in_row
+        log_event(logger, _ERROR, "realtime.responses_failing", failed_in_row=failed)
+        self._end(now, Input.RESPONSES_FAILING, "failure", detail="responses_failing")
 
-    def refuse(self, now: float, reason: str) -> list[Action]:
-        """The stream's `start` failed the I/O layer's checks (a stream token or account
-        that doesn't match): close it before anything is opened for it."""
-        if self.phase == "waiting_start":
-            self._end(now, "failure", detail=reason, close_realtime=False)
-        return self._flush()
+    def _function_call(self, item: dict[str, Any], response_id: object) -> None:
+        """A function-call item of the model's finished (`response.output_item.done`)."""
+        name, call_id = item.get("name"), item.get("call_id")
+        if not isinstance(call_id, str):
+            self.out.bad("realtime", "function_call_without_call_id")
+            return
+        if item.get("status") != "completed":
+            log_event(logger, _INFO, "tool.ignored_incomplete", tool=name)
+            return
+        kind = TOOL_ENDINGS.get(str(name))
+        if kind is None or name not in self.config.tools:
+            log_event(logger, _WARNING, "tool.unknown", tool=str(name)[:60])
+            self.out.realtime(rt.function_output(call_id, '{"error": "unknown tool"}'))
+            self.responses.request()
+            return
+        if self.ending.stage is not Stage.NONE:
+            self.out.realtime(rt.function_output(call_id, '{"result": "already ending"}'))
+            return
+        reason = tool_reason(item.get("arguments"))
+        log_event(logger, _INFO, "tool.called", tool=name, reason=reason)
+        rid = response_id if isinstance(response_id, str) else None
+        self.ending.from_tool(kind, reason, rid)
+        self.out.realtime(rt.function_output(call_id, json.dumps(TOOL_RESULT[kind])))
 
-    def shutdown(self, now: float) -> list[Action]:
-        """The server is shutting down and the drain time is over: end the call through the
-        media stream, so Twilio runs the fallback TwiML (which may dial a human)."""
-        if self.phase != "ended":
-            log_event(logger, _WARNING, "call.ended_by_shutdown")
-            self._end(now, "shutdown")
-        return self._flush()
+    # -- the caller's speech ------------------------------------------------------------------
 
-    def rest_result(self, now: float, status: int, code: int | None, error: str) -> list[Action]:
+    def _speech_started(self, now: float, ev: dict[str, Any]) -> None:
+        item_id = ev.get("item_id") if isinstance(ev.get("item_id"), str) else None
+        start_ms = ev.get("audio_start_ms")
+        start_ms = start_ms if isinstance(start_ms, int) else 0
+        self.nudges.disarm()
+        decision = self.turns.speech_started(item_id, start_ms, self.playback.playing)
+        if decision is Start.INTERRUPT:
+            self._interrupt(now)
+        elif decision is Start.NOTHING and self.turns.automatic and self.responses.active:
+            # Nothing audible yet, but the service cancels its response on speech: drop
+            # whatever audio of it is still in flight rather than play a fragment.
+            self._interrupt(now)
+        elif decision is Start.WAIT:
+            self.out.set_timer(Timer.CONFIRM, now + self.turns.confirm_after_ms)
+        if decision is Start.NOTHING and self.ending.active:
+            # Speech while the bot is silent is a turn: the caller spoke before the last
+            # words were audible, so nobody hangs up or transfers on top of them.
+            self._call_off(now)
+
+    def _speech_stopped(self, now: float, ev: dict[str, Any]) -> None:
+        end_ms = ev.get("audio_end_ms")
+        outcome = self.turns.speech_stopped(end_ms if isinstance(end_ms, int) else 0)
+        if not self.turns.automatic:
+            self.out.cancel_timer(Timer.CONFIRM)
+        if outcome is Stop.TURN_INTERRUPT and self.playback.playing:
+            self._interrupt(now)
+        elif outcome is Stop.NOISE:
+            log_event(logger, _INFO, "turn.noise_ignored")
+        if outcome is not Stop.NOISE:
+            self.nudges.caller_active()
+        if self.ending.waiting_for_caller:
+            # The last words have played while the caller was talking over them: noise
+            # lets the ending go ahead; a real turn calls it off.
+            if outcome is Stop.NOISE:
+                self._act(now, Input.NOISE)
+            else:
+                self._call_off(now)
+        self._maybe_arm(now)
+
+    def _committed(self, now: float, ev: dict[str, Any]) -> None:
+        """Under the min-speech policy the bridge, not the service, answers real turns."""
+        if self.turns.automatic:
+            return
+        item_id = ev.get("item_id")
+        if isinstance(item_id, str) and item_id in self.turns.noise_items:
+            self.out.realtime(rt.item_delete(item_id))
+            return
+        if self.responses.active is not None:
+            # A turn while an older answer is still being generated: stop it, then answer
+            # once the service confirms it is done (a second response would be refused).
+            self._interrupt(now)
+            self.responses.request_after_done()
+        else:
+            self.responses.request()
+
+    def _confirm_timer(self, now: float) -> None:
+        """The min-speech confirmation time passed with the caller still speaking."""
+        if not self.turns.confirmed():
+            return
+        if self.playback.playing:
+            self._interrupt(now)
+        elif self.ending.waiting_for_caller:
+            self._call_off(now)  # a real turn over the last words: no hang-up
+
+    def _interrupt(self, now: float) -> None:
+        """Stop the bot (`BargeIn`); its answer's late audio is dropped, never played, and a
+        pending hang-up or transfer is called off once the model's memory is right."""
+        interruption = self.barge_in.interrupt(now, self.stream_sid)
+        self.responses.drop_active()
+        if interruption.audible or self.ending.active:
+            self._call_off(now)  # the caller spoke up: no hang-up on top of them
+
+    # -- endings --------------------------------------------------------------------------
+
+    def _begin_ending(self, now: float, reason: str, summary_reason: str, words: str) -> None:
+        """End the call on the bridge's own initiative (time limit, silence): the model says
+        its closing words (`words` instructs it), then the call is hung up."""
+        if self.ending.stage is not Stage.NONE:
+            return
+        self.ending.from_bridge(now, "hangup", reason, summary_reason)
+        self.responses.request(self._instructions(words), closing=True)
+
+    def _ending_played_out(self, now: float) -> None:
+        """Everything sent has been heard: an ending playing out its last words acts."""
+        if self.ending.stage is not Stage.PLAYING_OUT:
+            return
+        utterance = self.turns.current
+        if utterance is not None and not utterance.interrupted:
+            self.ending.caller_over_last_words()
+        else:
+            self._act(now, Input.PLAYED_OUT)
+
+    def _act(self, now: float, via: Input) -> None:
+        if not self.ending.act(via):
+            reason = self.ending.intended_reason()
+            self._end(now, Input.NO_REST, reason, detail="no_rest_credentials")
+
+    def _call_off(self, now: float) -> None:
+        """The caller spoke during the last words: the ending is called off, except a
+        time-limit ending the second time (the limit gets one grace period after a
+        call-off, then it is hard: the call ends even if the caller talks over it)."""
+        ending = self.ending
+        if not ending.active or ending.committed:
+            return
+        if ending.summary_reason == "max_duration" and not self.nudges.grant_grace(now):
+            log_event(logger, _WARNING, "ending.hard_limit", kind=ending.kind)
+            self._act(now, Input.HARD_LIMIT)
+            return
+        self.responses.withdraw_closing()
+        ending.call_off()
+
+    def _last_words_timeout(self, now: float) -> None:
+        stage = self.ending.stage
+        if stage is Stage.WAITING_FOR_CALLER:
+            self._call_off(now)  # the caller is still talking over the last words
+        elif stage in WORDS_STAGES:
+            log_event(
+                logger,
+                _WARNING,
+                "ending.playout_timeout",
+                kind=self.ending.kind,
+                stage=stage.value,
+                queued_ms=self.playback.queued_ms(),
+            )
+            self._act(now, Input.PLAYOUT_TIMEOUT)
+
+    def _rest_result(self, now: float, status: int, code: int | None, error: str) -> None:
         """The answer to a `RestRequest` (status 0: no answer at all)."""
-        self.ending.rest_result(now, status, code, error)
-        return self._flush()
+        verdict = self.ending.rest_result(now, status, code, error)
+        if verdict is RestVerdict.DONE:
+            self.end_reason = self.ending.intended_reason()
+        elif verdict is RestVerdict.FAILED:
+            # Nobody is left in silence: closing the stream makes Twilio run the fallback.
+            detail = f"rest_{self.ending.kind}_failed"
+            self._end(now, Input.REST_FAILED, "failure", detail=detail)
 
-    # -- ending ---------------------------------------------------------------------------
+    # -- timers ---------------------------------------------------------------------------
+
+    def _advance(self, now: float) -> None:
+        while (due := self.out.pop_due(now)) is not None:
+            timer, at = due
+            self._fire(timer, at)
+
+    def _fire(self, timer: Timer, now: float) -> None:
+        phase = self.phase.state
+        if timer is Timer.START:
+            if phase is Phase.WAITING_START:
+                log_event(logger, _WARNING, "twilio.no_start")
+                self._end(now, Input.NO_START, "failure", detail="no_start", close_realtime=False)
+        elif timer is Timer.READY:
+            if not self.realtime_ready and phase in (Phase.CONNECTING, Phase.LIVE):
+                log_event(logger, _ERROR, "realtime.not_ready_in_time")
+                self._end(now, Input.NOT_READY, "failure", detail="realtime_unavailable")
+        elif timer is Timer.CONFIRM:
+            self._confirm_timer(now)
+        elif timer is Timer.LAST_WORDS:
+            self._last_words_timeout(now)
+        elif timer is Timer.REST_RETRY:
+            self.ending.retry()
+        elif timer is Timer.STOP_GRACE:
+            self._end(now, Input.STOP_GRACE, self.end_reason)
+        elif timer is Timer.SILENCE:
+            ending = self.ending.stage is not Stage.NONE
+            silence = self.nudges.silence(ending or self.playback.playing or self.responding)
+            if silence is Silence.REPROMPT:
+                self.responses.request(droppable=True)
+            elif silence is Silence.GOODBYE:
+                self._begin_ending(now, "silence", "bot_hung_up", SILENCE_GOODBYE)
+        elif timer is Timer.MAX_DURATION and self.nudges.max_duration(
+            now, self.ending.stage is not Stage.NONE
+        ):
+            self._begin_ending(now, "max_duration", "max_duration", WRAP_UP)
+
+    def _maybe_arm(self, now: float) -> None:
+        """Start the silence clock if both sides are quiet and the bot has been heard out."""
+        quiet = (
+            self.phase.state is Phase.LIVE
+            and not self.ending.active
+            and not self.playback.playing
+            and not self.responding
+            and self.turns.current is None
+        )
+        self.nudges.maybe_arm(now, quiet)
+
+    # -- the end --------------------------------------------------------------------------
 
     def _end(
         self,
         now: float,
+        via: Input,
         reason: str,
         *,
         detail: str = "",
@@ -438,18 +664,17 @@ class CallSession:
     ) -> None:
         """The call is over: `reason` is caller_hung_up, bot_hung_up, transferred, failure
         or max_duration; `detail` says more (realtime_lost, rest_hangup_failed, ...)."""
-        self.phase = "ended"
+        self.phase.move(via)
         self.end_reason = reason
         self.end_detail = detail
         self.ended_ms = now
-        for name in ALL_TIMERS:
-            self._emit(CancelTimer(name))
+        self.out.cancel_all_timers()
         # The caller first: closing the stream lets Twilio run the fallback at once,
         # whatever a stalled Realtime peer does with its closing handshake.
         if close_twilio:
-            self._emit(CloseTwilio(detail or reason))
+            self.out.emit(CloseTwilio(detail or reason))
         if close_realtime:
-            self._emit(CloseRealtime(detail or reason))
+            self.out.emit(CloseRealtime(detail or reason))
 
     def summary(self, with_text: bool = True) -> dict[str, Any]:
         """The end-of-call record (logged once as `call.summary`)."""
@@ -471,40 +696,6 @@ class CallSession:
             "turns": self.transcript.to_list(with_text),
         }
 
-    # -- plumbing -------------------------------------------------------------------------
-
-    def _bad(self, source: str, reason: str, **fields: object) -> None:
-        """Bad input: one clear log line (throttled per kind), skipped; the call goes on."""
-        key = f"{source}.{reason}"
-        n = self.bad_input.get(key, 0) + 1
-        self.bad_input[key] = n
-        if n <= _BAD_LOG_FIRST or n % _BAD_LOG_EVERY == 0:
-            log_event(
-                logger, _WARNING, "bad_input", source=source, reason=reason, count=n, **fields
-            )
-
     def _instructions(self, extra: str) -> str:
         """Session instructions plus a one-off instruction, for a single response."""
         return f"{self.config.instructions}\n\n{extra}"
-
-    def _emit(self, action: Action) -> None:
-        if type(action) is ToRealtime and self.phase in ("waiting_start", "connecting"):
-            self._hold(action)
-            return
-        self._out.append(action)
-
-    def _hold(self, action: ToRealtime) -> None:
-        """Keep a client event until the Realtime socket opens (see `_before_open`)."""
-        self._before_open.append(action)
-        if action.msg["type"] != "input_audio_buffer.append":
-            return
-        self._before_open_audio += decoded_len(action.msg["audio"])
-        limit = self.config.connect_buffer_ms * tw.BYTES_PER_MS
-        while self._before_open_audio > limit:
-            oldest = next(a for a in self._before_open if a.msg["type"] == action.msg["type"])
-            self._before_open.remove(oldest)
-            self._before_open_audio -= decoded_len(oldest.msg["audio"])
-
-    def _flush(self) -> list[Action]:
-        out, self._out = self._out, []
-        return out

@@ -8,11 +8,9 @@ passes through untouched. Every builder here returns an event that validates aga
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
 
-from app.call import tools
-from app.call.config import CallConfig
+import orjson
 
 Event = dict[str, Any]
 
@@ -28,50 +26,58 @@ FATAL_RESPONSE_CODES: Final = frozenset(
 )
 
 
-def turn_detection(cfg: CallConfig) -> dict[str, Any]:
-    """The `turn_detection` block.
+def server_vad(
+    threshold: float, prefix_padding_ms: int, silence_duration_ms: int, *, automatic: bool
+) -> dict[str, Any]:
+    """A `server_vad` turn-detection block.
 
-    With an immediate interruption policy the service both answers and cancels by itself.
-    With a minimum-speech policy the bridge decides whether speech was a real turn, so the
-    service must neither cancel (`interrupt_response`) nor answer noise (`create_response`).
+    `automatic`: the service both answers (`create_response`) and cancels its answer when
+    the caller speaks (`interrupt_response`). Off when the bridge decides what is a turn.
     """
-    automatic = cfg.interrupt_min_speech_ms == 0
-    if cfg.turn_detection == "semantic_vad":
-        return {
-            "type": "semantic_vad",
-            "eagerness": cfg.vad_eagerness,
-            "create_response": automatic,
-            "interrupt_response": automatic,
-        }
     return {
         "type": "server_vad",
-        "threshold": cfg.vad_threshold,
-        "prefix_padding_ms": cfg.vad_prefix_padding_ms,
-        "silence_duration_ms": cfg.vad_silence_duration_ms,
+        "threshold": threshold,
+        "prefix_padding_ms": prefix_padding_ms,
+        "silence_duration_ms": silence_duration_ms,
         "create_response": automatic,
         "interrupt_response": automatic,
     }
 
 
-def session_update(cfg: CallConfig) -> Event:
+def semantic_vad(eagerness: str, *, automatic: bool) -> dict[str, Any]:
+    """A `semantic_vad` turn-detection block (see `server_vad` for `automatic`)."""
+    return {
+        "type": "semantic_vad",
+        "eagerness": eagerness,
+        "create_response": automatic,
+        "interrupt_response": automatic,
+    }
+
+
+def session_update(
+    *,
+    instructions: str,
+    voice: str,
+    turn_detection: dict[str, Any],
+    noise_reduction: str | None,
+    transcription: dict[str, Any] | None,
+    tools: list[dict[str, Any]],
+) -> Event:
     """`session.update` for a phone call: pcmu in and out, voice, VAD, tools."""
     audio_in: dict[str, Any] = {
         "format": PCMU,
-        "turn_detection": turn_detection(cfg),
-        "noise_reduction": {"type": cfg.noise_reduction} if cfg.noise_reduction else None,
+        "turn_detection": turn_detection,
+        "noise_reduction": {"type": noise_reduction} if noise_reduction else None,
     }
-    if cfg.transcription_model:
-        transcription: dict[str, Any] = {"model": cfg.transcription_model}
-        if cfg.transcription_language:
-            transcription["language"] = cfg.transcription_language
+    if transcription is not None:
         audio_in["transcription"] = transcription
     session: dict[str, Any] = {
         "type": "realtime",
-        "instructions": cfg.instructions,
+        "instructions": instructions,
         "output_modalities": ["audio"],
-        "audio": {"input": audio_in, "output": {"format": PCMU, "voice": cfg.voice}},
-        "tools": tools.definitions(cfg.tools),
-        "tool_choice": "auto" if cfg.tools else "none",
+        "audio": {"input": audio_in, "output": {"format": PCMU, "voice": voice}},
+        "tools": tools,
+        "tool_choice": "auto" if tools else "none",
     }
     return {"type": "session.update", "session": session}
 
@@ -148,9 +154,16 @@ def function_output(call_id: str, output: str) -> Event:
     }
 
 
-def encode(event: Event) -> str:
-    """Serialise a client event. Audio appends (50 a second) are spliced as text: their
-    payload is validated base64, which needs no JSON escaping."""
-    if event["type"] == "input_audio_buffer.append":
-        return '{"type":"input_audio_buffer.append","audio":"' + event["audio"] + '"}'
-    return json.dumps(event, separators=(",", ":"))
+def encode(event: Event) -> bytes:
+    """Serialise a client event (UTF-8 JSON, as the websocket text frame carries it)."""
+    return orjson.dumps(event)
+
+
+def encode_append(payload: str) -> bytes:
+    """`input_audio_buffer.append` for caller audio, serialised directly (the hot path:
+    50 a second per call). orjson escapes whatever the string holds, so the payload needs
+    no validation to make well-formed JSON."""
+    return _APPEND_HEAD + orjson.dumps(payload) + b"}"
+
+
+_APPEND_HEAD: Final = b'{"type":"input_audio_buffer.append","audio":'

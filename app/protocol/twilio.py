@@ -1,15 +1,20 @@
-"""Twilio Media Streams (bidirectional, `<Connect><Stream>`) wire format. No I/O.
+"""Twilio wire formats: Media Streams (bidirectional, `<Connect><Stream>`) messages, and
+the REST update that transfers a live call. No I/O, no SDK.
 
-Inbound messages are plain dicts (parsed once by the socket layer with `json.loads`);
-nothing on the media path is validated with a model, only the few fields we use are
-checked. Outbound messages are built here as dicts, in exactly Twilio's shape: Twilio
-answers any extra or missing field with warning 31951, so nothing else is ever sent.
+Inbound messages are plain dicts (parsed once by the socket layer with orjson); nothing on
+the media path is validated with a model, only the few fields we use are checked.
+Outbound messages are built here as dicts, in exactly Twilio's shape: Twilio answers any
+extra or missing field with warning 31951, so nothing else is ever sent. `StreamEncoder`
+serialises the two frames of the audio path (media, mark) with their constant parts built
+once per call.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
+from xml.sax.saxutils import escape
+
+import orjson
 
 Message = dict[str, Any]
 
@@ -56,14 +61,52 @@ def start_fields(msg: Message) -> tuple[str, str, str, dict[str, str]] | None:
 
 
 def encode(msg: Message) -> str:
-    """Serialise an outbound message. Media frames (the bulk of the traffic) are spliced
-    as text: their payload is validated base64, which needs no JSON escaping."""
-    if msg["event"] == "media":
-        return (
-            '{"event":"media","streamSid":'
-            + json.dumps(msg["streamSid"])
-            + ',"media":{"payload":"'
-            + msg["media"]["payload"]
-            + '"}}'
-        )
-    return json.dumps(msg, separators=(",", ":"))
+    """Serialise an outbound message (a websocket text frame)."""
+    return orjson.dumps(msg).decode()
+
+
+class StreamEncoder:
+    """The audio path's outbound frames for one stream, its constant parts serialised once.
+
+    Payloads are serialised by orjson, which escapes whatever a string holds: the bot's
+    audio needs no validation to make a well-formed frame.
+    """
+
+    __slots__ = ("_mark_head", "_media_head")
+
+    def __init__(self, stream_sid: str) -> None:
+        sid = orjson.dumps(stream_sid).decode()
+        self._media_head = '{"event":"media","streamSid":' + sid + ',"media":{"payload":'
+        self._mark_head = '{"event":"mark","streamSid":' + sid + ',"mark":{"name":'
+
+    def media(self, payload: str) -> str:
+        return self._media_head + orjson.dumps(payload).decode() + "}}"
+
+    def mark(self, name: str) -> str:
+        return self._mark_head + orjson.dumps(name).decode() + "}}"
+
+
+# -- REST: the TwiML that transfers a live call -----------------------------------------
+
+
+def _attr(value: str) -> str:
+    return escape(value, {'"': "&quot;", "\n": "&#10;", "\r": "&#13;", "\t": "&#09;"})
+
+
+def dial_twiml(number: str, caller_id: str | None = None, timeout_s: int | None = None) -> str:
+    """`<Response><Dial>` a phone number or `sip:` URI, as a REST update's `Twiml=` value.
+
+    `caller_id` sets the number the callee sees; `timeout_s` is how long to ring. The
+    document has no `<?xml ...?>` declaration (the contract spells it
+    `<Response><Dial>NUMBER</Dial></Response>`) and is byte for byte what twilio's
+    `VoiceResponse` writes (a test compares), without the SDK in the call core.
+    """
+    attrs = ""
+    if caller_id is not None:
+        attrs += f' callerId="{_attr(caller_id)}"'
+    if timeout_s is not None:
+        attrs += f' timeout="{timeout_s}"'
+    target = escape(number)
+    if number.lower().startswith("sip:"):
+        target = f"<Sip>{target}</Sip>"
+    return f"<Response><Dial{attrs}>{target}</Dial></Response>"
