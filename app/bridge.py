@@ -1,303 +1,435 @@
-"""The asyncio layer around one `CallSession`: two sockets, timers, nothing else.
+"""The live driver around one `CallSession`: two sockets, a clock, REST calls, nothing else.
 
-Everything that happens on a call goes through one inbox and is handled by one task,
-in arrival order: Twilio frames (read by one task), Realtime events (read by another),
-timer expiries and socket lifecycle events. That task feeds each input to the core and
-carries out the actions it returns, in order, before taking the next input. So the call
-is handled exactly as a replay of its recording would handle it, and nothing needs a
-lock. Frames are parsed with `json.loads` once; audio stays base64 text throughout.
+Every input is handed to the core the moment it is read, and the actions it returns are
+carried out before anything else runs: Twilio frames in the media stream's own ASGI task,
+Realtime messages in the link's read callback, timer wake-ups, REST answers and shutdown
+in loop callbacks. Nothing here awaits between an input and its actions (writes never
+block: `TwilioSocket` and `RealtimeLink` queue or drop), so on one event loop inputs are
+handled strictly one at a time, in arrival order, with no queue hop per frame and no
+lock: exactly as a replay of the recording handles them.
+
+**One clock.** The core is fed the call time in ms, rounded to the microsecond, never
+going back, and the recorder writes down exactly that number; timers fire at their own
+deadlines (the contract in `app.call.outbox`). So a recording made here always replays.
+
+**The audio path** bypasses the generic action list: a Twilio `media` frame is parsed once
+with orjson, the core decides (`caller_audio`) and the append is serialised straight to
+the link; a `response.output_audio.delta` goes the same way to `media` + `mark` frames
+whose constant parts are built once per call. Server events the core ignores are dropped
+by their first bytes, unparsed, unless the call is being recorded.
+
+**Slow legs.** Caller audio for a Realtime peer that isn't reading is dropped (counted,
+logged once per episode); a Twilio peer that doesn't take its frames past a bound ends the
+call (`twilio_stalled`). Neither ever stalls the other leg.
 
 Teardown is total: whichever way a call ends, both sockets are closed, every task of the
-call is cancelled and awaited, every timer is cancelled, and one `call.summary` line is
-logged.
+call is cancelled and awaited, and one `call.summary` line is logged.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
-from starlette.websockets import WebSocket, WebSocketState
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
+import orjson
 
 from app.call.actions import (
     Action,
-    CancelTimer,
     CloseRealtime,
     CloseTwilio,
     ConnectRealtime,
     RestRequest,
-    SetTimer,
     ToRealtime,
     ToTwilio,
 )
-from app.call.session import CallSession
+from app.call.session import IGNORED_EVENTS, CallSession
 from app.observability import bind_call, log_event
 from app.protocol import realtime as rt
 from app.protocol import twilio as tw
-from app.protocol.twilio import MAX_INBOUND_CHARS
-from app.realtime_socket import RealtimeEndpoint, RealtimeUnavailable, open_realtime
+from app.realtime_socket import RealtimeLink, RealtimeTransport, RealtimeUnavailable
 from app.recording import CallRecorder
 from app.telephony import RestOutcome, Telephony
+from app.twilio_socket import TwilioSocket
 
 logger = logging.getLogger("app.bridge")
 
-_loads = json.loads
+_loads = orjson.loads
+_IGNORED_PREFIXES: Final = tuple(b'{"type":"' + t.encode() + b'"' for t in sorted(IGNORED_EVENTS))
+_DELTA: Final = "response.output_audio.delta"
 
 
 class Bridge:
-    """Pairs one Twilio media stream with one Realtime socket for the length of a call."""
+    """Pairs one Twilio media stream with one Realtime link for the length of a call."""
 
     def __init__(
         self,
-        twilio: WebSocket,
+        twilio: TwilioSocket,
         session: CallSession,
-        endpoint: RealtimeEndpoint,
+        transport: RealtimeTransport,
         *,
         telephony: Telephony | None = None,
         verify_start: Callable[[dict[str, Any]], str | None] | None = None,
         recorder: CallRecorder | None = None,
         log_transcripts: bool = True,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """`clock` (seconds, default the event loop's) is a seam for tests; timers are
+        always armed on the event loop."""
         self.twilio = twilio
         self.session = session
-        self.endpoint = endpoint
+        self.transport = transport
         self.telephony = telephony
         self.verify_start = verify_start
         self.recorder = recorder
         self.log_transcripts = log_transcripts
-        self.realtime: ClientConnection | None = None
+        self.link: RealtimeLink | None = None
+        #: Caller audio frames dropped because the Realtime peer wasn't reading.
+        self.audio_dropped = 0
+        self._dropping = False
         self._loop = asyncio.get_running_loop()
-        self._t0 = self._loop.time()
-        self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self._tasks: set[asyncio.Task[None]] = set()
-        # name -> (handle, token): an expiry whose token is no longer current is stale.
-        self._timers: dict[str, tuple[asyncio.TimerHandle, int]] = {}
-        self._timer_tokens = 0
-        self._twilio_open = True
+        self._clock = clock or self._loop.time
+        self._t0 = self._clock()
+        self._last = 0.0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._wake: asyncio.TimerHandle | None = None
+        self._wake_at: float | None = None
+        self._encoder: tw.StreamEncoder | None = None
+        self._stall = False
+        self._finished = False
+        self._task: asyncio.Task[Any] | None = None
+        self._receiving = False
+        self._unblocked = False
+
+    # -- the clock ------------------------------------------------------------------------
+
+    def now(self) -> float:
+        """Call time in ms since the media stream opened, as the core and the recording see
+        it: rounded to the microsecond, never going back."""
+        now = round((self._clock() - self._t0) * 1000.0, 3)
+        if now < self._last:
+            return self._last
+        self._last = now
+        return now
+
+    def _time_for_input(self) -> float:
+        """The time of an input about to be handled; timers due by then fire first."""
+        now = self.now()
+        deadline = self._wake_at
+        if deadline is not None and deadline <= now:
+            self._actions(now, self.session.advance(now))
+        return now
+
+    def _rearm(self) -> None:
+        """Wake the core at its next deadline (the driver contract, `app.call.outbox`)."""
+        deadline = self.session.deadline
+        if deadline == self._wake_at:
+            return
+        if self._wake is not None:
+            self._wake.cancel()
+            self._wake = None
+        self._wake_at = deadline
+        if deadline is not None and not self._finished:
+            delay = self._t0 + deadline / 1000.0 - self._clock()
+            self._wake = self._loop.call_later(max(0.0, delay), self._on_wake)
+
+    def _on_wake(self) -> None:
+        self._wake = None
+        deadline = self._wake_at
+        self._wake_at = None
+        if deadline is None or self._finished:
+            return
+        try:
+            # A loop timer may fire a fraction of a ms early: the wake-up is at its deadline.
+            now = max(self.now(), deadline)
+            self._last = now
+            self._actions(now, self.session.advance(now))
+        except Exception:
+            self._crash()
+
+    # -- the call -------------------------------------------------------------------------
 
     def shutdown(self) -> None:
         """The server is going away: end this call (Twilio plays the fallback TwiML)."""
-        self._inbox.put_nowait(("shutdown", None))
-
-    def now(self) -> float:
-        """Call time in ms since the media stream opened."""
-        return (self._loop.time() - self._t0) * 1000.0
+        if not self._finished:
+            try:
+                now = self._time_for_input()
+                self._actions(now, self.session.shutdown(now))
+            except Exception:
+                self._crash()
 
     async def run(self) -> None:
         """Handle the call until it is over; never raises for the call's own failures."""
-        self._spawn(self._read_twilio())
+        session, twilio = self.session, self.twilio
+        self._task = asyncio.current_task()
         try:
-            await self._execute(self.session.opened(self.now()))
-            while not self.session.done:
-                kind, data = await self._inbox.get()
-                now = self.now()
-                actions = self._dispatch(kind, data, now)
-                if self.recorder is not None:
-                    self.recorder.record_actions(now, actions)
-                await self._execute(actions)
+            now = self.now()
+            self._actions(now, session.opened(now))
+            while not session.done:
+                self._receiving = True
+                try:
+                    data = await twilio.receive()
+                except asyncio.CancelledError:
+                    if not self._unblocked:
+                        raise  # the server's, not ours
+                    self._task.uncancel()
+                    break
+                finally:
+                    self._receiving = False
+                if data is None:
+                    if not session.done:
+                        self._twilio_input({"_socket": "closed"})
+                    break
+                if type(data) is str:
+                    self._twilio_frame(data)
+                else:
+                    self._twilio_input({"_frame_error": "binary_frame"})
         except Exception:
             logger.exception("bridge.crashed")
-            self.session.end_reason = self.session.end_reason or "bridge_error"
+            session.crashed(self.now())
         finally:
             await self._teardown()
 
-    # -- inputs ---------------------------------------------------------------------------
+    def _crash(self) -> None:
+        """An error of ours while handling an input: this call ends, never the process."""
+        logger.exception("bridge.crashed")
+        self.session.crashed(self.now())
+        self._over()
+        if self.link is not None:
+            self.link.close()
 
-    def _dispatch(self, kind: str, data: Any, now: float) -> list[Action]:
-        """Turn one inbox entry into the recorded form of an input and feed it to the core."""
-        s = self.session
-        if kind == "timer":
-            name, token = data
-            current = self._timers.get(name)
-            if current is None or current[1] != token:
-                return []  # cancelled or re-armed after it had already expired
-            del self._timers[name]
-            return s.timer(now, name)
-        if kind == "shutdown":
-            return s.shutdown(now)
-        if kind == "twilio":
-            if self.verify_start is not None and data.get("event") == "start":
-                refused = self.verify_start(data)
-                if refused is not None:
-                    fields = tw.start_fields(data)
-                    if fields is not None:
-                        bind_call(call_sid=fields[1], stream_sid=fields[0])
-                    log_event(logger, logging.WARNING, "stream.refused", reason=refused)
-                    if self.recorder is not None:
-                        self.recorder.discard()  # not a call: nothing to replay
-                        self.recorder = None
-                    return s.refuse(now, refused)
-            direction, msg = "from_twilio", data
-        elif kind == "realtime":
-            direction, msg = "from_openai", data
-        elif kind == "twilio_bad":
-            direction, msg = "from_twilio", {"_frame_error": data}
-        elif kind == "realtime_bad":
-            direction, msg = "from_openai", {"_frame_error": data}
-        elif kind == "twilio_closed":
-            self._twilio_open = False
-            direction, msg = "from_twilio", {"_socket": "closed"}
-        elif kind == "realtime_open":
-            if s.done:
-                self._spawn(data.close())
-                return []
-            self.realtime = data
-            self._spawn(self._read_realtime(data))
-            direction, msg = "from_openai", {"_socket": "open"}
-        elif kind == "realtime_failed":
-            direction, msg = "from_openai", {"_socket": "failed", "reason": data}
-        elif kind == "realtime_closed":
-            self.realtime = None
-            code, reason = data
-            direction, msg = "from_openai", {"_socket": "closed", "code": code, "reason": reason}
-        elif kind == "rest_result":
-            response = {"status": data.status, "code": data.code, "error": data.error}
-            direction, msg = "rest", {"response": response}
-        else:
-            raise AssertionError(f"unknown inbox kind {kind}")
+    # -- Twilio in --------------------------------------------------------------------------
+
+    def _twilio_frame(self, text: str) -> None:
+        if len(text) > tw.MAX_INBOUND_CHARS:
+            self._twilio_input({"_frame_error": "oversized_frame"})
+            return
+        try:
+            msg = _loads(text)
+        except orjson.JSONDecodeError:
+            self._twilio_input({"_frame_error": "not_json"})
+            return
+        if type(msg) is not dict:
+            self._twilio_input({"_frame_error": "not_an_object"})
+            return
+        if msg.get("event") != "media":
+            self._twilio_message(msg)
+            return
+        # The audio path: 50 frames a second per call.
+        now = self._time_for_input()
+        media = msg.get("media")
+        payload = media.get("payload") if type(media) is dict else None
+        recorder = self.recorder
+        if recorder is not None:
+            recorder.record(now, "from_twilio", msg)
+        if self.session.caller_audio(payload):
+            if recorder is not None:
+                recorder.record(now, "to_openai", rt.input_audio_append(payload))  # type: ignore[arg-type]
+            self._append(rt.encode_append(payload))  # type: ignore[arg-type]
+
+    def _twilio_message(self, msg: dict[str, Any]) -> None:
+        session = self.session
+        if msg.get("event") != "start" or session.call_sid:
+            self._twilio_input(msg)
+            return
+        if self.verify_start is not None:
+            refused = self.verify_start(msg)
+            if refused is not None:
+                self._refuse(msg, refused)
+                return
+        fields = tw.start_fields(msg)
+        if fields is not None:  # bound first: the tasks the start spawns inherit the SIDs
+            bind_call(call_sid=fields[1], stream_sid=fields[0])
+        self._twilio_input(msg)
+        if session.call_sid:
+            self._encoder = tw.StreamEncoder(session.stream_sid)
+
+    def _refuse(self, msg: dict[str, Any], reason: str) -> None:
+        fields = tw.start_fields(msg)
+        if fields is not None:
+            bind_call(call_sid=fields[1], stream_sid=fields[0])
+        log_event(logger, logging.WARNING, "stream.refused", reason=reason)
         if self.recorder is not None:
-            self.recorder.record(now, direction, msg)
-        actions = s.feed(now, direction, msg)
-        if kind == "twilio" and data.get("event") == "start" and s.call_sid:
-            bind_call(call_sid=s.call_sid, stream_sid=s.stream_sid)
-        return actions
+            self.recorder.discard()  # not a call: nothing to replay
+            self.recorder = None
+        now = self._time_for_input()
+        self._actions(now, self.session.refuse(now, reason))
 
-    async def _read_twilio(self) -> None:
-        put = self._inbox.put_nowait
+    def _twilio_input(self, msg: dict[str, Any]) -> None:
+        now = self._time_for_input()
+        if self.recorder is not None:
+            self.recorder.record(now, "from_twilio", msg)
+        self._actions(now, self.session.feed(now, "from_twilio", msg))
+
+    # -- Realtime in (the link's Receiver) -----------------------------------------------
+
+    def frame(self, data: bytes, text: bool) -> None:
+        """One message from the Realtime link."""
+        if self._finished:
+            return
         try:
-            while True:
-                message = await self.twilio.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-                text = message.get("text")
-                if text is None:
-                    put(("twilio_bad", "binary_frame"))
-                elif len(text) > MAX_INBOUND_CHARS:
-                    put(("twilio_bad", "oversized_frame"))
-                else:
-                    try:
-                        msg = _loads(text)
-                    except ValueError:
-                        put(("twilio_bad", "not_json"))
-                        continue
-                    if isinstance(msg, dict):
-                        put(("twilio", msg))
-                    else:
-                        put(("twilio_bad", "not_an_object"))
-        except Exception:  # a broken transport is a hang-up like any other
-            pass
-        put(("twilio_closed", None))
+            self._realtime_frame(data, text)
+        except Exception:
+            self._crash()
 
-    async def _read_realtime(self, conn: ClientConnection) -> None:
-        put = self._inbox.put_nowait
-        code: int | None = None
-        reason = ""
+    def _realtime_frame(self, data: bytes, text: bool) -> None:
+        if not text:
+            self._realtime_input({"_frame_error": "binary_frame"})
+            return
+        if self.recorder is None and data.startswith(_IGNORED_PREFIXES):
+            return  # an event the core ignores: not even parsed
         try:
-            async for frame in conn:
-                if isinstance(frame, bytes):
-                    put(("realtime_bad", "binary_frame"))
-                    continue
-                try:
-                    event = _loads(frame)
-                except ValueError:
-                    put(("realtime_bad", "not_json"))
-                    continue
-                if isinstance(event, dict):
-                    put(("realtime", event))
-                else:
-                    put(("realtime_bad", "not_an_object"))
-        except ConnectionClosed:
-            pass
-        if conn.close_code is not None:
-            code, reason = conn.close_code, conn.close_reason or ""
-        put(("realtime_closed", (code, reason)))
+            ev = _loads(data)
+        except orjson.JSONDecodeError:
+            self._realtime_input({"_frame_error": "not_json"})
+            return
+        if type(ev) is not dict:
+            self._realtime_input({"_frame_error": "not_an_object"})
+            return
+        if ev.get("type") != _DELTA:
+            self._realtime_input(ev)
+            return
+        # The audio path: each delta becomes `media` + `mark`.
+        now = self._time_for_input()
+        recorder = self.recorder
+        if recorder is not None:
+            recorder.record(now, "from_openai", ev)
+        name = self.session.bot_audio(now, ev)
+        encoder = self._encoder
+        if name is not None and encoder is not None:
+            delta = ev["delta"]
+            if recorder is not None:
+                sid = self.session.stream_sid
+                recorder.record(now, "to_twilio", tw.media(sid, delta))
+                recorder.record(now, "to_twilio", tw.mark(sid, name))
+            self._to_twilio(encoder.media(delta))
+            self._to_twilio(encoder.mark(name))
+        self._rearm()  # playing audio disarms the silence timer
+        if self._stall:
+            self._twilio_stalled()
 
-    async def _connect_realtime(self) -> None:
+    def closed(self, code: int | None, reason: str) -> None:
+        """The Realtime link closed."""
+        self.link = None
+        if self._finished:
+            return
+        try:
+            self._realtime_input({"_socket": "closed", "code": code, "reason": reason})
+        except Exception:
+            self._crash()
+
+    def _realtime_input(self, msg: dict[str, Any]) -> None:
+        now = self._time_for_input()
+        if self.recorder is not None:
+            self.recorder.record(now, "from_openai", msg)
+        self._actions(now, self.session.feed(now, "from_openai", msg))
+
+    async def _connect(self) -> None:
         timeout_s = self.session.config.realtime_ready_timeout_ms / 1000.0
         try:
-            conn = await open_realtime(self.endpoint, timeout_s)
+            link = await self.transport.open(timeout_s)
         except RealtimeUnavailable as exc:
-            self._inbox.put_nowait(("realtime_failed", str(exc)))
-        else:
-            self._inbox.put_nowait(("realtime_open", conn))
+            if not self._finished:
+                try:
+                    self._realtime_input({"_socket": "failed", "reason": str(exc)})
+                except Exception:
+                    self._crash()
+            return
+        if self._finished or self.session.done:
+            await link.aclose()
+            return
+        self.link = link
+        try:
+            self._realtime_input({"_socket": "open"})
+        except Exception:
+            self._crash()
+        link.start(self)  # what the service sent meanwhile (session.created) comes next
+
+    # -- REST -----------------------------------------------------------------------------
 
     async def _rest(self, request: RestRequest) -> None:
         if self.telephony is None:
             outcome = RestOutcome(0, None, "no_rest_credentials")
         else:
             outcome = await self.telephony.update_call(self.session.call_sid, request.params)
-        self._inbox.put_nowait(("rest_result", outcome))
+        if self._finished:
+            return
+        answer = {"status": outcome.status, "code": outcome.code, "error": outcome.error}
+        try:
+            now = self._time_for_input()
+            msg = {"response": answer}
+            if self.recorder is not None:
+                self.recorder.record(now, "rest", msg)
+            self._actions(now, self.session.feed(now, "rest", msg))
+        except Exception:
+            self._crash()
 
     # -- outputs --------------------------------------------------------------------------
 
-    async def _execute(self, actions: list[Action]) -> None:
-        for action in actions:
-            if type(action) is ToTwilio:
-                await self._send_twilio(action.msg)
-            elif type(action) is ToRealtime:
-                await self._send_realtime(action.msg)
-            elif type(action) is SetTimer:
-                self._set_timer(action.name, action.at_ms)
-            elif type(action) is CancelTimer:
-                entry = self._timers.pop(action.name, None)
-                if entry is not None:
-                    entry[0].cancel()
-            elif type(action) is ConnectRealtime:
-                self._spawn(self._connect_realtime())
-            elif type(action) is CloseTwilio:
-                await self._close_twilio(action.reason)
-            elif type(action) is CloseRealtime:
-                await self._close_realtime()
-            elif type(action) is RestRequest:
-                self._spawn(self._rest(action))
+    def _actions(self, now: float, actions: list[Action]) -> None:
+        """Carry out the core's actions, in order, without awaiting anything."""
+        if actions:
+            if self.recorder is not None:
+                self.recorder.record_actions(now, actions)
+            for action in actions:
+                kind = type(action)
+                if kind is ToTwilio:
+                    self._to_twilio(tw.encode(action.msg))  # type: ignore[union-attr]
+                elif kind is ToRealtime:
+                    if self.link is not None:
+                        self.link.send(rt.encode(action.msg))  # type: ignore[union-attr]
+                elif kind is ConnectRealtime:
+                    self._spawn(self._connect())
+                elif kind is CloseTwilio:
+                    log_event(logger, logging.INFO, "twilio.closing", reason=action.reason)  # type: ignore[union-attr]
+                    self.twilio.close()
+                elif kind is CloseRealtime:
+                    if self.link is not None:
+                        self.link.close()
+                elif kind is RestRequest:
+                    self._spawn(self._rest(action))  # type: ignore[arg-type]
+            if self.session.done:
+                self._over()
+        self._rearm()
+        if self._stall:
+            self._twilio_stalled()
 
-    async def _send_twilio(self, msg: dict[str, Any]) -> None:
-        if not self._twilio_open:
+    def _over(self) -> None:
+        """The call is over: close the media stream (after what is queued) and make sure
+        its task stops reading, even if a stuck caller side never acknowledges the close."""
+        self.twilio.close()
+        if self._receiving and not self._unblocked and self._task is not None:
+            self._unblocked = True
+            self._task.cancel()
+
+    def _to_twilio(self, text: str) -> None:
+        if not self.twilio.send(text):
+            self._stall = True  # handled once the current input's actions are done
+
+    def _twilio_stalled(self) -> None:
+        """The caller's side stopped taking frames: end the call rather than wedge it."""
+        self._stall = False
+        if self.session.done:
             return
-        try:
-            await self.twilio.send_text(tw.encode(msg))
-        except Exception:
-            self._twilio_open = False  # the reader reports the close
+        log_event(logger, logging.ERROR, "twilio.stalled", backlog_chars=self.twilio.backlog_chars)
+        self._twilio_input({"_socket": "stalled"})
 
-    async def _send_realtime(self, msg: dict[str, Any]) -> None:
-        conn = self.realtime
-        if conn is None:
+    def _append(self, frame: bytes) -> None:
+        link = self.link
+        if link is None:
             return
-        with contextlib.suppress(ConnectionClosed):  # the reader reports the close
-            await conn.send(rt.encode(msg))
-
-    def _set_timer(self, name: str, at_ms: float) -> None:
-        old = self._timers.pop(name, None)
-        if old is not None:
-            old[0].cancel()
-        self._timer_tokens += 1
-        token = self._timer_tokens
-        when = self._t0 + at_ms / 1000.0
-        handle = self._loop.call_at(when, self._inbox.put_nowait, ("timer", (name, token)))
-        self._timers[name] = (handle, token)
-
-    async def _close_twilio(self, reason: str) -> None:
-        if not self._twilio_open:
+        if link.send_audio(frame):
+            if self._dropping:
+                self._dropping = False
+                log_event(
+                    logger, logging.INFO, "realtime.audio_resumed", dropped=self.audio_dropped
+                )
             return
-        self._twilio_open = False
-        log_event(logger, logging.INFO, "twilio.closing", reason=reason)
-        try:
-            if self.twilio.application_state == WebSocketState.CONNECTED:
-                await self.twilio.close(code=1000)
-        except Exception:
-            pass
-
-    async def _close_realtime(self) -> None:
-        conn, self.realtime = self.realtime, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), timeout=1.5)
+        self.audio_dropped += 1
+        if not self._dropping:
+            self._dropping = True
+            log_event(logger, logging.WARNING, "realtime.audio_dropped", reason="peer_not_reading")
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -307,24 +439,23 @@ class Bridge:
         task.add_done_callback(self._tasks.discard)
 
     async def _teardown(self) -> None:
-        for handle, _ in self._timers.values():
-            handle.cancel()
-        self._timers.clear()
-        await self._close_twilio(self.session.end_reason or "teardown")
-        await self._close_realtime()
+        self._finished = True
+        if self._wake is not None:
+            self._wake.cancel()
+            self._wake = None
+        await self.twilio.aclose()
+        link, self.link = self.link, None
+        if link is not None:
+            await link.aclose()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        # A connection that opened while the call was ending would otherwise leak.
-        while not self._inbox.empty():
-            kind, data = self._inbox.get_nowait()
-            if kind == "realtime_open":
-                await data.close()
-        if not self.session.ended_ms:
-            self.session.ended_ms = self.now()
-        log_event(
-            logger, logging.INFO, "call.summary", **self.session.summary(self.log_transcripts)
-        )
+        session = self.session
+        if not session.ended_ms:
+            session.ended_ms = self.now()
+        summary = session.summary(self.log_transcripts)
+        summary["audio_dropped"] = self.audio_dropped
+        log_event(logger, logging.INFO, "call.summary", **summary)
         if self.recorder is not None:
             self.recorder.close()

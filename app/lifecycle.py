@@ -22,13 +22,10 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Collection
+from typing import Any, Protocol
 
 from app.observability import log_event
-
-if TYPE_CHECKING:
-    from app.main import AppState
 
 logger = logging.getLogger("app.lifecycle")
 
@@ -36,10 +33,23 @@ logger = logging.getLogger("app.lifecycle")
 _TEARDOWN_S = 5.0
 
 
+class Call(Protocol):
+    def shutdown(self) -> None:
+        """End the call now, through its media stream."""
+
+
+class Calls(Protocol):
+    """What draining needs of the app's state (`app.main.AppState`)."""
+
+    calls: Collection[Call]
+    idle: asyncio.Event  # set whenever no call is live
+    draining: bool
+
+
 class Drain:
     """Owns SIGTERM for the life of the app."""
 
-    def __init__(self, state: AppState, drain_seconds: float) -> None:
+    def __init__(self, state: Calls, drain_seconds: float) -> None:
         self.state = state
         self.drain_seconds = drain_seconds
         self._previous: Any = None

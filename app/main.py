@@ -4,6 +4,10 @@
 environment (and `.env`), so importing this module has no side effects and tests build
 their own apps with `create_app(settings)`. A wrong setting stops the process at start
 with a message naming it.
+
+The application is a thin ASGI dispatcher (`BridgeApp`): the media-stream websocket goes
+straight to its handler, with no framework object or middleware wrapped around each of
+its 60-odd frames a second; everything else (webhook, health, lifespan) is a FastAPI app.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-from fastapi import FastAPI, Request, WebSocket
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import Headers
 
 from app import twiml
 from app.bridge import Bridge
@@ -27,7 +32,7 @@ from app.call.session import CallSession
 from app.lifecycle import Drain
 from app.observability import bind_call, configure_logging, log_event, register_secret
 from app.protocol import twilio as tw
-from app.realtime_socket import RealtimeEndpoint
+from app.realtime_socket import RealtimeEndpoint, RealtimeTransport, WebsocketTransport
 from app.recording import CallRecorder, RecordingWriter
 from app.security import (
     MEDIA_STREAM_PATH,
@@ -41,6 +46,7 @@ from app.security import (
 )
 from app.settings import Settings, SettingsError, load_settings
 from app.telephony import Telephony
+from app.twilio_socket import Receive, Send, TwilioSocket
 
 logger = logging.getLogger("app.main")
 
@@ -56,7 +62,8 @@ class AppState:
     settings: Settings
     call_config: CallConfig
     checker: SignatureChecker
-    endpoint: RealtimeEndpoint | None
+    #: How calls reach the Realtime service (None: no OPENAI_API_KEY).
+    transport: RealtimeTransport | None
     telephony: Telephony | None
     recordings: RecordingWriter | None
     calls: set[Bridge] = field(default_factory=set)
@@ -66,20 +73,41 @@ class AppState:
     draining: bool = False
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the application for `settings` (default: from the environment)."""
+class BridgeApp:
+    """The product's ASGI application: media streams to `MediaStream`, the rest to FastAPI."""
+
+    def __init__(self, api: FastAPI, media: MediaStream) -> None:
+        self.api = api
+        self.media = media
+        self.state = api.state
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == MEDIA_STREAM_PATH:
+            await self.media(scope, receive, send)
+        else:
+            await self.api(scope, receive, send)  # type: ignore[arg-type]
+
+
+def create_app(
+    settings: Settings | None = None, *, transport: RealtimeTransport | None = None
+) -> BridgeApp:
+    """Build the application for `settings` (default: from the environment).
+
+    `transport` replaces the websocket to the Realtime service (tests drive the whole app
+    in-process with a double, `tests/fakes/realtime_transport.py`)."""
     settings = settings if settings is not None else load_settings()
     configure_logging(settings.log_format, settings.log_level)
     for secret in settings.secret_values():
         register_secret(secret)
     key = settings.openai_api_key
+    if transport is None and key is not None:
+        endpoint = RealtimeEndpoint(settings.openai_realtime_url, key.get_secret_value())
+        transport = WebsocketTransport(endpoint)
     state = AppState(
         settings=settings,
-        call_config=CallConfig.from_settings(settings, rest_available=settings.rest_enabled),
+        call_config=CallConfig.from_settings(settings),
         checker=SignatureChecker(settings.twilio_auth_token),
-        endpoint=RealtimeEndpoint(settings.openai_realtime_url, key.get_secret_value())
-        if key
-        else None,
+        transport=transport,
         telephony=_telephony(settings),
         recordings=RecordingWriter(settings.record_dir) if settings.record_dir else None,
     )
@@ -134,7 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return Response(status_code=403)
         if not params.get("CallSid"):
             log_event(logger, logging.WARNING, "webhook.missing_call_sid")
-        if state.endpoint is None:
+        if state.transport is None:
             log_event(logger, logging.WARNING, "webhook.apology", reason="no OPENAI_API_KEY")
             return Response(twiml.apology(settings.apology_message), media_type=_XML)
         log_event(logger, logging.INFO, "webhook.incoming_call", caller=params.get("From"))
@@ -152,35 +180,46 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         return Response(document, media_type=_XML)
 
-    @app.websocket(MEDIA_STREAM_PATH)
-    async def media_stream(websocket: WebSocket) -> None:
+    return BridgeApp(app, MediaStream(state))
+
+
+class MediaStream:
+    """`WS /media-stream`, a raw ASGI handler: check the upgrade, then run one call."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self.verify_start = _start_verifier(state.settings)
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        state, settings = self.state, self.state.settings
+        socket = TwilioSocket(receive, send)
+        headers = Headers(scope=scope)
         try:
-            base = public_base_url(
-                settings.public_base_url, websocket.headers, websocket.url.scheme
-            )
+            base = public_base_url(settings.public_base_url, headers, scope.get("scheme", "ws"))
         except ValueError as exc:
             log_event(logger, logging.WARNING, "stream.bad_request", reason=str(exc))
-            await websocket.close(code=1008)
+            await socket.refuse()
             return
         url = stream_url(base)
-        if not state.checker.check_websocket(url, websocket.headers.get("x-twilio-signature")):
+        if not state.checker.check_websocket(url, headers.get("x-twilio-signature")):
             log_event(logger, logging.WARNING, "stream.bad_signature", url=url)
-            await websocket.close(code=1008)  # before accept: the upgrade is refused (403)
+            await socket.refuse()  # before accept: the upgrade is refused (403)
             return
-        await websocket.accept()
-        if state.endpoint is None:
+        await socket.accept()
+        if state.transport is None:
             log_event(logger, logging.WARNING, "stream.refused", reason="no OPENAI_API_KEY")
-            await websocket.close(code=1000)
+            await socket.aclose()
             return
+        recorder = None
+        if state.recordings is not None:
+            recorder = CallRecorder(state.recordings, state.call_config, settings.record_audio)
         bridge = Bridge(
-            websocket,
+            socket,
             CallSession(state.call_config),
-            state.endpoint,
+            state.transport,
             telephony=state.telephony,
-            verify_start=_start_verifier(settings),
-            recorder=CallRecorder(state.recordings, state.call_config, settings.record_audio)
-            if state.recordings is not None
-            else None,
+            verify_start=self.verify_start,
+            recorder=recorder,
             log_transcripts=settings.log_transcripts,
         )
         state.calls.add(bridge)
@@ -191,8 +230,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.calls.discard(bridge)
             if not state.calls:
                 state.idle.set()
-
-    return app
 
 
 def _start_verifier(settings: Settings) -> Callable[[dict[str, Any]], str | None] | None:
@@ -229,7 +266,7 @@ def _telephony(settings: Settings) -> Telephony | None:
     )
 
 
-def _default_app() -> FastAPI:
+def _default_app() -> BridgeApp:
     try:
         return create_app()
     except SettingsError as exc:
@@ -237,7 +274,7 @@ def _default_app() -> FastAPI:
         raise SystemExit(2) from None
 
 
-def __getattr__(name: str) -> FastAPI:
+def __getattr__(name: str) -> BridgeApp:
     """`app.main:app` is created on first access (PEP 562), not at import."""
     if name == "app":
         application = _default_app()

@@ -1,37 +1,52 @@
-"""Opening the OpenAI Realtime websocket, within a deadline.
+"""The Realtime socket: a transport seam, and the websocket it is in production.
 
-GA protocol: `Authorization: Bearer <key>` and nothing else (an `OpenAI-Beta` header now
-gets the session closed). Transient failures (refused connections, timeouts, 5xx, 429)
-are retried with a short backoff, but never past the deadline: the caller is listening
-to silence meanwhile, and the contract allows them at most 5 s of it. Authentication and
-"not found" answers are final at once.
+The bridge never opens a socket itself: it asks a `RealtimeTransport` for a
+`RealtimeLink` (after httpx's `BaseTransport`), so it can be driven in-process by a test
+double as well as over real sockets. A link delivers each message to a `Receiver` by
+callback, in order, as it is read (no queue, no task per message), and sends without ever
+blocking: a slow peer never stalls the call's other leg.
+
+`WebsocketTransport` is the production link: the `websockets` client (TLS, proxies,
+redirects, keepalive) with the GA handshake: `Authorization: Bearer <key>` and nothing else
+(an `OpenAI-Beta` header now gets the session closed). Transient failures (refused
+connections, timeouts, 5xx, 429) are retried with a short backoff, but never past the
+deadline: the caller is listening to silence meanwhile, and the contract allows them at
+most 5 s of it. Authentication and "not found" answers are final at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidHandshake, InvalidStatus
+from websockets.exceptions import InvalidHandshake, InvalidState, InvalidStatus
+from websockets.frames import Frame, Opcode
 
 #: Server events can be large (a full session, a long transcript); audio deltas are small.
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-_BACKOFF_S = (0.15, 0.4, 0.8)
-_FINAL_STATUSES = frozenset({400, 401, 403, 404})
+MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+_BACKOFF_S: Final = (0.15, 0.4, 0.8)
+_FINAL_STATUSES: Final = frozenset({400, 401, 403, 404})
 
 #: A Realtime peer that stops answering (half-open TCP, a black-holed route) is noticed
 #: by keepalive pings: no pong within PING_TIMEOUT_S of a ping sent every PING_INTERVAL_S
 #: closes the socket (after at most CLOSE_TIMEOUT_S of closing handshake), and the call's
 #: media stream with it: about 3.3 s in the worst case, inside the contract's 5 s of
 #: silence. The library defaults (20 s + 20 s + 10 s) would leave ~50 s of silence.
-PING_INTERVAL_S = 1.0
-PING_TIMEOUT_S = 2.0
-CLOSE_TIMEOUT_S = 0.25
+PING_INTERVAL_S: Final = 1.0
+PING_TIMEOUT_S: Final = 2.0
+CLOSE_TIMEOUT_S: Final = 0.25
+
+#: Caller audio is dropped (never queued) while this much is waiting to be written to a
+#: peer that doesn't read: about 20 s of appends. Control events are always written; a
+#: peer that stays stalled stops answering pings and is closed by the keepalive.
+AUDIO_BACKLOG_BYTES: Final = 256 * 1024
 
 #: No permessage-deflate: base64 mu-law barely compresses, and deflate cost 15-25 % more
-#: CPU and twice the memory per call in `make load` (bench/load.py, --no-compression).
+#: CPU and twice the memory per call.
 
 #: The websockets library logs the upgrade request's headers at DEBUG, bearer token
 #: included. Its logger for our connections never goes below INFO, whatever LOG_LEVEL is.
@@ -43,6 +58,43 @@ class RealtimeUnavailable(Exception):
     """The Realtime socket could not be opened in time; the message says why (no secrets)."""
 
 
+class Receiver(Protocol):
+    """Who gets a link's messages (the bridge)."""
+
+    def frame(self, data: bytes, text: bool) -> None:
+        """One whole message: UTF-8 JSON when `text`, else a binary frame."""
+
+    def closed(self, code: int | None, reason: str) -> None:
+        """The link is closed (whoever closed it); nothing follows."""
+
+
+class RealtimeLink(Protocol):
+    """An open Realtime connection, as the bridge uses it."""
+
+    def start(self, receiver: Receiver) -> None:
+        """Deliver messages to `receiver` from now on (those that arrived since the link
+        opened first, in order)."""
+
+    def send(self, data: bytes) -> None:
+        """Send one text frame; never blocks (dropped silently once the link is closing)."""
+
+    def send_audio(self, data: bytes) -> bool:
+        """Like `send`, but dropped (False) while the peer is not reading its backlog."""
+
+    def close(self) -> None:
+        """Start the closing handshake; `Receiver.closed` follows."""
+
+    async def aclose(self) -> None:
+        """Close, and wait (briefly: a stalled peer is aborted) until it is closed."""
+
+
+class RealtimeTransport(Protocol):
+    """Opens links: the seam between the bridge and the Realtime service."""
+
+    def open(self, timeout_s: float) -> Awaitable[RealtimeLink]:
+        """A link within `timeout_s`, or raise `RealtimeUnavailable`."""
+
+
 @dataclass(frozen=True, slots=True)
 class RealtimeEndpoint:
     """Where and how to connect. The key never appears in repr or logs."""
@@ -51,39 +103,152 @@ class RealtimeEndpoint:
     api_key: str = field(repr=False)
 
 
-async def open_realtime(endpoint: RealtimeEndpoint, timeout_s: float) -> ClientConnection:
-    """Connect, retrying transient failures, and give up after `timeout_s` in all."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    headers = {"Authorization": f"Bearer {endpoint.api_key}"}
-    reason = "timeout"
-    for attempt in range(len(_BACKOFF_S) + 1):
-        remaining = deadline - loop.time()
-        if remaining <= 0.05:
-            break
+class _Connection(ClientConnection):
+    """A websockets client connection that hands each message to a receiver callback
+    instead of queueing it for `recv()`. (`create_connection` is the library's documented
+    hook for such subclasses; `process_event` and `connection_lost` are where frames and
+    the end arrive.)"""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.receiver: Receiver | None = None
+        self.early: list[tuple[bytes, bool]] = []
+        self.gone: tuple[int | None, str] | None = None
+        self._parts: list[bytes] = []
+        self._text = True
+
+    def process_event(self, event: Any) -> None:
+        if self.response is None or not isinstance(event, Frame):
+            super().process_event(event)  # the handshake response
+            return
+        opcode = event.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            self._text = opcode is Opcode.TEXT
+            if event.fin:
+                self._deliver(bytes(event.data), self._text)
+            else:
+                self._parts = [bytes(event.data)]
+        elif opcode is Opcode.CONT:
+            self._parts.append(bytes(event.data))
+            if event.fin:
+                data, self._parts = b"".join(self._parts), []
+                self._deliver(data, self._text)
+        else:
+            super().process_event(event)  # pongs acknowledge the keepalive's pings
+
+    def _deliver(self, data: bytes, text: bool) -> None:
+        receiver = self.receiver
+        if receiver is None:
+            self.early.append((data, text))  # before `start`: kept, in order
+        else:
+            receiver.frame(data, text)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.gone = (self.close_code, self.close_reason or "")
+        if self.receiver is not None:
+            self.receiver.closed(*self.gone)
+
+
+class _WebsocketLink:
+    """`RealtimeLink` over one `_Connection`: writes go straight to its transport."""
+
+    __slots__ = ("_closing", "_conn", "_protocol", "_transport")
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+        self._protocol = conn.protocol
+        self._transport = conn.transport
+        self._closing: asyncio.Task[None] | None = None
+
+    def start(self, receiver: Receiver) -> None:
+        conn = self._conn
+        conn.receiver = receiver
+        early, conn.early = conn.early, []
+        for data, text in early:
+            receiver.frame(data, text)
+        if conn.gone is not None:
+            receiver.closed(*conn.gone)
+
+    def send(self, data: bytes) -> None:
+        protocol = self._protocol
         try:
-            async with asyncio.timeout(remaining):
-                return await connect(
-                    endpoint.url,
-                    additional_headers=headers,
-                    open_timeout=None,
-                    ping_interval=PING_INTERVAL_S,
-                    ping_timeout=PING_TIMEOUT_S,
-                    close_timeout=CLOSE_TIMEOUT_S,
-                    compression=None,
-                    max_size=MAX_MESSAGE_BYTES,
-                    user_agent_header="twilio-realtime-bridge",
-                    logger=_WS_LOGGER,
-                )
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            reason = f"http_{status}"
-            if status in _FINAL_STATUSES:
-                raise RealtimeUnavailable(reason) from None
-        except TimeoutError:
-            reason = "timeout"
-        except (OSError, InvalidHandshake) as exc:
-            reason = type(exc).__name__
-        if attempt < len(_BACKOFF_S):
-            await asyncio.sleep(min(_BACKOFF_S[attempt], max(0.0, deadline - loop.time())))
-    raise RealtimeUnavailable(reason)
+            protocol.send_text(data)
+        except InvalidState:
+            return  # closing: the receiver hears of the close
+        for chunk in protocol.data_to_send():
+            if chunk:
+                self._transport.write(chunk)
+
+    def send_audio(self, data: bytes) -> bool:
+        if self._conn.paused:  # the write buffer is over AUDIO_BACKLOG_BYTES
+            return False
+        self.send(data)
+        return True
+
+    def close(self) -> None:
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+
+    async def aclose(self) -> None:
+        self.close()
+        assert self._closing is not None
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        try:
+            await asyncio.wait_for(self._conn.close(), timeout=1.5)
+        except Exception:  # the transport is gone either way
+            self._transport.abort()
+
+
+class WebsocketTransport:
+    """Links over the `websockets` client to `endpoint`."""
+
+    def __init__(self, endpoint: RealtimeEndpoint) -> None:
+        self.endpoint = endpoint
+
+    def __repr__(self) -> str:
+        return f"WebsocketTransport({self.endpoint.url!r})"
+
+    async def open(self, timeout_s: float) -> RealtimeLink:
+        """Connect, retrying transient failures, and give up after `timeout_s` in all."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        headers = {"Authorization": f"Bearer {self.endpoint.api_key}"}
+        make: Callable[..., ClientConnection] = _Connection
+        reason = "timeout"
+        for attempt in range(len(_BACKOFF_S) + 1):
+            remaining = deadline - loop.time()
+            if remaining <= 0.05:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    conn = await connect(
+                        self.endpoint.url,
+                        additional_headers=headers,
+                        open_timeout=None,
+                        ping_interval=PING_INTERVAL_S,
+                        ping_timeout=PING_TIMEOUT_S,
+                        close_timeout=CLOSE_TIMEOUT_S,
+                        compression=None,
+                        max_size=MAX_MESSAGE_BYTES,
+                        write_limit=AUDIO_BACKLOG_BYTES,
+                        user_agent_header="twilio-realtime-bridge",
+                        logger=_WS_LOGGER,
+                        create_connection=make,  # type: ignore[arg-type]
+                    )
+                    assert isinstance(conn, _Connection)
+                    return _WebsocketLink(conn)
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                reason = f"http_{status}"
+                if status in _FINAL_STATUSES:
+                    raise RealtimeUnavailable(reason) from None
+            except TimeoutError:
+                reason = "timeout"
+            except (OSError, InvalidHandshake) as exc:
+                reason = type(exc).__name__
+            if attempt < len(_BACKOFF_S):
+                await asyncio.sleep(min(_BACKOFF_S[attempt], max(0.0, deadline - loop.time())))
+        raise RealtimeUnavailable(reason)

@@ -6,7 +6,8 @@ happened: `{"t_ms": <ms since the media stream opened>, "dir": <direction>, "msg
 with direction `from_twilio`, `to_twilio`, `from_openai`, `to_openai` or `rest`.
 
 Besides the protocol messages themselves, a few small records complete the story:
-`{"_socket": "open" | "failed" | "closed" | "connect" | "close", ...}` for socket events,
+`{"_socket": "open" | "failed" | "closed" | "stalled" | "connect" | "close", ...}` for socket
+events (`stalled`: the caller's side stopped taking frames),
 `{"_frame_error": reason}` for a frame that could not be parsed, and for `rest`
 `{"request": {"kind", "params"}}` / `{"response": {"status", "code", "error"}}`.
 Audio payloads are replaced by `{"_audio_bytes": N}` unless RECORD_AUDIO is on: a

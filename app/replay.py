@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -158,8 +159,14 @@ class Result:
         return {d: sum(e.dir == d for e in self.replayed) for d in OUTPUT_DIRS}
 
 
-def replay(fixture: Fixture) -> Result:
-    """Feed the recorded inputs to a new core on a virtual clock; compare its outputs."""
+Observer = Callable[[CallSession, float, list[Action]], None]
+
+
+def replay(fixture: Fixture, observe: Observer | None = None) -> Result:
+    """Feed the recorded inputs to a new core on a virtual clock; compare its outputs.
+
+    `observe(session, t_ms, actions)`, when given, sees every step (each input, each
+    timer wake-up) right after the core has handled it."""
     session = CallSession(fixture.config)
     inputs = [e for e in fixture.entries if e.is_input]
     recorded_marks = [n for e in fixture.entries if e.dir == "to_twilio" if (n := _mark_name(e))]
@@ -168,6 +175,8 @@ def replay(fixture: Fixture) -> Result:
     out: list[Entry] = []
 
     def collect(now: float, actions: list[Action]) -> None:
+        if observe is not None:
+            observe(session, now, actions)
         for action in actions:
             if (entry := action_record(action)) is not None:
                 produced = Entry(now, *entry)

@@ -61,9 +61,13 @@ _CALLED_OFF: Final = (
     "is still going on. Listen to the caller and continue the conversation."
 )
 
-#: Stages in which the last words are still being generated or played.
-WORDS_STAGES: Final = (Stage.SPEAKING, Stage.CLOSING, Stage.PLAYING_OUT)
-_UNDER_WAY: Final = (*WORDS_STAGES, Stage.WAITING_FOR_CALLER, Stage.REST)
+_UNDER_WAY: Final = (
+    Stage.SPEAKING,
+    Stage.CLOSING,
+    Stage.PLAYING_OUT,
+    Stage.WAITING_FOR_CALLER,
+    Stage.REST,
+)
 _COMMITTED: Final = (Stage.REST, Stage.DONE, Stage.FAILED)
 
 

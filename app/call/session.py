@@ -34,7 +34,6 @@ from app.call.ending import (
     CLOSING_WORDS,
     TOOL_ENDINGS,
     TOOL_RESULT,
-    WORDS_STAGES,
     Ending,
     Progress,
     RestVerdict,
@@ -57,6 +56,30 @@ logger = logging.getLogger("app.call")
 
 #: A media stream that never sends `start` is closed after this long.
 START_TIMEOUT_MS: Final = 10_000
+
+#: Server events the core ignores whatever they carry: a driver may drop them unparsed
+#: (a test feeds each to a live call and checks nothing happens).
+IGNORED_EVENTS: Final = frozenset(
+    {
+        "session.created",
+        "rate_limits.updated",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.content_part.done",
+        "response.output_audio.done",
+        "response.output_audio_transcript.delta",
+        "response.output_text.delta",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "conversation.item.added",
+        "conversation.item.created",
+        "conversation.item.done",
+        "conversation.item.truncated",
+        "conversation.item.deleted",
+        "conversation.item.input_audio_transcription.delta",
+        "input_audio_buffer.cleared",
+    }
+)
 
 _DEBUG = logging.DEBUG
 _INFO = logging.INFO
@@ -155,7 +178,10 @@ class CallSession:
             return self.out.take()
         if direction == "from_twilio":
             if "_socket" in msg:
-                self._twilio_gone(now)
+                if msg["_socket"] == "stalled":
+                    self._twilio_stalled(now)
+                else:
+                    self._twilio_gone(now)
             elif "_frame_error" in msg:
                 self.out.bad("twilio", str(msg["_frame_error"]))
             else:
@@ -308,6 +334,11 @@ class CallSession:
             self._end(now, Input.TWILIO_GONE, self.ending.intended_reason(), close_twilio=False)
         else:
             self._end(now, Input.TWILIO_GONE, "caller_hung_up", close_twilio=False)
+
+    def _twilio_stalled(self, now: float) -> None:
+        """The driver could not hand Twilio its frames: the caller's side is stuck."""
+        if self.phase.state is Phase.LIVE:
+            self._end(now, Input.TWILIO_STALLED, "failure", detail="twilio_stalled")
 
     # -- Realtime -------------------------------------------------------------------------
 
@@ -581,7 +612,7 @@ class CallSession:
         stage = self.ending.stage
         if stage is Stage.WAITING_FOR_CALLER:
             self._call_off(now)  # the caller is still talking over the last words
-        elif stage in WORDS_STAGES:
+        elif stage is Stage.CLOSING or stage is Stage.PLAYING_OUT:
             log_event(
                 logger,
                 _WARNING,

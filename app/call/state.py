@@ -69,7 +69,8 @@ class Input(Enum):
     REALTIME_FAILED = "realtime unavailable"
     NOT_READY = "not ready in time"
     REALTIME_LOST = "realtime lost"
-    TWILIO_GONE = "stop / stream closed"
+    TWILIO_GONE = "stop or stream closed"
+    TWILIO_STALLED = "caller side not reading"
     RESPONSES_FAILING = "responses failing"
     NO_REST = "ending without REST"
     REST_FAILED = "REST refused"
@@ -77,8 +78,8 @@ class Input(Enum):
     SHUTDOWN = "shutdown"
     CRASHED = "bridge error"
     # ending
-    TOOL_CALL = "end_call / transfer_call"
-    BRIDGE_ENDS = "time limit / silence"
+    TOOL_CALL = "end_call or transfer_call"
+    BRIDGE_ENDS = "time limit or silence"
     DONE_WITH_WORDS = "response done, words said"
     DONE_WITHOUT_WORDS = "response done, no words"
     CLOSING_DONE = "closing words done"
@@ -89,7 +90,7 @@ class Input(Enum):
     PLAYOUT_TIMEOUT = "last-words timeout"
     HARD_LIMIT = "time limit, second time"
     REST_OK = "REST accepted"
-    REST_RETRY = "REST 429 / 5xx / no answer"
+    REST_RETRY = "REST 429, 5xx or no answer"
     RETRY_TIMER = "retry timer"
     STREAM_ENDED = "stop before the REST answer"
 
@@ -118,7 +119,9 @@ _CLOSE_BOTH = ("CloseTwilio", "CloseRealtime")
 
 #: The call's phases. Not listed: anything in ENDED (every input is ignored once ended).
 PHASES: tuple[Transition[Phase], ...] = (
-    Transition(_P.WAITING_START, _I.START, _P.CONNECTING, ("ConnectRealtime", "timer:ready")),
+    Transition(
+        _P.WAITING_START, _I.START, _P.CONNECTING, ("ConnectRealtime", "timer:realtime_ready")
+    ),
     Transition(_P.WAITING_START, _I.START_REFUSED, _P.ENDED, ("CloseTwilio",)),
     Transition(_P.WAITING_START, _I.NO_START, _P.ENDED, ("CloseTwilio",)),
     Transition(_P.WAITING_START, _I.TWILIO_GONE, _P.ENDED, ("CloseRealtime",)),
@@ -137,6 +140,7 @@ PHASES: tuple[Transition[Phase], ...] = (
     Transition(_P.LIVE, _I.NOT_READY, _P.ENDED, _CLOSE_BOTH),
     Transition(_P.LIVE, _I.REALTIME_LOST, _P.ENDED, ("CloseTwilio",)),
     Transition(_P.LIVE, _I.TWILIO_GONE, _P.ENDED, ("CloseRealtime",)),
+    Transition(_P.LIVE, _I.TWILIO_STALLED, _P.ENDED, _CLOSE_BOTH),
     Transition(_P.LIVE, _I.RESPONSES_FAILING, _P.ENDED, _CLOSE_BOTH),
     Transition(_P.LIVE, _I.NO_REST, _P.ENDED, _CLOSE_BOTH),
     Transition(_P.LIVE, _I.REST_FAILED, _P.ENDED, _CLOSE_BOTH),
@@ -146,8 +150,10 @@ PHASES: tuple[Transition[Phase], ...] = (
 )
 
 _S = Stage
-_WORDS = (_S.SPEAKING, _S.CLOSING, _S.PLAYING_OUT)
-_OPEN = (*_WORDS, _S.WAITING_FOR_CALLER)
+#: The last-words timer runs in these stages only (entering SPEAKING, it is never set), and
+#: only a time-limit ending, which starts in CLOSING, can hit the limit a second time.
+_TIMED = (_S.CLOSING, _S.PLAYING_OUT)
+_OPEN = (_S.SPEAKING, *_TIMED, _S.WAITING_FOR_CALLER)
 _ACT = ("(RestRequest)", "(CloseTwilio)")  # CloseTwilio when there are no REST credentials
 _CALLED_OFF = ("ToRealtime:conversation.item.create",)
 
@@ -171,9 +177,9 @@ ENDINGS: tuple[Transition[Stage], ...] = (
     Transition(_S.PLAYING_OUT, _I.PLAYED_OUT, _S.REST, _ACT),
     Transition(_S.PLAYING_OUT, _I.CALLER_OVER_LAST_WORDS, _S.WAITING_FOR_CALLER),
     Transition(_S.WAITING_FOR_CALLER, _I.NOISE, _S.REST, _ACT),
-    *(Transition(s, _I.PLAYOUT_TIMEOUT, _S.REST, _ACT) for s in _WORDS),
+    *(Transition(s, _I.PLAYOUT_TIMEOUT, _S.REST, _ACT) for s in _TIMED),
     *(Transition(s, _I.CALLED_OFF, _S.NONE, _CALLED_OFF) for s in _OPEN),
-    *(Transition(s, _I.HARD_LIMIT, _S.REST, _ACT) for s in _OPEN),
+    *(Transition(s, _I.HARD_LIMIT, _S.REST, _ACT) for s in (*_TIMED, _S.WAITING_FOR_CALLER)),
     Transition(_S.REST, _I.REST_OK, _S.DONE, ("CloseRealtime", "timer:stop_grace")),
     Transition(_S.REST, _I.REST_RETRY, _S.REST, ("timer:rest_retry",)),
     Transition(_S.REST, _I.RETRY_TIMER, _S.REST, ("RestRequest",)),
@@ -230,10 +236,7 @@ def _mermaid(title: str, table: tuple[Transition[S], ...], initial: S, final: S 
     lines = [f"### {title}", "", "```mermaid", "stateDiagram-v2"]
     lines.append(f"    [*] --> {initial.value}")
     for t in table:
-        label = t.input.value
-        if t.emits:
-            label += " / " + ", ".join(t.emits)
-        lines.append(f"    {t.source.value} --> {t.target.value}: {label}")
+        lines.append(f"    {t.source.value} --> {t.target.value}: {t.input.value}")
     if final is not None:
         lines.append(f"    {final.value} --> [*]")
     lines += ["```", ""]
@@ -254,7 +257,8 @@ def render() -> str:
         "# Call states\n\n"
         "Generated from `app/call/state.py` by `python -m app.call.state > docs/call-states.md`;"
         " do not edit by hand (a test compares). Emits in parentheses depend on the"
-        " configuration or on what else is going on; the others always happen.\n\n"
+        " configuration or on what else is going on; the others always happen. `timer:NAME`"
+        " sets a timer of `app.call.outbox.Timer`.\n\n"
     )
     return (
         head
