@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from app.call.config import CallConfig
 from app.call.nudges import DTMF_MESSAGE
 from app.recording import DTMF_KEYS, CallRecorder, RecordingWriter, redact
 from app.replay import Entry, load, replay, report
+from tests.core import config
 from tests.fakes.realtime_server import RealtimeConnection
 from tests.fakes.twilio_caller import FakeTwilioCall
 from tests.test_call_fixtures import record_one_call
@@ -131,7 +131,7 @@ class _Lines(RecordingWriter):
 @pytest.mark.parametrize("keep_audio", [False, True])
 def test_the_recorder_writes_no_digit_and_no_token(keep_audio: bool) -> None:
     writer = _Lines()
-    recorder = CallRecorder(writer, CallConfig(), keep_audio=keep_audio)
+    recorder = CallRecorder(writer, config(), keep_audio=keep_audio)
     recorder.record(0, "from_twilio", start({"StreamToken": TOKEN}))
     recorder.record(10, "from_twilio", dtmf("7"))
     recorder.record(10, "to_openai", user_text(DTMF_MESSAGE.format(digit="7")))

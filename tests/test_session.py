@@ -1,122 +1,55 @@
-"""CallSession driven directly with a fake clock: messages in, actions out (no I/O)."""
+"""CallSession driven directly with made-up times: inputs in, actions and timers out (no I/O)."""
 
 from __future__ import annotations
 
 import base64
 import logging
-from typing import Any
 
 import pytest
 
-from app.call.actions import (
-    Action,
-    CancelTimer,
-    CloseRealtime,
-    CloseTwilio,
-    ConnectRealtime,
-    SetTimer,
-    ToRealtime,
-    ToTwilio,
+from app.call.actions import CloseRealtime, CloseTwilio, ConnectRealtime
+from app.call.outbox import Timer
+from app.call.session import START_TIMEOUT_MS, CallSession
+from tests.core import (
+    CALL,
+    STREAM,
+    b64,
+    delta,
+    fire,
+    greeted,
+    hear,
+    live,
+    mark_msg,
+    media_msg,
+    play,
+    quiet,
+    realtime,
+    socket,
+    speech_started,
+    speech_stopped,
+    start_msg,
+    to_realtime,
+    to_twilio,
+    twilio,
 )
-from app.call.config import CallConfig
-from app.call.session import (
-    CONFIRM_TIMER,
-    READY_TIMER,
-    START_TIMEOUT_MS,
-    START_TIMER,
-    CallSession,
-)
-from tests.fakes.realtime_server import CLIENT_EVENT_ADAPTER
 
-STREAM, CALL = "MZ" + "0" * 32, "CA" + "1" * 32
-
-
-def b64(n: int, byte: int = 0x55) -> str:
-    return base64.b64encode(bytes([byte]) * n).decode()
-
-
-def start_msg() -> dict[str, Any]:
-    return {
-        "event": "start",
-        "sequenceNumber": "1",
-        "streamSid": STREAM,
-        "start": {
-            "streamSid": STREAM,
-            "callSid": CALL,
-            "accountSid": "AC" + "2" * 32,
-            "tracks": ["inbound"],
-            "customParameters": {"CallSid": CALL, "From": "+15550001111"},
-            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-        },
-    }
-
-
-def media_msg(payload: str) -> dict[str, Any]:
-    return {
-        "event": "media",
-        "streamSid": STREAM,
-        "media": {"track": "inbound", "payload": payload},
-    }
-
-
-def mark_msg(name: str) -> dict[str, Any]:
-    return {"event": "mark", "streamSid": STREAM, "mark": {"name": name}}
-
-
-def delta(item: str, n: int = 800, response: str = "resp_1") -> dict[str, Any]:
-    return {
-        "type": "response.output_audio.delta",
-        "response_id": response,
-        "item_id": item,
-        "output_index": 0,
-        "content_index": 0,
-        "delta": b64(n),
-    }
-
-
-def to_realtime(actions: list[Action]) -> list[dict[str, Any]]:
-    events = [a.msg for a in actions if isinstance(a, ToRealtime)]
-    for event in events:
-        CLIENT_EVENT_ADAPTER.validate_python(event)  # every client event is valid GA
-    return events
-
-
-def to_twilio(actions: list[Action]) -> list[dict[str, Any]]:
-    return [a.msg for a in actions if isinstance(a, ToTwilio)]
-
-
-def live(config: CallConfig | None = None) -> CallSession:
-    s = CallSession(config or CallConfig())
-    s.twilio_message(0, {"event": "connected", "protocol": "Call", "version": "1.0.0"})
-    s.twilio_message(1, start_msg())
-    s.realtime_open(50)
-    s.realtime_message(60, {"type": "session.updated", "session": {}})
-    s.realtime_message(70, {"type": "response.created", "response": {"id": "resp_1"}})
-    return s
-
-
-def play(s: CallSession, now: float, item: str, chunks: int, response: str = "resp_1") -> list[str]:
-    """Send `chunks` 100 ms deltas; return the mark names the core asked Twilio to echo."""
-    names = []
-    for _ in range(chunks):
-        out = to_twilio(s.realtime_message(now, delta(item, response=response)))
-        assert [m["event"] for m in out] == ["media", "mark"]
-        names.append(out[1]["mark"]["name"])
-    return names
+_STOPPED = "input_audio_buffer.speech_stopped"
 
 
 def test_start_opens_realtime_with_a_ready_deadline() -> None:
-    s = CallSession(CallConfig(realtime_ready_timeout_ms=4000))
-    assert s.opened(0) == [SetTimer(START_TIMER, START_TIMEOUT_MS)]
-    out = s.twilio_message(10, start_msg())
-    assert out == [CancelTimer(START_TIMER), ConnectRealtime(), SetTimer(READY_TIMER, 4010)]
+    s = CallSession(greeted(realtime_ready_timeout_ms=4000))
+    assert s.opened(0) == []
+    assert s.out.timers == {Timer.START: START_TIMEOUT_MS} and s.deadline == START_TIMEOUT_MS
+    out = twilio(s, 10, start_msg())
+    assert out == [ConnectRealtime()]
+    assert s.out.timers == {Timer.READY: 4010} and s.deadline == 4010  # START cancelled
     assert (s.call_sid, s.stream_sid) == (CALL, STREAM)
 
 
 def test_session_update_is_ga_pcmu_and_greeting_follows() -> None:
-    s = CallSession(CallConfig(greeting="Say hello.", tools=("end_call",)))
-    s.twilio_message(0, start_msg())
-    events = to_realtime(s.realtime_open(5))
+    s = CallSession(greeted(greeting="Say hello.", tools=("end_call",)))
+    twilio(s, 0, start_msg())
+    events = to_realtime(socket(s, 5, "openai", "open"))
     assert [e["type"] for e in events] == ["session.update", "response.create"]
     session = events[0]["session"]
     assert session["type"] == "realtime"
@@ -128,53 +61,53 @@ def test_session_update_is_ga_pcmu_and_greeting_follows() -> None:
 
 
 def test_no_greeting_means_the_caller_speaks_first() -> None:
-    s = CallSession(CallConfig(greeting=""))
-    s.twilio_message(0, start_msg())
-    assert [e["type"] for e in to_realtime(s.realtime_open(5))] == ["session.update"]
+    s = CallSession(quiet())
+    twilio(s, 0, start_msg())
+    assert [e["type"] for e in to_realtime(socket(s, 5, "openai", "open"))] == ["session.update"]
 
 
 def test_caller_audio_while_connecting_is_kept_in_order_and_flushed() -> None:
-    s = CallSession(CallConfig(greeting=""))
-    s.twilio_message(0, start_msg())
+    s = CallSession(quiet())
+    twilio(s, 0, start_msg())
     frames = [b64(160, byte) for byte in (1, 2, 3)]
     for f in frames:
-        assert s.twilio_message(1, media_msg(f)) == []
-    events = to_realtime(s.realtime_open(5))
+        assert twilio(s, 1, media_msg(f)) == []
+    events = to_realtime(socket(s, 5, "openai", "open"))
     assert [e["audio"] for e in events[1:]] == frames
     # Once live, audio passes straight through as the same string.
-    assert to_realtime(s.twilio_message(6, media_msg(frames[0]))) == [
+    assert to_realtime(twilio(s, 6, media_msg(frames[0]))) == [
         {"type": "input_audio_buffer.append", "audio": frames[0]}
     ]
 
 
 def test_connect_buffer_is_bounded() -> None:
-    s = CallSession(CallConfig(greeting="", connect_buffer_ms=40))
-    s.twilio_message(0, start_msg())
+    s = CallSession(quiet(connect_buffer_ms=40))
+    twilio(s, 0, start_msg())
     for byte in range(5):
-        s.twilio_message(1, media_msg(b64(160, byte)))  # 20 ms each
-    appended = to_realtime(s.realtime_open(5))[1:]
+        twilio(s, 1, media_msg(b64(160, byte)))  # 20 ms each
+    appended = to_realtime(socket(s, 5, "openai", "open"))[1:]
     assert [base64.b64decode(e["audio"])[0] for e in appended] == [3, 4]
 
 
 def test_bot_audio_passes_through_with_a_mark_after_each_delta() -> None:
-    s = live()
+    s = live(greeted())
     ev = delta("item_a")
-    out = to_twilio(s.realtime_message(100, ev))
+    out = to_twilio(realtime(s, 100, ev))
     assert out[0] == {"event": "media", "streamSid": STREAM, "media": {"payload": ev["delta"]}}
     assert out[1]["event"] == "mark" and out[1]["streamSid"] == STREAM
 
 
 def test_bad_input_is_skipped_and_the_call_goes_on(caplog: pytest.LogCaptureFixture) -> None:
-    s = CallSession(CallConfig())
+    s = CallSession(greeted())
     with caplog.at_level(logging.WARNING):
-        assert s.twilio_message(0, media_msg(b64(160))) == []  # before start
-        s.twilio_message(1, start_msg())
-        s.realtime_open(2)
-        assert s.twilio_message(3, media_msg("not base64!")) == []
-        assert s.twilio_message(4, {"event": "bogus"}) == []
-        assert s.twilio_message(5, mark_msg("never-sent")) == []
-        assert s.realtime_message(6, {"type": "response.output_audio.delta", "delta": "%%"}) == []
-        assert s.bad_twilio_frame("binary_frame") == []
+        assert twilio(s, 0, media_msg(b64(160))) == []  # before start
+        twilio(s, 1, start_msg())
+        socket(s, 2, "openai", "open")
+        assert twilio(s, 3, media_msg("not base64!")) == []
+        assert twilio(s, 4, {"event": "bogus"}) == []
+        assert twilio(s, 5, mark_msg("never-sent")) == []
+        assert realtime(s, 6, {"type": "response.output_audio.delta", "delta": "%%"}) == []
+        assert s.feed(6, "from_twilio", {"_frame_error": "binary_frame"}) == []
     assert not s.done
     assert set(s.bad_input) == {
         "twilio.media_before_start",
@@ -185,164 +118,167 @@ def test_bad_input_is_skipped_and_the_call_goes_on(caplog: pytest.LogCaptureFixt
         "twilio.binary_frame",
     }
     assert sum("bad_input" in r.getMessage() for r in caplog.records) == 6
-    assert to_realtime(s.twilio_message(7, media_msg(b64(160))))  # still flowing
+    assert to_realtime(twilio(s, 7, media_msg(b64(160))))  # still flowing
 
 
 def test_barge_in_clears_cancels_and_truncates_at_the_heard_position() -> None:
-    s = live()
+    s = live(greeted())
     marks = play(s, 100, "item_a", 30)  # 3 s queued at Twilio
-    for i, name in enumerate(marks[:15]):
-        s.twilio_message(200 + 100 * (i + 1), mark_msg(name))  # 1.5 s played
-    out = s.realtime_message(1750, {"type": "input_audio_buffer.speech_started", "item_id": "u1"})
+    hear(s, 200, marks[:15])  # 1.5 s played, by 1700
+    out = realtime(s, 1750, speech_started("u1"))
     assert to_twilio(out) == [{"event": "clear", "streamSid": STREAM}]
     events = to_realtime(out)
     assert [e["type"] for e in events] == ["response.cancel", "conversation.item.truncate"]
     assert events[1]["item_id"] == "item_a"
     assert 1500 <= events[1]["audio_end_ms"] <= 1600  # within one delta of what played
     # Audio of the cancelled response still in flight is never played.
-    assert s.realtime_message(1760, delta("item_a")) == []
+    assert realtime(s, 1760, delta("item_a")) == []
     # Twilio's echoes of the cleared marks are not played audio.
     for name in marks[15:]:
-        s.twilio_message(1770, mark_msg(name))
+        twilio(s, 1770, mark_msg(name))
     assert s.playback.items["item_a"].played_ms == 1500
     assert s.barge_ins == 1 and not s.bad_input
 
 
 def test_barge_in_when_nothing_of_the_item_was_heard_deletes_it() -> None:
-    s = live()
+    s = live(greeted())
     a = play(s, 100, "item_a", 2)
     play(s, 110, "item_b", 3)
     for name in a:
-        s.twilio_message(400, mark_msg(name))
+        twilio(s, 400, mark_msg(name))
     # 600 ms later the echoes for item_b's first chunk have not come back yet.
-    events = to_realtime(
-        s.realtime_message(400, {"type": "input_audio_buffer.speech_started", "item_id": "u"})
-    )
+    events = to_realtime(realtime(s, 400, speech_started("u")))
     assert events[1:] == [{"type": "conversation.item.delete", "item_id": "item_b"}]
 
 
 def test_speech_while_the_bot_is_silent_sends_nothing() -> None:
-    s = live()
-    s.realtime_message(80, {"type": "response.done", "response": {"id": "resp_1"}})
-    out = s.realtime_message(100, {"type": "input_audio_buffer.speech_started", "item_id": "u"})
-    assert out == []
+    s = live(greeted())
+    realtime(s, 80, {"type": "response.done", "response": {"id": "resp_1"}})
+    assert realtime(s, 100, speech_started("u")) == []
 
 
 def test_benign_cancel_error_is_debug_only(caplog: pytest.LogCaptureFixture) -> None:
-    s = live()
+    s = live(greeted())
     error = {
         "type": "error",
         "error": {"type": "invalid_request_error", "code": "response_cancel_not_active"},
     }
     with caplog.at_level(logging.DEBUG):
-        s.realtime_message(100, error)
-        s.realtime_message(101, {"type": "error", "error": {"code": "invalid_value"}})
+        realtime(s, 100, error)
+        realtime(s, 101, {"type": "error", "error": {"code": "invalid_value"}})
     levels = [r.levelno for r in caplog.records if r.getMessage() == "realtime.error"]
     assert levels == [logging.DEBUG, logging.WARNING]
 
 
 def test_min_speech_policy_short_noise_does_not_interrupt() -> None:
-    cfg = CallConfig(interrupt_min_speech_ms=800, vad_prefix_padding_ms=300)
-    s = live(cfg)
-    assert s.realtime_open(0) == []  # already live: the session is not configured twice
+    s = live(greeted(interrupt_min_speech_ms=800, vad_prefix_padding_ms=300))
+    # Already live: the session is not configured twice.
+    assert socket(s, 80, "openai", "open") == []
     play(s, 100, "item_a", 30)
-    started = {"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 700}
-    out = s.realtime_message(1000, started)
-    assert out == [SetTimer(CONFIRM_TIMER, 1000 + 800 + 500)]
-    stopped = {"type": "input_audio_buffer.speech_stopped", "item_id": "u1", "audio_end_ms": 1300}
-    assert s.realtime_message(1700, stopped) == [CancelTimer(CONFIRM_TIMER)]
+    assert realtime(s, 1000, speech_started("u1", audio_start_ms=700)) == []
+    assert s.out.timers == {Timer.CONFIRM: 1000 + 800 + 500}
+    assert realtime(s, 1700, speech_stopped("u1", audio_end_ms=1300)) == []
+    assert s.out.timers == {}  # the confirmation timer is cancelled
     # The noise's committed item is deleted and not answered; the bot never stopped.
     events = to_realtime(
-        s.realtime_message(1710, {"type": "input_audio_buffer.committed", "item_id": "u1"})
+        realtime(s, 1710, {"type": "input_audio_buffer.committed", "item_id": "u1"})
     )
     assert events == [{"type": "conversation.item.delete", "item_id": "u1"}]
     assert s.playback.playing and s.barge_ins == 0
 
 
 def test_min_speech_policy_long_speech_interrupts_then_is_answered() -> None:
-    cfg = CallConfig(interrupt_min_speech_ms=800)
-    s = live(cfg)
+    s = live(greeted(interrupt_min_speech_ms=800))
     play(s, 100, "item_a", 30)
-    started = {"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 700}
-    s.realtime_message(1000, started)
-    out = s.timer(2300, CONFIRM_TIMER)
+    realtime(s, 1000, speech_started("u1", audio_start_ms=700))
+    assert s.deadline == 2300
+    out = fire(s, Timer.CONFIRM)
     assert to_twilio(out) == [{"event": "clear", "streamSid": STREAM}]
     assert [e["type"] for e in to_realtime(out)][:1] == ["response.cancel"]
-    s.realtime_message(2900, {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 2600})
+    realtime(s, 2900, {"type": _STOPPED, "audio_end_ms": 2600})
     # The turn is committed while the cancelled response is not yet done: answer after it.
     commit = {"type": "input_audio_buffer.committed", "item_id": "u1"}
-    assert [e["type"] for e in to_realtime(s.realtime_message(2910, commit))] == ["response.cancel"]
+    assert [e["type"] for e in to_realtime(realtime(s, 2910, commit))] == ["response.cancel"]
     done = {"type": "response.done", "response": {"id": "resp_1", "status": "cancelled"}}
-    (create,) = to_realtime(s.realtime_message(2950, done))
+    (create,) = to_realtime(realtime(s, 2950, done))
     assert create["type"] == "response.create" and "instructions" not in create["response"]
 
 
 def test_min_speech_session_leaves_interrupting_and_answering_to_the_bridge() -> None:
-    s = CallSession(CallConfig(interrupt_min_speech_ms=500, turn_detection="semantic_vad"))
-    s.twilio_message(0, start_msg())
-    td = to_realtime(s.realtime_open(1))[0]["session"]["audio"]["input"]["turn_detection"]
-    assert td["type"] == "semantic_vad"
-    assert td["create_response"] is False and td["interrupt_response"] is False
+    s = CallSession(greeted(interrupt_min_speech_ms=500, turn_detection="semantic_vad"))
+    twilio(s, 0, start_msg())
+    td = to_realtime(socket(s, 1, "openai", "open"))[0]["session"]["audio"]["input"]
+    assert td["turn_detection"]["type"] == "semantic_vad"
+    assert td["turn_detection"]["create_response"] is False
+    assert td["turn_detection"]["interrupt_response"] is False
 
 
 def test_not_ready_in_time_closes_the_stream_for_the_fallback() -> None:
-    s = CallSession(CallConfig())
-    s.twilio_message(0, start_msg())
-    s.realtime_open(100)
-    out = s.timer(4000, READY_TIMER)
+    s = CallSession(greeted())
+    twilio(s, 0, start_msg())
+    socket(s, 100, "openai", "open")
+    assert s.deadline == 4000
+    out = fire(s, Timer.READY)
     assert (
         CloseTwilio("realtime_unavailable") in out and CloseRealtime("realtime_unavailable") in out
     )
-    assert s.done
+    assert s.done and s.deadline is None
 
 
 def test_the_caller_is_released_before_the_realtime_socket_is_closed() -> None:
     # A stalled Realtime peer may take its time over the closing handshake; the caller
     # must not wait for it before Twilio can run the fallback.
-    s = CallSession(CallConfig())
-    s.twilio_message(0, start_msg())
-    out = s.timer(4000, READY_TIMER)
+    s = CallSession(greeted())
+    twilio(s, 0, start_msg())
+    out = fire(s, Timer.READY)
     kinds = [type(a) for a in out]
     assert kinds.index(CloseTwilio) < kinds.index(CloseRealtime)
 
 
 def test_session_updated_cancels_the_ready_deadline() -> None:
-    s = CallSession(CallConfig())
-    s.twilio_message(0, start_msg())
-    s.realtime_open(100)
-    assert s.realtime_message(200, {"type": "session.updated"}) == [CancelTimer(READY_TIMER)]
-    assert s.timer(4000, READY_TIMER) == []
+    s = CallSession(greeted())
+    twilio(s, 0, start_msg())
+    socket(s, 100, "openai", "open")
+    assert Timer.READY in s.out.timers
+    assert realtime(s, 200, {"type": "session.updated"}) == []
+    assert Timer.READY not in s.out.timers and s.deadline is None
+    assert s.advance(4000) == [] and not s.done
 
 
 def test_realtime_failure_or_loss_closes_the_media_stream() -> None:
-    s = CallSession(CallConfig())
-    s.twilio_message(0, start_msg())
-    assert CloseTwilio("realtime_unavailable") in s.realtime_failed(10, "http_503")
-    s2 = live()
-    out = s2.realtime_closed(500, 1006, "")
-    assert [a for a in out if not isinstance(a, CancelTimer)] == [CloseTwilio("realtime_lost")]
+    s = CallSession(greeted())
+    twilio(s, 0, start_msg())
+    assert CloseTwilio("realtime_unavailable") in socket(
+        s, 10, "openai", "failed", reason="http_503"
+    )
+    s2 = live(greeted())
+    out = socket(s2, 500, "openai", "closed", code=1006, reason="")
+    assert out == [CloseTwilio("realtime_lost")]
+    assert s2.out.timers == {}
     assert s2.summary()["ended"] == "failure" and s2.summary()["end_detail"] == "realtime_lost"
 
 
 def test_caller_hangup_closes_realtime() -> None:
-    s = live()
-    out = s.twilio_message(900, {"event": "stop", "streamSid": STREAM, "stop": {}})
+    s = live(greeted())
+    out = twilio(s, 900, {"event": "stop", "streamSid": STREAM, "stop": {}})
     assert CloseRealtime("caller_hung_up") in out
     assert not any(isinstance(a, CloseTwilio) for a in out)
     assert s.done and s.summary()["ended"] == "caller_hung_up"
 
 
 def test_summary_keeps_heard_transcript() -> None:
-    s = live()
+    s = live(greeted())
     marks = play(s, 100, "item_a", 10)
-    s.realtime_message(
+    realtime(
+        s,
         110,
         {"type": "response.output_audio_transcript.done", "item_id": "item_a", "transcript": "Hi"},
     )
     for name in marks[:4]:
-        s.twilio_message(500, mark_msg(name))
-    s.realtime_message(500, {"type": "input_audio_buffer.speech_started", "item_id": "u1"})
-    s.realtime_message(
+        twilio(s, 500, mark_msg(name))
+    realtime(s, 500, speech_started("u1"))
+    realtime(
+        s,
         900,
         {
             "type": "conversation.item.input_audio_transcription.completed",
@@ -350,7 +286,7 @@ def test_summary_keeps_heard_transcript() -> None:
             "transcript": "Wait",
         },
     )
-    s.twilio_closed(1000)
+    socket(s, 1000, "twilio", "closed")
     turns = s.summary()["turns"]
     assert turns[0]["who"] == "bot" and turns[0]["text"] == "Hi" and turns[0]["interrupted"]
     assert turns[0]["sent_ms"] == 1000 and 400 <= turns[0]["heard_ms"] <= 500
@@ -361,22 +297,67 @@ def test_summary_keeps_heard_transcript() -> None:
 def test_min_speech_policy_uses_speech_length_without_padding_and_silence() -> None:
     # prefix 300, silence 500: audio_start 700 means speech began at 1000; audio_end 2200
     # means it ended at 1700 (700 ms: noise), 2400 means 1900 (900 ms: a real turn).
-    cfg = CallConfig(
+    cfg = greeted(
         interrupt_min_speech_ms=800, vad_prefix_padding_ms=300, vad_silence_duration_ms=500
     )
     for end_ms, interrupts in ((2200, False), (2400, True)):
         s = live(cfg)
         play(s, 100, "item_a", 40)
-        started = {"type": "input_audio_buffer.speech_started", "audio_start_ms": 700}
-        s.realtime_message(1000, started)
-        stopped = {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": end_ms}
-        out = s.realtime_message(1500, stopped)
+        realtime(s, 1000, {"type": "input_audio_buffer.speech_started", "audio_start_ms": 700})
+        out = realtime(s, 1500, {"type": _STOPPED, "audio_end_ms": end_ms})
         assert (to_twilio(out) == [{"event": "clear", "streamSid": STREAM}]) is interrupts
 
 
 def test_a_stream_that_never_starts_is_closed() -> None:
-    s = CallSession(CallConfig())
+    s = CallSession(greeted())
     s.opened(0)
-    s.twilio_message(5, {"event": "connected", "protocol": "Call", "version": "1.0.0"})
-    out = s.timer(START_TIMEOUT_MS, START_TIMER)
+    twilio(s, 5, {"event": "connected", "protocol": "Call", "version": "1.0.0"})
+    assert s.deadline == START_TIMEOUT_MS
+    out = fire(s, Timer.START)
     assert CloseTwilio("no_start") in out and s.done
+
+
+# -- malformed values and never-heard words --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"type": "error", "error": {"code": []}},
+        {**delta("item_a"), "response_id": []},
+        {"type": "response.done", "response": {"id": {}, "status": "completed"}},
+        {
+            "type": "response.done",
+            "response": {
+                "id": "resp_1",
+                "status": "failed",
+                "status_details": {"error": {"code": [1]}},
+            },
+        },
+        {
+            "type": "conversation.item.input_audio_transcription.completed",
+            "item_id": [],
+            "transcript": "x",
+        },
+    ],
+    ids=["error.code", "delta.response_id", "done.id", "done.error.code", "transcription.item_id"],
+)
+def test_malformed_server_values_are_skipped_and_the_call_goes_on(event: dict[str, object]) -> None:
+    s = live()
+    realtime(s, 100, event)
+    assert not s.done
+    assert to_realtime(twilio(s, 200, media_msg(b64(160))))  # still flowing
+
+
+def test_words_the_caller_never_heard_are_not_a_plain_bot_turn() -> None:
+    s = live()
+    play(s, 100, "item_a", 5)
+    realtime(s, 200, speech_started("u1"))  # barge-in: resp_1 is cut off
+    realtime(s, 210, delta("item_b"))  # a later item of the cut-off answer: dropped
+    done = {"type": "response.output_audio_transcript.done", "item_id": "item_b"}
+    realtime(s, 220, {**done, "transcript": "Words never heard"})
+    deleted = to_realtime(realtime(s, 230, {"type": "response.done", "response": {"id": "resp_1"}}))
+    assert deleted == [{"type": "conversation.item.delete", "item_id": "item_b"}]
+    socket(s, 300, "twilio", "closed")
+    unheard = [t for t in s.summary()["turns"] if t.get("text") == "Words never heard"]
+    assert unheard and all(t.get("interrupted") and t["heard_ms"] == 0 for t in unheard)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -78,10 +80,166 @@ def test_env_example_copied_to_dotenv_is_harmless(clean_env: Path) -> None:
     assert load_settings() == load_settings(_env_file=None)
 
 
-def test_env_example_documents_every_setting() -> None:
-    text = (REPO_ROOT / ".env.example").read_text()
-    missing = [name for name in ENV_NAMES if not re.search(rf"^# {name}=", text, re.M)]
-    assert missing == []
+# --- Settings, .env.example and the README's settings table agree ----------------------
+#
+# Convention for a setting whose default is None: the README's Default cell says `none`,
+# optionally followed by what the bridge then does in parentheses ("none (auto-detect)"),
+# and the setting's comment in .env.example says "Default: none" (same optional
+# parentheses); its `# NAME=value` line shows an example. Every other setting's
+# `# NAME=value` line shows exactly its default, and the README shows it as `value`.
+
+DESCRIBED_DEFAULTS: dict[str, str] = {
+    # DEFAULT_INSTRUCTIONS is a multi-sentence prompt, too long for a table cell or one
+    # .env line: both documents describe it ("a built-in prompt ...") instead of quoting it.
+    "BOT_INSTRUCTIONS": "a built-in prompt",
+}
+
+_ENV_LINE_RE = re.compile(r"^# ([A-Za-z][A-Za-z0-9_]*)=(.*)$")
+_README_ROW_RE = re.compile(r"^\| `([A-Za-z][A-Za-z0-9_]*)` \|")
+_README_NONE_RE = re.compile(r"none( \(.+\))?")
+_ENV_NONE_RE = re.compile(r"\bDefault: none\b")
+
+
+def _default(name: str) -> object:
+    return Settings.model_fields[name.lower()].get_default(call_default_factory=True)
+
+
+def _brief(value: object) -> str:
+    """repr() of a value, cut short for the long text defaults."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _same(default: object, shown: str) -> bool:
+    """Whether a document's text shows `default`: numbers numerically, booleans as true/false."""
+    if isinstance(default, bool):
+        return shown in ("true", "false") and (shown == "true") == default
+    if isinstance(default, int | float):
+        try:
+            return float(shown) == float(default)
+        except ValueError:
+            return False
+    return shown == str(default)
+
+
+@functools.cache
+def _env_example() -> list[tuple[str, str, str]]:
+    """(NAME, value, comment) per `# NAME=value` line of .env.example.
+
+    The comment is the prose of the line's paragraph (lines up to a blank line, after any
+    `# ----` section header), joined into one line so that a phrase wrapped over two lines
+    still matches.
+    """
+    entries = []
+    text = (REPO_ROOT / ".env.example").read_text(encoding="utf-8")
+    for paragraph in re.split(r"\n\s*\n", text):
+        lines = paragraph.splitlines()
+        rules = [i for i, line in enumerate(lines) if re.fullmatch(r"# -+", line)]
+        lines = lines[rules[-1] + 1 :] if rules else lines
+        settings = [m for line in lines if (m := _ENV_LINE_RE.match(line))]
+        prose = [line.removeprefix("#").strip() for line in lines if not _ENV_LINE_RE.match(line)]
+        comment = " ".join(prose)
+        entries += [(m[1], m[2], comment) for m in settings]
+    return entries
+
+
+@functools.cache
+def _readme_table() -> list[tuple[str, str]]:
+    """(NAME, Default cell) per row of the table in the README's "Settings" section."""
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        if match := _README_ROW_RE.match(line):
+            cells = re.split(r"(?<!\\)\|", line.strip().strip("|"))
+            rows.append((match[1], cells[-1].strip()))
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("document", "names"),
+    [
+        (".env.example", lambda: [name for name, _, _ in _env_example()]),
+        ("README.md", lambda: [name for name, _ in _readme_table()]),
+    ],
+    ids=[".env.example", "README"],
+)
+def test_docs_name_every_setting_once_and_only_real_ones(
+    document: str, names: Callable[[], list[str]]
+) -> None:
+    shown = names()
+    missing = [name for name in ENV_NAMES if name not in shown]
+    unknown = [name for name in shown if name not in ENV_NAMES]
+    twice = sorted({name for name in shown if shown.count(name) > 1})
+    assert (missing, unknown, twice) == ([], [], []), (
+        f"{document}: settings missing {missing}, not in Settings {unknown}, listed twice {twice}"
+    )
+
+
+@pytest.mark.parametrize("name", ENV_NAMES)
+def test_readme_shows_the_default(name: str) -> None:
+    default = _default(name)
+    cells = [cell for row, cell in _readme_table() if row == name]
+    assert len(cells) == 1, f"{name}: the README's settings table has {len(cells)} rows for it"
+    [cell] = cells
+    where = (
+        f"{name}: Settings default is {_brief(default)} but the README's Default cell is {cell!r}"
+    )
+    if name in DESCRIBED_DEFAULTS:
+        assert cell.startswith(DESCRIBED_DEFAULTS[name]), (
+            f"{where}; it should describe it as {DESCRIBED_DEFAULTS[name]!r}"
+        )
+    elif default is None:
+        assert _README_NONE_RE.fullmatch(cell), f"{where}; it should say none or none (...)"
+    else:
+        code = re.fullmatch(r"`([^`]*)`", cell)
+        assert code and _same(default, code[1]), f"{where}; it should be `{default}`"
+
+
+@pytest.mark.parametrize("name", ENV_NAMES)
+def test_env_example_shows_the_default(name: str) -> None:
+    default = _default(name)
+    found = [(v, c) for n, v, c in _env_example() if n == name]
+    where = f"{name}: Settings default is {_brief(default)} but .env.example"
+    assert len(found) == 1, f"{where} has {len(found)} '# {name}=' lines"
+    [(value, comment)] = found
+    if name in DESCRIBED_DEFAULTS:
+        described = f"Default: {DESCRIBED_DEFAULTS[name]}"
+        assert described in comment, f"{where} does not describe it as {described!r}"
+    elif default is None:
+        assert _ENV_NONE_RE.search(comment), f"{where}'s comment does not say 'Default: none'"
+    else:
+        assert _same(default, value), f"{where} shows {name}={value}"
+        assert "Default:" not in comment, (
+            f"{where}'s comment states a default too ({comment!r}); for a setting with a "
+            f"default, the {name}=value line is the one place it is shown"
+        )
+
+
+def test_described_defaults_are_real_long_texts() -> None:
+    """The allow-list is only for texts too long to quote, never to hide a drifting value."""
+    for name in DESCRIBED_DEFAULTS:
+        assert name in ENV_NAMES, f"{name} is allow-listed but is not a setting"
+        default = _default(name)
+        assert isinstance(default, str) and len(default) > 200, (
+            f"{name}: default {_brief(default)} is short enough to show exactly; "
+            "remove it from DESCRIBED_DEFAULTS"
+        )
+
+
+def test_env_example_values_are_never_quoted() -> None:
+    """Docker's --env-file keeps quotes literally while python-dotenv strips them."""
+    text = (REPO_ROOT / ".env.example").read_text(encoding="utf-8")
+    assert "Values are never quoted" in text
+    quoted = [
+        f"{name}={value}"
+        for name, value, _ in _env_example()
+        if value[:1] in ("'", '"') or value[-1:] in ("'", '"')
+    ]
+    assert quoted == [], f".env.example shows quoted values (Docker keeps the quotes): {quoted}"
+    # An unquoted ` #` starts a comment for python-dotenv but not for Docker.
+    hashes = [f"{name}={value}" for name, value, _ in _env_example() if " #" in value]
+    assert hashes == [], f".env.example values that dotenv and Docker read differently: {hashes}"
 
 
 def test_empty_values_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:

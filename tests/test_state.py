@@ -67,7 +67,7 @@ def test_a_move_off_the_table_fails_loudly_and_a_move_on_it_is_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     phase: Machine[Phase] = Machine("phase", PHASES, Phase.ENDED)
-    with pytest.raises(IllegalTransition, match="from Phase.ENDED on Input.START"):
+    with pytest.raises(IllegalTransition, match=r"from Phase\.ENDED on Input\.START"):
         phase.move(Input.START)
     ending: Machine[Stage] = Machine("ending", ENDINGS, Stage.NONE)
     with pytest.raises(IllegalTransition):

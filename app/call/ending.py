@@ -153,7 +153,7 @@ class Ending:
             self.response_id = response_id
 
     def response_done(
-        self, now: float, response_id: object, had_audio: bool, playing: bool
+        self, now: float, response_id: str, had_audio: bool, playing: bool
     ) -> Progress:
         state = self.machine.state
         if state not in (Stage.SPEAKING, Stage.CLOSING) or self.response_id != response_id:

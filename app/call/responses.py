@@ -69,7 +69,7 @@ class Refusal(Enum):
 class Finished:
     """A `response.done`, as the rest of the call needs to know it."""
 
-    response_id: object  # as the service sent it
+    response_id: str
     had_audio: bool  # some of its audio was played (not dropped)
     failing: bool  # it failed, fatally or once too often in a row
 
@@ -82,7 +82,9 @@ class Responses:
         self.active: str | None = None
         self.failed_in_row = 0
         self._in_flight: Request | None = None
-        self._waiting: Request | None = None
+        #: Wanted once the active response is done: merged into one when it is sent, so a
+        #: called-off ending withdraws only its own last words.
+        self._waiting: list[Request] = []
         self._with_audio: set[str] = set()
         self._dropped: set[str] = set()
         self._unheard_items: dict[str, None] = {}
@@ -110,7 +112,7 @@ class Responses:
             self._send(req)
 
     def _queue(self, req: Request) -> None:
-        self._waiting = req if self._waiting is None else self._waiting.merge(req)
+        self._waiting.append(req)
 
     def _send(self, req: Request) -> None:
         self._seq += 1
@@ -120,8 +122,7 @@ class Responses:
 
     def withdraw_closing(self) -> None:
         """The ending these last words were for was called off: don't say them."""
-        if self._waiting is not None and self._waiting.closing:
-            self._waiting = None
+        self._waiting = [req for req in self._waiting if not req.closing]
         if self._in_flight is not None and self._in_flight.closing:
             self._in_flight.withdrawn = True
 
@@ -167,19 +168,20 @@ class Responses:
             return Refusal.ASK_AGAIN
         return Refusal.FAILING if self._failed(error.get("code")) else Refusal.FAILED
 
-    def audio(self, response_id: object, item_id: str, *, new_item: bool) -> bool:
+    def audio(self, response_id: str | None, item_id: str, *, new_item: bool) -> bool:
         """Audio arrived for `item_id` (`new_item`: none of it was played yet): play it
         (True), or drop it (a cut-off response)."""
         if response_id in self._dropped:
             if new_item:
                 self._unheard_items[item_id] = None
             return False
-        if type(response_id) is str:
+        if response_id is not None:
             self._with_audio.add(response_id)
         return True
 
     def done(self, response: dict[str, Any]) -> Finished:
-        response_id = response.get("id")
+        """`response.done` of the response `response["id"]` (a string: the session checks)."""
+        response_id: str = response["id"]
         status = response.get("status")
         if response_id == self.active:
             self.active = None
@@ -189,7 +191,7 @@ class Responses:
                 self.out.realtime(rt.item_delete(item_id))
             self._unheard_items.clear()
         had_audio = response_id in self._with_audio
-        self._with_audio.discard(response_id)  # type: ignore[arg-type]
+        self._with_audio.discard(response_id)
         failing = False
         if status == "failed":
             details = response.get("status_details")
@@ -210,11 +212,15 @@ class Responses:
 
     def send_waiting(self) -> None:
         """Ask for the response that waited for the active one to finish, if any."""
-        if self._waiting is not None and not self.responding:
-            req, self._waiting = self._waiting, None
-            self._send(req)
+        if self._waiting and not self.responding:
+            first, *rest = self._waiting
+            self._waiting = []
+            for req in rest:
+                first = first.merge(req)
+            self._send(first)
 
     def _failed(self, code: object) -> bool:
         """Count a failure; True when answers keep failing (fatal, or too many in a row)."""
         self.failed_in_row += 1
-        return code in rt.FATAL_RESPONSE_CODES or self.failed_in_row >= MAX_FAILED_IN_ROW
+        fatal = isinstance(code, str) and code in rt.FATAL_RESPONSE_CODES
+        return fatal or self.failed_in_row >= MAX_FAILED_IN_ROW

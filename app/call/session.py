@@ -234,8 +234,9 @@ class CallSession:
             self.out.bad("realtime", "invalid_audio_delta")
             return None
         new_item = item_id not in self.playback.items
+        rid = ev.get("response_id")
         if self.phase.state is not Phase.LIVE or not self.responses.audio(
-            ev.get("response_id"), item_id, new_item=new_item
+            rid if type(rid) is str else None, item_id, new_item=new_item
         ):
             return None  # audio of a response the caller cut off is never played
         if new_item:
@@ -395,12 +396,15 @@ class CallSession:
         elif kind == "response.output_audio_transcript.done":
             item_id, text = ev.get("item_id"), ev.get("transcript")
             if isinstance(item_id, str) and isinstance(text, str):
-                self.transcript.assistant(item_id).text = text
+                turn = self.transcript.assistant(item_id)
+                turn.text = text
+                if item_id not in self.playback.items:  # its answer was cut off first
+                    turn.interrupted, turn.heard_ms = True, 0
         elif kind == "conversation.item.input_audio_transcription.completed":
             item_id, text = ev.get("item_id"), ev.get("transcript")
-            noise = item_id in self.turns.noise_items
-            if isinstance(item_id, str) and isinstance(text, str) and not noise:
-                self.transcript.caller(item_id, text)
+            caller = isinstance(item_id, str) and isinstance(text, str)
+            if caller and item_id not in self.turns.noise_items:
+                self.transcript.caller(item_id, text)  # type: ignore[arg-type]
         elif kind == "session.updated":
             if not self.realtime_ready:
                 self.realtime_ready = True
@@ -413,7 +417,7 @@ class CallSession:
 
     def _response_done(self, now: float, ev: dict[str, Any]) -> None:
         response = ev.get("response")
-        if not isinstance(response, dict):
+        if not isinstance(response, dict) or not isinstance(response.get("id"), str):
             self.out.bad("realtime", "malformed_response_done")
             return
         usage = response.get("usage")
@@ -457,7 +461,7 @@ class CallSession:
         code = err.get("code")
         log_event(
             logger,
-            _DEBUG if code in rt.BENIGN_ERROR_CODES else _WARNING,
+            _DEBUG if isinstance(code, str) and code in rt.BENIGN_ERROR_CODES else _WARNING,
             "realtime.error",
             code=code,
             error_type=err.get("type"),

@@ -1,7 +1,9 @@
 """A scripted fake of the OpenAI Realtime API (GA protocol) over a real loopback WebSocket.
 
 ``FakeRealtime`` listens on ``127.0.0.1`` (port 0) and speaks the GA wire protocol the way the
-real service does (see ``/work/shared/PROTOCOL.md`` section 3):
+real service does (the public OpenAI Realtime API reference,
+https://platform.openai.com/docs/api-reference/realtime, and the event models in the
+``openai`` package, ``openai.types.realtime``):
 
 * the upgrade needs ``Authorization: Bearer <key>``; an ``OpenAI-Beta`` header gets the
   ``beta_api_shape_disabled`` error and close code 4000, like the live service since 2026-05;
