@@ -98,7 +98,7 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
 
 # `exec` replaces the shell, so uvicorn is PID 1 and gets SIGTERM directly.
 # No websocket compression: base64 mu-law barely compresses and deflate costs CPU and
-# memory per call (measured with `make load`).
+# memory per call (measured with the load benchmark, `make bench`).
 # Behind a load balancer: trust X-Forwarded-Proto/-For (the app's Twilio
 # signature check needs the public scheme) from any peer by default; set
 # FORWARDED_ALLOW_IPS to the balancer's addresses when the container is

@@ -95,6 +95,8 @@ class Bridge:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake: asyncio.TimerHandle | None = None
         self._wake_at: float | None = None
+        #: `_wake_at` on the clock (seconds): inputs before it need no timer check.
+        self._due = float("inf")
         self._encoder: tw.StreamEncoder | None = None
         self._stall = False
         self._finished = False
@@ -130,14 +132,17 @@ class Bridge:
             self._wake.cancel()
             self._wake = None
         self._wake_at = deadline
+        self._due = float("inf")
         if deadline is not None and not self._finished:
-            delay = self._t0 + deadline / 1000.0 - self._clock()
+            self._due = self._t0 + deadline / 1000.0
+            delay = self._due - self._clock()
             self._wake = self._loop.call_later(max(0.0, delay), self._on_wake)
 
     def _on_wake(self) -> None:
         self._wake = None
         deadline = self._wake_at
         self._wake_at = None
+        self._due = float("inf")
         if deadline is None or self._finished:
             return
         try:
@@ -216,16 +221,21 @@ class Bridge:
         if msg.get("event") != "media":
             self._twilio_message(msg)
             return
-        # The audio path: 50 frames a second per call.
-        now = self._time_for_input()
+        # The audio path: 50 frames a second per call. Its time matters only to a timer due
+        # first or to the recording (caller audio itself is timeless to the core).
         media = msg.get("media")
         payload = media.get("payload") if type(media) is dict else None
         recorder = self.recorder
-        if recorder is not None:
-            recorder.record(now, "from_twilio", msg)
+        if recorder is None:
+            if self._clock() >= self._due:
+                self._time_for_input()
+            if self.session.caller_audio(payload):
+                self._append(rt.encode_append(payload))  # type: ignore[arg-type]
+            return
+        now = self._time_for_input()
+        recorder.record(now, "from_twilio", msg)
         if self.session.caller_audio(payload):
-            if recorder is not None:
-                recorder.record(now, "to_openai", rt.input_audio_append(payload))  # type: ignore[arg-type]
+            recorder.record(now, "to_openai", rt.input_audio_append(payload))  # type: ignore[arg-type]
             self._append(rt.encode_append(payload))  # type: ignore[arg-type]
 
     def _twilio_message(self, msg: dict[str, Any]) -> None:

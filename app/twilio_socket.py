@@ -108,10 +108,11 @@ class TwilioSocket:
 
     async def _write(self) -> None:
         out, send = self._out, self._send
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 if not out:
-                    self._wake = asyncio.get_running_loop().create_future()
+                    self._wake = loop.create_future()
                     await self._wake
                     continue
                 item = out.popleft()

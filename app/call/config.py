@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal
 
-if TYPE_CHECKING:
-    from app.settings import Settings
+#: An `app.settings.Settings` (the core doesn't import the settings layer, not even for
+#: types: fields are read by name).
+Settings = Any
 
 TurnDetection = Literal["server_vad", "semantic_vad"]
 

@@ -10,7 +10,9 @@
 * **DTMF.** A key press reaches the model as a short user message ("The caller pressed
   5."). Digits are never logged: callers type card numbers and PINs.
 
-Every setting is off when 0 (or false).
+Every setting is off when 0 (or false). This class emits only its own messages to the
+model and its own timers; what a wrap-up or a goodbye means for the call (an ending after
+the last word) is the session's to carry out.
 """
 
 from __future__ import annotations
