@@ -1,0 +1,153 @@
+"""The Realtime link over a real loopback websocket (the `websockets` server as the peer).
+
+Frames the link writes itself must be exactly what the library would write; messages
+arrive by callback, in order, whole (fragments joined), including those the service sent
+before the bridge started the link; the end is reported once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from http import HTTPStatus
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.frames import Opcode
+from websockets.http11 import Response
+from websockets.protocol import Protocol, Side, State
+
+from app.realtime_socket import (
+    RealtimeEndpoint,
+    RealtimeUnavailable,
+    WebsocketTransport,
+    client_text_frame,
+)
+
+
+@given(
+    payload=st.one_of(
+        st.binary(max_size=300),
+        st.sampled_from([b"x" * 125, b"x" * 126, b"x" * 65535, b"x" * 65536]),
+    ),
+    mask=st.binary(min_size=4, max_size=4),
+)
+def test_our_client_frames_are_what_the_library_reads(payload: bytes, mask: bytes) -> None:
+    server = Protocol(Side.SERVER, state=State.OPEN, max_size=None)  # past the handshake
+    server.receive_data(client_text_frame(payload, mask))
+    (frame,) = server.events_received()
+    assert frame.opcode is Opcode.TEXT and frame.fin and bytes(frame.data) == payload
+    assert server.parser_exc is None
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.frames: list[tuple[bytes, bool]] = []
+        self.ends: list[tuple[int | None, str]] = []
+        self.changed = asyncio.Event()
+
+    def frame(self, data: bytes, text: bool) -> None:
+        self.frames.append((data, text))
+        self.changed.set()
+
+    def closed(self, code: int | None, reason: str) -> None:
+        self.ends.append((code, reason))
+        self.changed.set()
+
+    async def until(self, check: Any) -> None:
+        async with asyncio.timeout(5):
+            while not check():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def test_messages_arrive_whole_in_order_from_the_first_one_and_sends_go_through() -> None:
+    got: list[str] = []
+    early_sent = asyncio.Event()
+    done = asyncio.Event()
+
+    async def service(ws: ServerConnection) -> None:
+        await ws.send('{"type":"session.created"}')  # before the bridge starts the link
+        await ws.send(['{"type":', '"frag', 'mented"}'])  # one message in three frames
+        await ws.send(b"\x00binary")
+        await (await ws.ping())  # the pong: the client has read all of the above
+        early_sent.set()
+        async for message in ws:
+            got.append(str(message))
+            if len(got) == 1101:
+                await ws.close(1000, "bye")
+        done.set()
+
+    async with serve(service, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        transport = WebsocketTransport(RealtimeEndpoint(f"ws://127.0.0.1:{port}/v1/realtime", "k"))
+        link = await transport.open(timeout_s=3)
+        await asyncio.wait_for(early_sent.wait(), 5)
+        receiver = Receiver()
+        link.start(receiver)  # what came before is delivered first, in order
+        assert receiver.frames == [
+            (b'{"type":"session.created"}', True),
+            (b'{"type":"fragmented"}', True),
+            (b"\x00binary", False),
+        ]
+        for i in range(1100):  # more masking keys than one pool holds
+            link.send(b'{"n":%d}' % i)
+        assert link.send_audio(b'{"type":"b","audio":"' + b"A" * 70_000 + b'"}')
+        await receiver.until(lambda: receiver.ends)
+        assert got[:1100] == [f'{{"n":{i}}}' for i in range(1100)] and len(got[1100]) > 70_000
+        assert receiver.ends == [(1000, "bye")]
+        link.send(b"{}")  # after the end: dropped, no error
+        await link.aclose()
+        await asyncio.wait_for(done.wait(), 5)
+
+
+async def test_closing_is_reported_once() -> None:
+    async def service(ws: ServerConnection) -> None:
+        await ws.wait_closed()
+
+    async with serve(service, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        link = await WebsocketTransport(RealtimeEndpoint(f"ws://127.0.0.1:{port}/", "k")).open(3)
+        receiver = Receiver()
+        link.start(receiver)
+        link.close()
+        link.close()
+        await link.aclose()
+        await receiver.until(lambda: receiver.ends)
+        assert len(receiver.ends) == 1
+
+
+async def test_a_refused_key_fails_at_once_and_nothing_listening_fails_within_the_deadline() -> (
+    None
+):
+    def reject(ws: ServerConnection, _: Any) -> Response:
+        return ws.respond(HTTPStatus.UNAUTHORIZED, "no key like that\n")
+
+    async with serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0, process_request=reject) as s:
+        port = s.sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(RealtimeUnavailable, match="http_401"):
+            await WebsocketTransport(RealtimeEndpoint(f"ws://127.0.0.1:{port}/", "k")).open(3)
+        assert loop.time() - started < 1.0  # final: no retries
+    with socket_nobody_listens() as port:
+        started = loop.time()
+        with pytest.raises(RealtimeUnavailable):
+            await WebsocketTransport(RealtimeEndpoint(f"ws://127.0.0.1:{port}/", "k")).open(0.8)
+        assert loop.time() - started < 2.0  # retried, but never past the deadline
+
+
+class socket_nobody_listens:
+    """A loopback port with nothing listening on it (bound, so nobody else takes it)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        return int(self.sock.getsockname()[1])
+
+    def __exit__(self, *_: object) -> None:
+        self.sock.close()
