@@ -2,11 +2,17 @@
 
 The media-stream route is served by uvicorn directly as an ASGI websocket (no framework
 object per message): `receive` hands back each frame's text, and `send` never blocks the
-call. Outgoing frames go to a bounded queue written by one writer task, in order; the
-ASGI server's `send` completes at once while the socket is writable, and the queue holds
-what a slow peer hasn't taken yet. Past `max_backlog_chars` `send` refuses (False): Twilio
-reads its stream at once and buffers minutes of audio itself, so a backlog that size means
-the peer is stuck, and the call ends rather than wedge (`Bridge`).
+call, nor hops through a task while the socket is writable.
+
+**Sending.** The ASGI server's `send` is a coroutine that completes without suspending
+while its socket is writable (uvicorn's waits only on its "writable" flag). So `send` runs
+it right here, step by step, and in the common case the frame is written before `send`
+returns: no task wake-up per frame, and a barge-in's `clear` leaves at once. If it does
+suspend (the peer's TCP window is shut), a writer task takes over that send where it
+stopped and then the frames queued behind it, in order; `send` queues until the backlog
+is written. Past `max_backlog_chars` it refuses (False): Twilio reads its stream at once
+and buffers minutes of audio itself, so a backlog that size means the peer is stuck, and
+the call ends rather than wedge (`Bridge`).
 """
 
 from __future__ import annotations
@@ -14,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final
 
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+Send = Callable[[Message], Coroutine[Any, Any, None]]
 
 #: About 45 s of the bot's audio (base64 plus marks), far more than a healthy peer holds.
 MAX_BACKLOG_CHARS: Final = 512 * 1024
@@ -35,7 +41,7 @@ class TwilioSocket:
         self._limit = max_backlog_chars
         self._out: deque[Any] = deque()
         self._chars = 0
-        self._wake: asyncio.Future[None] | None = None
+        #: Writes what a suspended send left behind; None while sends complete at once.
         self._writer: asyncio.Task[None] | None = None
         self._close_code = 1000
         #: Accepted and not yet closed by either side.
@@ -43,11 +49,10 @@ class TwilioSocket:
         self.closing = False
 
     async def accept(self) -> None:
-        """Complete the upgrade (after the `websocket.connect` message) and start writing."""
+        """Complete the upgrade (after the `websocket.connect` message)."""
         await self._receive()
         await self._send({"type": "websocket.accept"})
         self.open = True
-        self._writer = asyncio.ensure_future(self._write())
 
     async def refuse(self) -> None:
         """Refuse the upgrade (the client gets 403)."""
@@ -64,18 +69,18 @@ class TwilioSocket:
         return None
 
     def send(self, text: str) -> bool:
-        """Queue a text frame; False when the peer's backlog is full (nothing was queued)."""
-        if self.closing:
-            return True  # the call is ending: late frames are moot
+        """Send a text frame now, or queue it behind the backlog; False when the backlog
+        is full (nothing was queued)."""
+        if not self.open:
+            return True  # the call is ending, or the peer is gone: late frames are moot
+        if self._writer is None:
+            self._now({"type": "websocket.send", "text": text}, len(text))
+            return True
         size = len(text)
         if self._chars + size > self._limit:
             return False
         self._chars += size
         self._out.append(text)
-        wake = self._wake
-        if wake is not None:
-            self._wake = None
-            wake.set_result(None)
         return True
 
     @property
@@ -83,19 +88,27 @@ class TwilioSocket:
         return self._chars
 
     def close(self, code: int = 1000) -> None:
-        """Close after the frames already queued."""
+        """Close after the frames already sent or queued."""
         if self.closing:
             return
         self.closing = True
-        self._close_code = code
-        self._out.append(_CLOSE)
-        wake = self._wake
-        if wake is not None:
-            self._wake = None
-            wake.set_result(None)
+        if not self.open:
+            return
+        if self._writer is None:
+            self._now({"type": "websocket.close", "code": code}, 0)  # a writer may finish it
+        else:
+            self._close_code = code
+            self._out.append(_CLOSE)
+        self.open = False
+
+    async def drained(self) -> None:
+        """Wait until the backlog, if any, is written (or given up)."""
+        writer = self._writer
+        if writer is not None:
+            await asyncio.shield(writer)
 
     async def aclose(self, timeout_s: float = 2.0) -> None:
-        """Close and wait (bounded) for the writer to finish."""
+        """Close and wait (bounded) for the backlog to be written."""
         self.close()
         writer = self._writer
         if writer is not None:
@@ -105,25 +118,59 @@ class TwilioSocket:
                 writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await writer
+        self.open = False
 
-    async def _write(self) -> None:
-        out, send = self._out, self._send
-        loop = asyncio.get_running_loop()
+    def _now(self, message: Message, size: int) -> None:
+        """Run the server's `send(message)` until it completes or first suspends."""
+        step = self._send(message)
         try:
-            while True:
-                if not out:
-                    self._wake = loop.create_future()
-                    await self._wake
-                    continue
+            yielded = step.send(None)
+        except StopIteration:
+            return  # written
+        except Exception:  # the peer is gone: the receive side reports the disconnect
+            self.open = False
+            return
+        self._chars += size
+        self._writer = asyncio.ensure_future(self._drain(step, yielded, size))
+
+    async def _drain(self, step: Coroutine[Any, Any, None], yielded: Any, size: int) -> None:
+        out, send = self._out, self._send
+        try:
+            await _finish(step, yielded)
+            self._chars -= size
+            while out:
                 item = out.popleft()
                 if item is _CLOSE:
-                    if self.open:
-                        await send({"type": "websocket.close", "code": self._close_code})
+                    await send({"type": "websocket.close", "code": self._close_code})
+                    self.open = False
                     return
                 self._chars -= len(item)
                 await send({"type": "websocket.send", "text": item})
         except Exception:  # the peer is gone: the receive side reports the disconnect
             out.clear()
             self._chars = 0
-        finally:
             self.open = False
+        finally:
+            self._writer = None
+
+
+async def _finish(step: Coroutine[Any, Any, None], yielded: Any) -> None:
+    """Drive `step`, a coroutine that already ran until it yielded `yielded` to its first
+    caller, to its end: what a task would have done had it awaited `step` from the start
+    (`yielded` is a future to wait for, or None for a bare yield)."""
+    while True:
+        try:
+            if yielded is None:
+                await asyncio.sleep(0)
+            else:
+                await yielded
+        except BaseException as exc:  # cancelled, or the future failed: tell the coroutine
+            try:
+                yielded = step.throw(exc)
+            except StopIteration:
+                return
+            continue
+        try:
+            yielded = step.send(None)
+        except StopIteration:
+            return

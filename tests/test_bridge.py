@@ -130,6 +130,7 @@ async def test_a_realtime_peer_not_reading_loses_caller_audio_never_the_downlink
     link.paused = True  # its write buffer is over the bound
     for byte in range(10):
         ws.client_send(media_msg(b64(160, byte)))
+    await ws.handled()
     # The bot's audio still reaches the caller meanwhile.
     link.push(response_created("resp_1"))
     link.push(delta("item_a", response="resp_1"))

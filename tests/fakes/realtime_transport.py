@@ -127,6 +127,8 @@ class AsgiWebsocket:
         #: While cleared, `send` blocks, as for a peer whose TCP window is shut.
         self.writable = asyncio.Event()
         self.writable.set()
+        #: Once True, `send` raises as the server's does for a client that has gone.
+        self.gone = False
         self._changed = asyncio.Event()
         self._waiting = asyncio.Event()
 
@@ -147,6 +149,8 @@ class AsgiWebsocket:
         return message
 
     async def send(self, message: dict[str, Any]) -> None:
+        if self.gone:
+            raise OSError("client disconnected")
         await self.writable.wait()
         self.outgoing.append(message)
         if message["type"] == "websocket.close":
