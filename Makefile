@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 PORT   ?= 8000
 
 .PHONY: run test lint bench load fixtures clean tools
@@ -10,10 +11,17 @@ PORT   ?= 8000
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# `run` needs only the package; test, lint and the rest need the dev extras too
+# (a superset, so installing them also satisfies `run`).
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(RUN_STAMP)
+
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
 
 # Test audio is real speech made with espeak-ng + sox; install them when missing.
 tools:
@@ -22,7 +30,7 @@ tools:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng sox >/dev/null; }
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/uvicorn app.main:app --host 0.0.0.0 --port $(PORT) --ws-per-message-deflate false \
 	  $(if $(wildcard .env),--env-file .env,)
 
@@ -33,14 +41,16 @@ lint: $(STAMP)
 test: $(STAMP) tools lint
 	$(BIN)/pytest
 
+# What a call costs: the server beside a floor relay under N concurrent calls (server on
+# CPU 0, simulated callers + fake Realtime on CPU 1; about 3 minutes with the defaults),
+# then the fixture replay speed. Options: make bench BENCH_ARGS="--calls 50,100 --runs 3".
+BENCH_ARGS ?= --calls 100,200,400 --seconds 15 --runs 1
 bench: $(STAMP)
-	$(BIN)/python -m bench.hot_path
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(BIN)/python -m bench.replay_speed
 
-# N concurrent calls through the real server process against the fakes (about 75 s;
-# not part of `bench` or `test`). Options: make load LOAD_ARGS="--calls 50 --seconds 20".
-load: $(STAMP) tools
-	$(BIN)/python -m bench.load $(LOAD_ARGS)
+# The old name of `make bench`.
+load: bench
 
 # Re-record the call-fixture library (real app + fakes, real time; about two minutes).
 fixtures: $(STAMP) tools
