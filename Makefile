@@ -37,6 +37,7 @@ run: $(RUN_STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check app tests bench
 	$(BIN)/ruff format --check app tests bench
+	$(BIN)/mypy
 
 test: $(STAMP) tools lint
 	$(BIN)/pytest

@@ -60,6 +60,15 @@ _IGNORED_PREFIXES: Final = tuple(b'{"type":"' + t.encode() + b'"' for t in sorte
 _DELTA: Final = "response.output_audio.delta"
 
 
+def _parse(data: str | bytes) -> dict[str, Any] | str:
+    """The JSON object a frame holds, or why it holds none (`not_json`, `not_an_object`)."""
+    try:
+        msg = _loads(data)
+    except orjson.JSONDecodeError:
+        return "not_json"
+    return msg if type(msg) is dict else "not_an_object"
+
+
 class Bridge:
     """Pairs one Twilio media stream with one Realtime link for the length of a call."""
 
@@ -167,7 +176,8 @@ class Bridge:
     async def run(self) -> None:
         """Handle the call until it is over; never raises for the call's own failures."""
         session, twilio = self.session, self.twilio
-        self._task = asyncio.current_task()
+        self._task = task = asyncio.current_task()
+        assert task is not None
         try:
             now = self.now()
             self._actions(now, session.opened(now))
@@ -178,7 +188,7 @@ class Bridge:
                 except asyncio.CancelledError:
                     if not self._unblocked:
                         raise  # the server's, not ours
-                    self._task.uncancel()
+                    task.uncancel()
                     break
                 finally:
                     self._receiving = False
@@ -210,13 +220,9 @@ class Bridge:
         if len(text) > tw.MAX_INBOUND_CHARS:
             self._twilio_input({"_frame_error": "oversized_frame"})
             return
-        try:
-            msg = _loads(text)
-        except orjson.JSONDecodeError:
-            self._twilio_input({"_frame_error": "not_json"})
-            return
-        if type(msg) is not dict:
-            self._twilio_input({"_frame_error": "not_an_object"})
+        msg = _parse(text)
+        if isinstance(msg, str):
+            self._twilio_input({"_frame_error": msg})
             return
         if msg.get("event") != "media":
             self._twilio_message(msg)
@@ -289,13 +295,9 @@ class Bridge:
             return
         if self.recorder is None and data.startswith(_IGNORED_PREFIXES):
             return  # an event the core ignores: not even parsed
-        try:
-            ev = _loads(data)
-        except orjson.JSONDecodeError:
-            self._realtime_input({"_frame_error": "not_json"})
-            return
-        if type(ev) is not dict:
-            self._realtime_input({"_frame_error": "not_an_object"})
+        ev = _parse(data)
+        if isinstance(ev, str):
+            self._realtime_input({"_frame_error": ev})
             return
         if ev.get("type") != _DELTA:
             self._realtime_input(ev)

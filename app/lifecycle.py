@@ -41,7 +41,9 @@ class Call(Protocol):
 class Calls(Protocol):
     """What draining needs of the app's state (`app.main.AppState`)."""
 
-    calls: Collection[Call]
+    @property
+    def calls(self) -> Collection[Call]: ...
+
     idle: asyncio.Event  # set whenever no call is live
     draining: bool
 

@@ -202,8 +202,8 @@ class Machine(Generic[S]):
 
     def __init__(self, name: str, table: tuple[Transition[S], ...], initial: S) -> None:
         self.name = name
-        self.state = initial
-        self._rows = {(t.source, t.input): t for t in table}
+        self.state: S = initial
+        self._rows: dict[tuple[S, Input], Transition[S]] = {(t.source, t.input): t for t in table}
 
     def can(self, event: Input) -> bool:
         return (self.state, event) in self._rows
