@@ -29,6 +29,7 @@ call is cancelled and awaited, and one `call.summary` line is logged.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Callable
 from typing import Any, Final
@@ -108,10 +109,13 @@ class Bridge:
         self._due = float("inf")
         self._encoder: tw.StreamEncoder | None = None
         self._stall = False
+        self._link_closed = False
         self._finished = False
         self._task: asyncio.Task[Any] | None = None
         self._receiving = False
         self._unblocked = False
+        #: The call's log context (its SIDs, once bound), for inputs from outside the call.
+        self._context = contextvars.copy_context()
 
     # -- the clock ------------------------------------------------------------------------
 
@@ -165,13 +169,18 @@ class Bridge:
     # -- the call -------------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """The server is going away: end this call (Twilio plays the fallback TwiML)."""
+        """The server is going away: end this call (Twilio plays the fallback TwiML).
+        Called from the drain's task: handled in the call's own context (its log lines
+        carry its SIDs)."""
         if not self._finished:
-            try:
-                now = self._time_for_input()
-                self._actions(now, self.session.shutdown(now))
-            except Exception:
-                self._crash()
+            self._context.run(self._shutdown)
+
+    def _shutdown(self) -> None:
+        try:
+            now = self._time_for_input()
+            self._actions(now, self.session.shutdown(now))
+        except Exception:
+            self._crash()
 
     async def run(self) -> None:
         """Handle the call until it is over; never raises for the call's own failures."""
@@ -186,8 +195,8 @@ class Bridge:
                 try:
                     data = await twilio.receive()
                 except asyncio.CancelledError:
-                    if not self._unblocked:
-                        raise  # the server's, not ours
+                    if not self._unblocked or task.cancelling() > 1:
+                        raise  # the server's (too), not only ours
                     task.uncancel()
                     break
                 finally:
@@ -257,6 +266,7 @@ class Bridge:
         fields = tw.start_fields(msg)
         if fields is not None:  # bound first: the tasks the start spawns inherit the SIDs
             bind_call(call_sid=fields[1], stream_sid=fields[0])
+            self._context = contextvars.copy_context()
         self._twilio_input(msg)
         if session.call_sid:
             self._encoder = tw.StreamEncoder(session.stream_sid)
@@ -323,7 +333,7 @@ class Bridge:
 
     def closed(self, code: int | None, reason: str) -> None:
         """The Realtime link closed."""
-        self.link = None
+        self._link_closed = True
         if self._finished:
             return
         try:
@@ -389,7 +399,7 @@ class Bridge:
                 if kind is ToTwilio:
                     self._to_twilio(tw.encode(action.msg))  # type: ignore[union-attr]
                 elif kind is ToRealtime:
-                    if self.link is not None:
+                    if self.link is not None and not self._link_closed:
                         self.link.send(rt.encode(action.msg))  # type: ignore[union-attr]
                 elif kind is ConnectRealtime:
                     self._spawn(self._connect())
@@ -429,7 +439,7 @@ class Bridge:
 
     def _append(self, frame: bytes) -> None:
         link = self.link
-        if link is None:
+        if link is None or self._link_closed:
             return
         if link.send_audio(frame):
             if self._dropping:

@@ -49,7 +49,8 @@ CLOSE_TIMEOUT_S: Final = 0.25
 
 #: Caller audio is dropped (never queued) while this much is waiting to be written to a
 #: peer that doesn't read: about 20 s of appends. Control events are always written; a
-#: peer that stays stalled stops answering pings and is closed by the keepalive.
+#: peer that stays stalled doesn't answer the keepalive's pings and is closed by it (the
+#: library's own writes never wait for the buffer to drain: `_Connection.drain`).
 AUDIO_BACKLOG_BYTES: Final = 256 * 1024
 
 #: No permessage-deflate: base64 mu-law barely compresses, and deflate cost 15-25 % more
@@ -142,6 +143,14 @@ class _Connection(ClientConnection):
                 self._deliver(data, self._text)
         else:
             super().process_event(event)  # pongs acknowledge the keepalive's pings
+
+    async def drain(self) -> None:
+        """Never wait for the write buffer (the library awaits this after each of its own
+        writes: pings, pongs, the closing handshake). Waiting would hold the keepalive's
+        ping back exactly when the peer has stopped reading, so its pong timeout would
+        never start and a stalled link would never close; our data frames bound themselves
+        (`send_audio`)."""
+        return
 
     def _deliver(self, data: bytes, text: bool) -> None:
         receiver = self.receiver

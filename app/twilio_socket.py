@@ -19,9 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final
+
+from app.observability import log_event
+
+logger = logging.getLogger("app.twilio_socket")
 
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -127,8 +132,8 @@ class TwilioSocket:
             yielded = step.send(None)
         except StopIteration:
             return  # written
-        except Exception:  # the peer is gone: the receive side reports the disconnect
-            self.open = False
+        except Exception as exc:  # the peer is gone: the receive side reports the disconnect
+            self._gone(exc)
             return
         self._chars += size
         self._writer = asyncio.ensure_future(self._drain(step, yielded, size))
@@ -146,12 +151,17 @@ class TwilioSocket:
                     return
                 self._chars -= len(item)
                 await send({"type": "websocket.send", "text": item})
-        except Exception:  # the peer is gone: the receive side reports the disconnect
+        except Exception as exc:  # the peer is gone: the receive side reports the disconnect
             out.clear()
             self._chars = 0
-            self.open = False
+            self._gone(exc)
         finally:
             self._writer = None
+
+    def _gone(self, exc: Exception) -> None:
+        self.open = False
+        if not isinstance(exc, OSError):  # uvicorn's "client disconnected" is an OSError
+            log_event(logger, logging.WARNING, "twilio.send_failed", error=type(exc).__name__)
 
 
 async def _finish(step: Coroutine[Any, Any, None], yielded: Any) -> None:

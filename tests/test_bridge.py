@@ -27,6 +27,7 @@ from app.replay import Entry, Fixture, replay, report
 from app.twilio_socket import MAX_BACKLOG_CHARS, TwilioSocket
 from tests.conftest import AUTH_TOKEN, make_settings
 from tests.core import (
+    CALL,
     STREAM,
     b64,
     delta,
@@ -195,6 +196,22 @@ def test_every_ignored_event_changes_nothing_in_a_live_call() -> None:
         assert realtime(s, 100, ev) == [], kind
         assert record(s) == before, kind
         assert not s.bad_input, kind
+
+
+async def test_a_call_ended_by_shutdown_logs_with_its_call_ids(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Once `start` arrives, every line of that call carries its SIDs, also those the
+    drain causes from its own task (found in review)."""
+    transport, ws = MockTransport(), AsgiWebsocket()
+    task, _, bridge = await _call(transport, ws, **QUIET)
+    bridge.shutdown()  # as `app.lifecycle.Drain._drain` does: from a task not the call's
+    await asyncio.wait_for(task, 5)
+    ended = [r for r in caplog.records if r.getMessage() == "call.ended_by_shutdown"]
+    assert ended, "the call was ended by shutdown"
+    assert getattr(ended[0], "call_sid", None) == CALL
+    closing = [r for r in caplog.records if r.getMessage() == "twilio.closing"]
+    assert closing and getattr(closing[0], "call_sid", None) == CALL
 
 
 # -- one clock: what the live core saw is what the recording says --------------------------

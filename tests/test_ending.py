@@ -195,8 +195,8 @@ def test_caller_speech_resets_the_silence_clock() -> None:
 def test_max_duration_wraps_up_and_ends_after_the_last_word() -> None:
     s = CallSession(greeted(max_call_ms=60_000, rest_available=True))
     twilio(s, 1, start_msg())
-    assert s.out.timers[Timer.MAX_DURATION] == 60_001
     socket(s, 10, "openai", "open")
+    assert s.out.timers[Timer.MAX_DURATION] == 60_001  # counted from the start
     realtime(s, 20, {"type": "session.updated"})  # else the ready timer ends the call first
     (told,) = to_realtime(fire(s, Timer.MAX_DURATION))  # at 60_001
     assert told["item"]["role"] == "system"
@@ -409,3 +409,17 @@ def test_a_refused_greeting_is_dropped_when_the_service_answers_by_itself() -> N
     }
     realtime(s, 21, refusal)
     assert not to_realtime(realtime(s, 900, done("resp_vad")))  # no late greeting
+
+
+def test_a_goodbye_whose_response_never_finishes_is_bounded() -> None:
+    # A tool call naming no response (or a response.done that never comes) must not leave
+    # the ending waiting for good, with the time limit postponing itself behind it.
+    cfg = quiet(max_call_ms=60_000, rest_available=True, tools=("end_call",))
+    s = live(cfg)
+    ev = function_call("end_call")
+    ev.pop("response_id")
+    realtime(s, 80, ev)
+    assert s.ending.stage is Stage.SPEAKING
+    assert s.out.timers[Timer.LAST_WORDS] == 80 + cfg.playout_timeout_ms
+    out = s.advance(80 + cfg.playout_timeout_ms)
+    assert s.ending.committed and any(isinstance(a, RestRequest) for a in out)

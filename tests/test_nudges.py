@@ -32,12 +32,15 @@ def texts(out: Outbox) -> list[str]:
 # -- the time limit -------------------------------------------------------------------------
 
 
-def test_the_time_limit_is_set_when_the_call_starts() -> None:
+def test_the_time_limit_runs_from_the_start_and_is_never_due_before_the_call_can_speak() -> None:
     n, out = nudges(max_call_ms=60_000)
-    n.call_started(1000)
+    n.call_started(1000, now=1200)
     assert out.timers == {Timer.MAX_DURATION: 61_000}
+    late, out = nudges(max_call_ms=2000)
+    late.call_started(1000, now=3500)  # the Realtime session opened after the limit
+    assert out.timers == {Timer.MAX_DURATION: 3500}
     off, out = nudges(max_call_ms=0)
-    off.call_started(1000)
+    off.call_started(1000, now=1200)
     assert out.timers == {}
 
 

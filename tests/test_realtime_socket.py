@@ -20,6 +20,9 @@ from websockets.http11 import Response
 from websockets.protocol import Protocol, Side, State
 
 from app.realtime_socket import (
+    AUDIO_BACKLOG_BYTES,
+    PING_INTERVAL_S,
+    PING_TIMEOUT_S,
     RealtimeEndpoint,
     RealtimeUnavailable,
     WebsocketTransport,
@@ -151,3 +154,44 @@ class socket_nobody_listens:
 
     def __exit__(self, *_: object) -> None:
         self.sock.close()
+
+
+async def test_a_stalled_peer_is_closed_by_the_keepalive_once_audio_is_dropped() -> None:
+    """While the write buffer is over the bound (caller audio being dropped), the
+    keepalive's ping must still go out: the library's own writes wait for the buffer to
+    drain unless `_Connection.drain` says otherwise, and a stalled link would stay open for
+    good (found in review)."""
+    release = asyncio.Event()
+
+    async def service(ws: ServerConnection) -> None:
+        ws.transport.pause_reading()  # the service stops reading (and so answering pings)
+        await release.wait()
+
+    async with serve(service, "127.0.0.1", 0, close_timeout=0.1) as server:
+        port = server.sockets[0].getsockname()[1]
+        transport = WebsocketTransport(RealtimeEndpoint(f"ws://127.0.0.1:{port}/", "k"))
+        link = await transport.open(timeout_s=3)
+        receiver = Receiver()
+        link.start(receiver)
+        # Control events are always written; a burst of them (a long session.update, a few
+        # response.create carrying long instructions) fills the buffer past the bound.
+        chunk = b'{"type":"x","pad":"' + b"A" * 60_000 + b'"}'
+        for _ in range(1000):
+            if not link.send_audio(b"{}"):
+                break  # paused: caller audio is now being dropped
+            link.send(chunk)
+            await asyncio.sleep(0)
+        assert not link.send_audio(b"{}"), f"buffer never went over {AUDIO_BACKLOG_BYTES}"
+        try:
+            within = PING_INTERVAL_S + PING_TIMEOUT_S + 3.0
+            await asyncio.wait_for(_ended(receiver), within)
+        finally:
+            release.set()
+            await link.aclose()
+        assert receiver.ends
+
+
+async def _ended(receiver: Receiver) -> None:
+    while not receiver.ends:
+        receiver.changed.clear()
+        await receiver.changed.wait()

@@ -7,9 +7,10 @@ import logging
 
 import pytest
 
-from app.call.actions import CloseRealtime, CloseTwilio, ConnectRealtime
+from app.call.actions import CloseRealtime, CloseTwilio, ConnectRealtime, RestRequest
 from app.call.outbox import Timer
 from app.call.session import START_TIMEOUT_MS, CallSession
+from app.call.state import Stage
 from tests.core import (
     CALL,
     STREAM,
@@ -24,6 +25,8 @@ from tests.core import (
     play,
     quiet,
     realtime,
+    response_done,
+    rest,
     socket,
     speech_started,
     speech_stopped,
@@ -361,3 +364,54 @@ def test_words_the_caller_never_heard_are_not_a_plain_bot_turn() -> None:
     socket(s, 300, "twilio", "closed")
     unheard = [t for t in s.summary()["turns"] if t.get("text") == "Words never heard"]
     assert unheard and all(t.get("interrupted") and t["heard_ms"] == 0 for t in unheard)
+
+
+# -- found in review: states that could crash or get stuck ------------------------------
+
+
+def _connecting(**overrides: object) -> CallSession:
+    """A call whose Realtime socket is still opening (allowed: up to 5 s)."""
+    s = CallSession(quiet(**overrides))
+    s.opened(0)
+    twilio(s, 1, start_msg())
+    return s
+
+
+@pytest.mark.parametrize("rest_credentials", [False, True])
+def test_the_time_limit_waits_until_the_call_can_speak(rest_credentials: bool) -> None:
+    # MAX_CALL_SECONDS=2 and LAST_WORDS_TIMEOUT_SECONDS=1 are valid settings, and opening
+    # may take 3.5 s: the limit must not start an ending (and act on it) before the bot can
+    # say a word; once live, the limit, counted from the start, comes due at once.
+    extra = {"rest_available": True, "tools": ("end_call",)} if rest_credentials else {}
+    s = _connecting(max_call_ms=2000, playout_timeout_ms=1000, **extra)
+    assert s.advance(3500) == [] and not s.done
+    assert Timer.MAX_DURATION not in s.out.timers
+    socket(s, 3500, "openai", "open")
+    assert s.out.timers[Timer.MAX_DURATION] == 3500  # overdue since 2001: due now
+    out = realtime(s, 3510, {"type": "session.updated", "session": {}})
+    assert s.ending.stage is Stage.CLOSING  # the wrap-up is asked for, with its 1 s
+    assert "conversation.item.create" in [e["type"] for e in to_realtime(out)]
+    assert s.out.timers[Timer.LAST_WORDS] == 4500
+    acted = s.advance(4600)  # the closing words never come: the ending acts anyway
+    if rest_credentials:
+        assert any(isinstance(a, RestRequest) for a in acted)
+        refused = rest(s, 4700, 400, 21220)
+        assert s.done and CloseTwilio("rest_hangup_failed") in refused
+    else:
+        assert s.done and CloseTwilio("no_rest_credentials") in acted
+
+
+def test_a_request_queued_behind_a_refused_one_is_still_sent() -> None:
+    s = live(quiet())
+    realtime(s, 80, response_done("resp_1"))
+    dtmf = {"event": "dtmf", "streamSid": "MZ", "dtmf": {"digit": "1"}}
+    (first,) = [e for e in to_realtime(twilio(s, 100, dtmf)) if e["type"] == "response.create"]
+    assert [e["type"] for e in to_realtime(twilio(s, 110, dtmf))] == [
+        "conversation.item.create"  # its answer waits behind the one in flight
+    ]
+    refusal = {
+        "type": "error",
+        "error": {"type": "server_error", "code": "server_error", "event_id": first["event_id"]},
+    }
+    out = to_realtime(realtime(s, 120, refusal))
+    assert [e["type"] for e in out] == ["response.create"]  # not stranded

@@ -289,6 +289,10 @@ SCENARIOS: dict[str, Callable[[], object]] = {
         tool_ending(quiet(**REST), words=False)[0], Timer.LAST_WORDS
     ),
     "last words never heard": lambda: fire(tool_ending(quiet(**REST))[0], Timer.LAST_WORDS),
+    "the goodbye's response never finishes": lambda: fire(
+        (lambda s: (realtime(s, 110, function_call("end_call")), s)[1])(live(quiet(**REST))),
+        Timer.LAST_WORDS,
+    ),
     "barge-in over the model's goodbye": lambda: realtime(
         (
             lambda s: (

@@ -128,9 +128,12 @@ class Ending:
 
     # -- starting -------------------------------------------------------------------------
 
-    def from_tool(self, kind: str, reason: str, response_id: str | None) -> None:
-        """The model called `end_call`/`transfer_call` in response `response_id`."""
+    def from_tool(self, now: float, kind: str, reason: str, response_id: str | None) -> None:
+        """The model called `end_call`/`transfer_call` in response `response_id`; its
+        words are waited for at most `playout_timeout_ms` (the service might never finish
+        that response)."""
         self._start(Input.TOOL_CALL, kind, reason, "", response_id)
+        self.out.set_timer(Timer.LAST_WORDS, now + self.config.playout_timeout_ms)
 
     def from_bridge(self, now: float, kind: str, reason: str, summary_reason: str) -> None:
         """The bridge ends the call (time limit, silence): its closing words are asked for

@@ -71,9 +71,12 @@ class Nudges:
 
     # -- max duration ---------------------------------------------------------------------
 
-    def call_started(self, now: float) -> None:
+    def call_started(self, started: float, now: float) -> None:
+        """The call (started at `started`) can speak from `now` on: the time limit runs
+        from its start, and is due no earlier than now."""
         if self.config.max_call_ms > 0:
-            self.out.set_timer(Timer.MAX_DURATION, now + self.config.max_call_ms)
+            due = max(now, started + self.config.max_call_ms)
+            self.out.set_timer(Timer.MAX_DURATION, due)
 
     def max_duration(self, now: float, ending_active: bool) -> bool:
         """The time limit is reached: True to wrap up now (the model is told; the session

@@ -40,7 +40,7 @@ from app.call.ending import (
     tool_reason,
 )
 from app.call.nudges import SILENCE_GOODBYE, WRAP_UP, Nudges, Silence
-from app.call.outbox import Outbox, Timer
+from app.call.outbox import BAD_LOG_EVERY, BAD_LOG_FIRST, Outbox, Timer
 from app.call.playback import Echo, PlaybackTracker
 from app.call.responses import Refusal, Responses
 from app.call.setup import session_update
@@ -120,6 +120,8 @@ class CallSession:
         self.nudges = Nudges(self.out, config)
         self.usage: dict[str, int] = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
         self.caller_audio_bytes = 0
+        #: `error` events from the service by code (refusals of our requests excluded).
+        self.realtime_errors: dict[str, int] = {}
 
     # -- questions ------------------------------------------------------------------------
 
@@ -189,7 +191,7 @@ class CallSession:
         elif direction == "from_openai":
             socket = msg.get("_socket")
             if socket == "open":
-                self._realtime_open()
+                self._realtime_open(now)
             elif socket == "failed":
                 self._realtime_failed(now, str(msg.get("reason", "")))
             elif socket == "closed":
@@ -309,7 +311,6 @@ class CallSession:
         log_event(logger, _INFO, "call.started", caller=self.parameters.get("From"))
         self.out.emit(ConnectRealtime())
         self.out.set_timer(Timer.READY, now + self.config.realtime_ready_timeout_ms)
-        self.nudges.call_started(now)
 
     def _on_mark(self, now: float, msg: dict[str, Any]) -> None:
         mark = msg.get("mark")
@@ -343,11 +344,13 @@ class CallSession:
 
     # -- Realtime -------------------------------------------------------------------------
 
-    def _realtime_open(self) -> None:
+    def _realtime_open(self, now: float) -> None:
         """The Realtime socket is open: configure the session, flush what was held, greet."""
         if self.phase.state is not Phase.CONNECTING:
             return
         self.phase.move(Input.REALTIME_OPEN)
+        # The time limit counts from the start, but only a call that can speak can wrap up.
+        self.nudges.call_started(self.started_ms, now)
         self.out.open_realtime(session_update(self.config))
         if self.config.greeting and not self.responding:
             self.responses.request(self._instructions(self.config.greeting), droppable=True)
@@ -390,7 +393,7 @@ class CallSession:
         elif kind == "response.output_item.done":
             item = ev.get("item")
             if isinstance(item, dict) and item.get("type") == "function_call":
-                self._function_call(item, ev.get("response_id"))
+                self._function_call(now, item, ev.get("response_id"))
         elif kind == "response.done":
             self._response_done(now, ev)
         elif kind == "response.output_audio_transcript.done":
@@ -457,17 +460,23 @@ class CallSession:
             log_event(logger, _WARNING, "realtime.response_refused", code=err.get("code"))
             if refusal is Refusal.FAILING and not self.ending.committed:
                 self._responses_failing(now)
+            elif refusal is Refusal.FAILED:
+                self.responses.send_waiting()  # what waited behind it is still wanted
             return
         code = err.get("code")
-        log_event(
-            logger,
-            _DEBUG if isinstance(code, str) and code in rt.BENIGN_ERROR_CODES else _WARNING,
-            "realtime.error",
-            code=code,
-            error_type=err.get("type"),
-            message=str(err.get("message", ""))[:300],
-            param=err.get("param"),
-        )
+        key = str(code)[:60]
+        n = self.realtime_errors[key] = self.realtime_errors.get(key, 0) + 1
+        if n <= BAD_LOG_FIRST or n % BAD_LOG_EVERY == 0:  # a bad frame per 20 ms: throttled
+            log_event(
+                logger,
+                _DEBUG if isinstance(code, str) and code in rt.BENIGN_ERROR_CODES else _WARNING,
+                "realtime.error",
+                code=code,
+                count=n,
+                error_type=err.get("type"),
+                message=str(err.get("message", ""))[:300],
+                param=err.get("param"),
+            )
 
     def _responses_failing(self, now: float) -> None:
         """Answers keep failing (quota, outage): a caller must not sit through silence."""
@@ -475,7 +484,7 @@ class CallSession:
         log_event(logger, _ERROR, "realtime.responses_failing", failed_in_row=failed)
         self._end(now, Input.RESPONSES_FAILING, "failure", detail="responses_failing")
 
-    def _function_call(self, item: dict[str, Any], response_id: object) -> None:
+    def _function_call(self, now: float, item: dict[str, Any], response_id: object) -> None:
         """A function-call item of the model's finished (`response.output_item.done`)."""
         name, call_id = item.get("name"), item.get("call_id")
         if not isinstance(call_id, str):
@@ -496,7 +505,7 @@ class CallSession:
         reason = tool_reason(item.get("arguments"))
         log_event(logger, _INFO, "tool.called", tool=name, reason=reason)
         rid = response_id if isinstance(response_id, str) else None
-        self.ending.from_tool(kind, reason, rid)
+        self.ending.from_tool(now, kind, reason, rid)
         self.out.realtime(rt.function_output(call_id, json.dumps(TOOL_RESULT[kind])))
 
     # -- the caller's speech ------------------------------------------------------------------
@@ -616,7 +625,7 @@ class CallSession:
         stage = self.ending.stage
         if stage is Stage.WAITING_FOR_CALLER:
             self._call_off(now)  # the caller is still talking over the last words
-        elif stage is Stage.CLOSING or stage is Stage.PLAYING_OUT:
+        elif stage in (Stage.SPEAKING, Stage.CLOSING, Stage.PLAYING_OUT):
             log_event(
                 logger,
                 _WARNING,
@@ -728,6 +737,7 @@ class CallSession:
             "bot_audio_ms": sum(i.sent_ms for i in self.playback.items.values()),
             "usage": dict(self.usage),
             "bad_input": dict(self.bad_input),
+            "realtime_errors": dict(self.realtime_errors),
             "turns": self.transcript.to_list(with_text),
         }
 

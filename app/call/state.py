@@ -150,16 +150,21 @@ PHASES: tuple[Transition[Phase], ...] = (
 )
 
 _S = Stage
-#: The last-words timer runs in these stages only (entering SPEAKING, it is never set), and
-#: only a time-limit ending, which starts in CLOSING, can hit the limit a second time.
-_TIMED = (_S.CLOSING, _S.PLAYING_OUT)
-_OPEN = (_S.SPEAKING, *_TIMED, _S.WAITING_FOR_CALLER)
+#: The stages the last-words timer bounds; only a time-limit ending, which starts in
+#: CLOSING, can hit the limit a second time.
+_TIMED = (_S.SPEAKING, _S.CLOSING, _S.PLAYING_OUT)
+_OPEN = (*_TIMED, _S.WAITING_FOR_CALLER)
 _ACT = ("(RestRequest)", "(CloseTwilio)")  # CloseTwilio when there are no REST credentials
 _CALLED_OFF = ("ToRealtime:conversation.item.create",)
 
 #: The deliberate ending. A called-off ending starts again from NONE.
 ENDINGS: tuple[Transition[Stage], ...] = (
-    Transition(_S.NONE, _I.TOOL_CALL, _S.SPEAKING, ("ToRealtime:conversation.item.create",)),
+    Transition(
+        _S.NONE,
+        _I.TOOL_CALL,
+        _S.SPEAKING,
+        ("ToRealtime:conversation.item.create", "timer:last_words"),
+    ),
     Transition(
         _S.NONE,
         _I.BRIDGE_ENDS,
@@ -179,7 +184,7 @@ ENDINGS: tuple[Transition[Stage], ...] = (
     Transition(_S.WAITING_FOR_CALLER, _I.NOISE, _S.REST, _ACT),
     *(Transition(s, _I.PLAYOUT_TIMEOUT, _S.REST, _ACT) for s in _TIMED),
     *(Transition(s, _I.CALLED_OFF, _S.NONE, _CALLED_OFF) for s in _OPEN),
-    *(Transition(s, _I.HARD_LIMIT, _S.REST, _ACT) for s in (*_TIMED, _S.WAITING_FOR_CALLER)),
+    *(Transition(s, _I.HARD_LIMIT, _S.REST, _ACT) for s in _OPEN if s is not _S.SPEAKING),
     Transition(_S.REST, _I.REST_OK, _S.DONE, ("CloseRealtime", "timer:stop_grace")),
     Transition(_S.REST, _I.REST_RETRY, _S.REST, ("timer:rest_retry",)),
     Transition(_S.REST, _I.RETRY_TIMER, _S.REST, ("RestRequest",)),
