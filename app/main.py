@@ -13,6 +13,7 @@ its 60-odd frames a second; everything else (webhook, health, lifespan) is a Fas
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -268,10 +269,17 @@ def _telephony(settings: Settings) -> Telephony | None:
 
 def _default_app() -> BridgeApp:
     try:
-        return create_app()
+        application = create_app()
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    # Everything imported and built so far lives as long as the process: moved out of the
+    # garbage collector's sight, so its full collections only walk the calls' own objects.
+    # Measured at 400 calls (../shared/perf): the longest pause fell from 130 to 39 ms, a
+    # gap every call would hear. (Not in `create_app`: tests build many apps per process.)
+    gc.collect()
+    gc.freeze()
+    return application
 
 
 def __getattr__(name: str) -> BridgeApp:
