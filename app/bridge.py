@@ -109,7 +109,6 @@ class Bridge:
         self._due = float("inf")
         self._encoder: tw.StreamEncoder | None = None
         self._stall = False
-        self._link_closed = False
         self._finished = False
         self._task: asyncio.Task[Any] | None = None
         self._receiving = False
@@ -156,15 +155,14 @@ class Bridge:
         deadline = self._wake_at
         self._wake_at = None
         self._due = float("inf")
-        if deadline is None or self._finished:
-            return
-        try:
-            # A loop timer may fire a fraction of a ms early: the wake-up is at its deadline.
-            now = max(self.now(), deadline)
-            self._last = now
-            self._actions(now, self.session.advance(now))
-        except Exception:
-            self._crash()
+        if deadline is not None and not self._finished:
+            self._guarded(self._wake_up, deadline)
+
+    def _wake_up(self, deadline: float) -> None:
+        # A loop timer may fire a fraction of a ms early: the wake-up is at its deadline.
+        now = max(self.now(), deadline)
+        self._last = now
+        self._actions(now, self.session.advance(now))
 
     # -- the call -------------------------------------------------------------------------
 
@@ -173,14 +171,11 @@ class Bridge:
         Called from the drain's task: handled in the call's own context (its log lines
         carry its SIDs)."""
         if not self._finished:
-            self._context.run(self._shutdown)
+            self._context.run(self._guarded, self._shutdown)
 
     def _shutdown(self) -> None:
-        try:
-            now = self._time_for_input()
-            self._actions(now, self.session.shutdown(now))
-        except Exception:
-            self._crash()
+        now = self._time_for_input()
+        self._actions(now, self.session.shutdown(now))
 
     async def run(self) -> None:
         """Handle the call until it is over; never raises for the call's own failures."""
@@ -203,17 +198,23 @@ class Bridge:
                     self._receiving = False
                 if data is None:
                     if not session.done:
-                        self._twilio_input({"_socket": "closed"})
+                        self._input("from_twilio", {"_socket": "closed"})
                     break
                 if type(data) is str:
                     self._twilio_frame(data)
                 else:
-                    self._twilio_input({"_frame_error": "binary_frame"})
+                    self._input("from_twilio", {"_frame_error": "binary_frame"})
         except Exception:
-            logger.exception("bridge.crashed")
-            session.crashed(self.now())
+            self._crash()
         finally:
             await self._teardown()
+
+    def _guarded(self, handle: Callable[..., None], *args: Any) -> None:
+        """Run one input's handling outside the media stream's task (a callback)."""
+        try:
+            handle(*args)
+        except Exception:
+            self._crash()
 
     def _crash(self) -> None:
         """An error of ours while handling an input: this call ends, never the process."""
@@ -227,11 +228,11 @@ class Bridge:
 
     def _twilio_frame(self, text: str) -> None:
         if len(text) > tw.MAX_INBOUND_CHARS:
-            self._twilio_input({"_frame_error": "oversized_frame"})
+            self._input("from_twilio", {"_frame_error": "oversized_frame"})
             return
         msg = _parse(text)
         if isinstance(msg, str):
-            self._twilio_input({"_frame_error": msg})
+            self._input("from_twilio", {"_frame_error": msg})
             return
         if msg.get("event") != "media":
             self._twilio_message(msg)
@@ -241,40 +242,34 @@ class Bridge:
         media = msg.get("media")
         payload = media.get("payload") if type(media) is dict else None
         recorder = self.recorder
-        if recorder is None:
-            if self._clock() >= self._due:
-                self._time_for_input()
-            if self.session.caller_audio(payload):
-                self._append(rt.encode_append(payload))  # type: ignore[arg-type]
-            return
-        now = self._time_for_input()
-        recorder.record(now, "from_twilio", msg)
+        if recorder is not None:
+            now = self._time_for_input()
+            recorder.record(now, "from_twilio", msg)
+        elif self._clock() >= self._due:
+            self._time_for_input()
         if self.session.caller_audio(payload):
-            recorder.record(now, "to_openai", rt.input_audio_append(payload))  # type: ignore[arg-type]
+            if recorder is not None:
+                recorder.record(now, "to_openai", rt.input_audio_append(payload))  # type: ignore[arg-type]
             self._append(rt.encode_append(payload))  # type: ignore[arg-type]
 
     def _twilio_message(self, msg: dict[str, Any]) -> None:
         session = self.session
         if msg.get("event") != "start" or session.call_sid:
-            self._twilio_input(msg)
+            self._input("from_twilio", msg)
             return
-        if self.verify_start is not None:
-            refused = self.verify_start(msg)
-            if refused is not None:
-                self._refuse(msg, refused)
-                return
         fields = tw.start_fields(msg)
         if fields is not None:  # bound first: the tasks the start spawns inherit the SIDs
             bind_call(call_sid=fields[1], stream_sid=fields[0])
             self._context = contextvars.copy_context()
-        self._twilio_input(msg)
+        refused = self.verify_start(msg) if self.verify_start is not None else None
+        if refused is not None:
+            self._refuse(refused)
+            return
+        self._input("from_twilio", msg)
         if session.call_sid:
             self._encoder = tw.StreamEncoder(session.stream_sid)
 
-    def _refuse(self, msg: dict[str, Any], reason: str) -> None:
-        fields = tw.start_fields(msg)
-        if fields is not None:
-            bind_call(call_sid=fields[1], stream_sid=fields[0])
+    def _refuse(self, reason: str) -> None:
         log_event(logger, logging.WARNING, "stream.refused", reason=reason)
         if self.recorder is not None:
             self.recorder.discard()  # not a call: nothing to replay
@@ -282,35 +277,32 @@ class Bridge:
         now = self._time_for_input()
         self._actions(now, self.session.refuse(now, reason))
 
-    def _twilio_input(self, msg: dict[str, Any]) -> None:
+    def _input(self, direction: str, msg: dict[str, Any]) -> None:
+        """Any input but the audio path's: recorded, fed to the core, its actions done."""
         now = self._time_for_input()
         if self.recorder is not None:
-            self.recorder.record(now, "from_twilio", msg)
-        self._actions(now, self.session.feed(now, "from_twilio", msg))
+            self.recorder.record(now, direction, msg)
+        self._actions(now, self.session.feed(now, direction, msg))
 
     # -- Realtime in (the link's Receiver) -----------------------------------------------
 
     def frame(self, data: bytes, text: bool) -> None:
         """One message from the Realtime link."""
-        if self._finished:
-            return
-        try:
-            self._realtime_frame(data, text)
-        except Exception:
-            self._crash()
+        if not self._finished:
+            self._guarded(self._realtime_frame, data, text)
 
     def _realtime_frame(self, data: bytes, text: bool) -> None:
         if not text:
-            self._realtime_input({"_frame_error": "binary_frame"})
+            self._input("from_openai", {"_frame_error": "binary_frame"})
             return
         if self.recorder is None and data.startswith(_IGNORED_PREFIXES):
             return  # an event the core ignores: not even parsed
         ev = _parse(data)
         if isinstance(ev, str):
-            self._realtime_input({"_frame_error": ev})
+            self._input("from_openai", {"_frame_error": ev})
             return
         if ev.get("type") != _DELTA:
-            self._realtime_input(ev)
+            self._input("from_openai", ev)
             return
         # The audio path: each delta becomes `media` + `mark`.
         now = self._time_for_input()
@@ -333,19 +325,9 @@ class Bridge:
 
     def closed(self, code: int | None, reason: str) -> None:
         """The Realtime link closed."""
-        self._link_closed = True
-        if self._finished:
-            return
-        try:
-            self._realtime_input({"_socket": "closed", "code": code, "reason": reason})
-        except Exception:
-            self._crash()
-
-    def _realtime_input(self, msg: dict[str, Any]) -> None:
-        now = self._time_for_input()
-        if self.recorder is not None:
-            self.recorder.record(now, "from_openai", msg)
-        self._actions(now, self.session.feed(now, "from_openai", msg))
+        if not self._finished:
+            msg = {"_socket": "closed", "code": code, "reason": reason}
+            self._guarded(self._input, "from_openai", msg)
 
     async def _connect(self) -> None:
         timeout_s = self.session.config.realtime_ready_timeout_ms / 1000.0
@@ -353,19 +335,13 @@ class Bridge:
             link = await self.transport.open(timeout_s)
         except RealtimeUnavailable as exc:
             if not self._finished:
-                try:
-                    self._realtime_input({"_socket": "failed", "reason": str(exc)})
-                except Exception:
-                    self._crash()
+                self._guarded(self._input, "from_openai", {"_socket": "failed", "reason": str(exc)})
             return
         if self._finished or self.session.done:
             await link.aclose()
             return
         self.link = link
-        try:
-            self._realtime_input({"_socket": "open"})
-        except Exception:
-            self._crash()
+        self._guarded(self._input, "from_openai", {"_socket": "open"})
         link.start(self)  # what the service sent meanwhile (session.created) comes next
 
     # -- REST -----------------------------------------------------------------------------
@@ -375,17 +351,9 @@ class Bridge:
             outcome = RestOutcome(0, None, "no_rest_credentials")
         else:
             outcome = await self.telephony.update_call(self.session.call_sid, request.params)
-        if self._finished:
-            return
-        answer = {"status": outcome.status, "code": outcome.code, "error": outcome.error}
-        try:
-            now = self._time_for_input()
-            msg = {"response": answer}
-            if self.recorder is not None:
-                self.recorder.record(now, "rest", msg)
-            self._actions(now, self.session.feed(now, "rest", msg))
-        except Exception:
-            self._crash()
+        if not self._finished:
+            answer = {"status": outcome.status, "code": outcome.code, "error": outcome.error}
+            self._guarded(self._input, "rest", {"response": answer})
 
     # -- outputs --------------------------------------------------------------------------
 
@@ -399,7 +367,7 @@ class Bridge:
                 if kind is ToTwilio:
                     self._to_twilio(tw.encode(action.msg))  # type: ignore[union-attr]
                 elif kind is ToRealtime:
-                    if self.link is not None and not self._link_closed:
+                    if self.link is not None:
                         self.link.send(rt.encode(action.msg))  # type: ignore[union-attr]
                 elif kind is ConnectRealtime:
                     self._spawn(self._connect())
@@ -435,11 +403,11 @@ class Bridge:
         if self.session.done:
             return
         log_event(logger, logging.ERROR, "twilio.stalled", backlog_chars=self.twilio.backlog_chars)
-        self._twilio_input({"_socket": "stalled"})
+        self._input("from_twilio", {"_socket": "stalled"})
 
     def _append(self, frame: bytes) -> None:
         link = self.link
-        if link is None or self._link_closed:
+        if link is None:
             return
         if link.send_audio(frame):
             if self._dropping:

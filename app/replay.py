@@ -94,9 +94,13 @@ class FixtureError(ValueError):
 
 def load(path: Path | str) -> Fixture:
     path = Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
+    return parse(path.read_text(encoding="utf-8").splitlines(), path)
+
+
+def parse(lines: list[str], path: Path | None = None) -> Fixture:
+    """A fixture from its lines (as a recorder writes them; `path` names it in errors)."""
     if not lines:
-        raise FixtureError(f"{path}: empty")
+        raise FixtureError(f"{path or 'fixture'}: empty")
     head = json.loads(lines[0])
     if not isinstance(head, dict) or head.get("fixture") != 1:
         raise FixtureError(f'{path}: the first line is not a {{"fixture": 1}} header')

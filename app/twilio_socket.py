@@ -34,7 +34,6 @@ Send = Callable[[Message], Coroutine[Any, Any, None]]
 
 #: About 45 s of the bot's audio (base64 plus marks), far more than a healthy peer holds.
 MAX_BACKLOG_CHARS: Final = 512 * 1024
-_CLOSE: Final = object()
 
 
 class TwilioSocket:
@@ -44,14 +43,13 @@ class TwilioSocket:
         self._receive = receive
         self._send = send
         self._limit = max_backlog_chars
-        self._out: deque[Any] = deque()
+        #: The server messages waiting behind a suspended send, with their sizes.
+        self._out: deque[tuple[Message, int]] = deque()
         self._chars = 0
         #: Writes what a suspended send left behind; None while sends complete at once.
         self._writer: asyncio.Task[None] | None = None
-        self._close_code = 1000
-        #: Accepted and not yet closed by either side.
+        #: Accepted, and closed by neither side yet.
         self.open = False
-        self.closing = False
 
     async def accept(self) -> None:
         """Complete the upgrade (after the `websocket.connect` message)."""
@@ -78,15 +76,7 @@ class TwilioSocket:
         is full (nothing was queued)."""
         if not self.open:
             return True  # the call is ending, or the peer is gone: late frames are moot
-        if self._writer is None:
-            self._now({"type": "websocket.send", "text": text}, len(text))
-            return True
-        size = len(text)
-        if self._chars + size > self._limit:
-            return False
-        self._chars += size
-        self._out.append(text)
-        return True
+        return self._put({"type": "websocket.send", "text": text}, len(text))
 
     @property
     def backlog_chars(self) -> int:
@@ -94,17 +84,9 @@ class TwilioSocket:
 
     def close(self, code: int = 1000) -> None:
         """Close after the frames already sent or queued."""
-        if self.closing:
-            return
-        self.closing = True
-        if not self.open:
-            return
-        if self._writer is None:
-            self._now({"type": "websocket.close", "code": code}, 0)  # a writer may finish it
-        else:
-            self._close_code = code
-            self._out.append(_CLOSE)
-        self.open = False
+        if self.open:
+            self._put({"type": "websocket.close", "code": code}, 0)
+            self.open = False
 
     async def drained(self) -> None:
         """Wait until the backlog, if any, is written (or given up)."""
@@ -115,42 +97,45 @@ class TwilioSocket:
     async def aclose(self, timeout_s: float = 2.0) -> None:
         """Close and wait (bounded) for the backlog to be written."""
         self.close()
-        writer = self._writer
-        if writer is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(writer), timeout_s)
-            except TimeoutError:
+        try:
+            await asyncio.wait_for(self.drained(), timeout_s)
+        except TimeoutError:
+            writer = self._writer
+            if writer is not None:
                 writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await writer
-        self.open = False
 
-    def _now(self, message: Message, size: int) -> None:
-        """Run the server's `send(message)` until it completes or first suspends."""
+    def _put(self, message: Message, size: int) -> bool:
+        """Run the server's `send(message)` until it completes or first suspends, or queue
+        it behind a suspended one."""
+        if self._writer is not None:
+            if self._chars + size > self._limit:
+                return False
+            self._chars += size
+            self._out.append((message, size))
+            return True
         step = self._send(message)
         try:
             yielded = step.send(None)
         except StopIteration:
-            return  # written
+            return True  # written
         except Exception as exc:  # the peer is gone: the receive side reports the disconnect
             self._gone(exc)
-            return
+            return True
         self._chars += size
         self._writer = asyncio.ensure_future(self._drain(step, yielded, size))
+        return True
 
     async def _drain(self, step: Coroutine[Any, Any, None], yielded: Any, size: int) -> None:
-        out, send = self._out, self._send
+        out = self._out
         try:
             await _finish(step, yielded)
             self._chars -= size
             while out:
-                item = out.popleft()
-                if item is _CLOSE:
-                    await send({"type": "websocket.close", "code": self._close_code})
-                    self.open = False
-                    return
-                self._chars -= len(item)
-                await send({"type": "websocket.send", "text": item})
+                message, size = out.popleft()
+                self._chars -= size
+                await self._send(message)
         except Exception as exc:  # the peer is gone: the receive side reports the disconnect
             out.clear()
             self._chars = 0

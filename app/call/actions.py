@@ -28,7 +28,8 @@ class ToRealtime:
 
 @dataclass(frozen=True, slots=True)
 class ConnectRealtime:
-    """Open the Realtime socket; answer with `realtime_open` or `realtime_failed`."""
+    """Open the Realtime socket; answer with the input `{"_socket": "open"}` or
+    `{"_socket": "failed", "reason": ...}` (direction `from_openai`)."""
 
 
 @dataclass(frozen=True, slots=True)

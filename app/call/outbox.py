@@ -39,6 +39,18 @@ BAD_LOG_EVERY: Final = 100
 _APPEND: Final = "input_audio_buffer.append"
 
 
+def tally(counts: dict[str, int], key: str) -> int:
+    """Count one more `key`; the new count."""
+    n = counts[key] = counts.get(key, 0) + 1
+    return n
+
+
+def logged(n: int) -> bool:
+    """Whether the `n`-th of a kind of bad input gets a log line: the first few, then one
+    in `BAD_LOG_EVERY` (a peer sending garbage 50 times a second must not flood the log)."""
+    return n <= BAD_LOG_FIRST or n % BAD_LOG_EVERY == 0
+
+
 class Timer(Enum):
     """Every timer a call can set."""
 
@@ -86,10 +98,6 @@ class Outbox:
         self.actions.append(ToRealtime(first))
         self.actions.extend(held)
 
-    @property
-    def realtime_open(self) -> bool:
-        return self._held is None
-
     def _hold(self, action: ToRealtime) -> None:
         held = self._held
         assert held is not None
@@ -116,7 +124,7 @@ class Outbox:
 
     def cancel_timer(self, timer: Timer) -> None:
         if self.timers.pop(timer, None) is not None:
-            self._deadline = min(self.timers.values()) if self.timers else None
+            self._deadline = min(self.timers.values(), default=None)
 
     def cancel_all_timers(self) -> None:
         self.timers.clear()
@@ -133,17 +141,15 @@ class Outbox:
             return None
         timer = min(self.timers, key=self.timers.__getitem__)
         at = self.timers.pop(timer)
-        self._deadline = min(self.timers.values()) if self.timers else None
+        self._deadline = min(self.timers.values(), default=None)
         return timer, at
 
     # -- bad input ------------------------------------------------------------------------
 
     def bad(self, source: str, reason: str, **fields: object) -> None:
         """Bad input: one clear log line (throttled per kind), skipped; the call goes on."""
-        key = f"{source}.{reason}"
-        n = self.bad_input.get(key, 0) + 1
-        self.bad_input[key] = n
-        if n <= BAD_LOG_FIRST or n % BAD_LOG_EVERY == 0:
+        n = tally(self.bad_input, f"{source}.{reason}")
+        if logged(n):
             log_event(
                 logger,
                 logging.WARNING,

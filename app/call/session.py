@@ -40,7 +40,7 @@ from app.call.ending import (
     tool_reason,
 )
 from app.call.nudges import SILENCE_GOODBYE, WRAP_UP, Nudges, Silence
-from app.call.outbox import BAD_LOG_EVERY, BAD_LOG_FIRST, Outbox, Timer
+from app.call.outbox import Outbox, Timer, logged, tally
 from app.call.playback import Echo, PlaybackTracker
 from app.call.responses import Refusal, Responses
 from app.call.setup import session_update
@@ -212,20 +212,18 @@ class CallSession:
         `input_audio_buffer.append` (the caller builds the frame); False when it was held
         for the socket to open, or skipped."""
         phase = self.phase.state
-        if phase is Phase.LIVE:
-            if not _audio_ok(payload):
-                self.out.bad("twilio", "invalid_audio_payload")
-                return False
-            self.caller_audio_bytes += decoded_len(payload)  # type: ignore[arg-type]
-            return True
         if phase is Phase.WAITING_START:
             self.out.bad("twilio", "media_before_start")
-        elif phase is Phase.CONNECTING:
-            if not _audio_ok(payload):
-                self.out.bad("twilio", "invalid_audio_payload")
-            else:
-                self.caller_audio_bytes += decoded_len(payload)  # type: ignore[arg-type]
-                self.out.realtime(rt.input_audio_append(payload))  # type: ignore[arg-type]
+            return False
+        if phase is Phase.ENDED:
+            return False
+        if not _audio_ok(payload):
+            self.out.bad("twilio", "invalid_audio_payload")
+            return False
+        self.caller_audio_bytes += decoded_len(payload)  # type: ignore[arg-type]
+        if phase is Phase.LIVE:
+            return True
+        self.out.realtime(rt.input_audio_append(payload))  # type: ignore[arg-type]  # held
         return False
 
     def bot_audio(self, now: float, ev: dict[str, Any]) -> str | None:
@@ -464,9 +462,8 @@ class CallSession:
                 self.responses.send_waiting()  # what waited behind it is still wanted
             return
         code = err.get("code")
-        key = str(code)[:60]
-        n = self.realtime_errors[key] = self.realtime_errors.get(key, 0) + 1
-        if n <= BAD_LOG_FIRST or n % BAD_LOG_EVERY == 0:  # a bad frame per 20 ms: throttled
+        n = tally(self.realtime_errors, str(code)[:60])
+        if logged(n):  # a bad frame every 20 ms would be a line every 20 ms
             log_event(
                 logger,
                 _DEBUG if isinstance(code, str) and code in rt.BENIGN_ERROR_CODES else _WARNING,

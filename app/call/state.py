@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from app.observability import log_event
 
@@ -203,15 +204,12 @@ class Machine(Generic[S]):
     `observer`, when set (tests), is called with every transition taken.
     """
 
-    observer: object = None  # Callable[[str, Transition], None] | None; set by tests
+    observer: ClassVar[Callable[[str, Transition[Any]], None] | None] = None
 
     def __init__(self, name: str, table: tuple[Transition[S], ...], initial: S) -> None:
         self.name = name
         self.state: S = initial
         self._rows: dict[tuple[S, Input], Transition[S]] = {(t.source, t.input): t for t in table}
-
-    def can(self, event: Input) -> bool:
-        return (self.state, event) in self._rows
 
     def move(self, event: Input) -> S:
         """Take the row (current state, `event`); raise `IllegalTransition` if there is none."""
@@ -230,7 +228,7 @@ class Machine(Generic[S]):
         self.state = row.target
         observer = Machine.observer
         if observer is not None:
-            observer(self.name, row)  # type: ignore[operator]
+            observer(self.name, row)
         return row.target
 
 
