@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 from dataclasses import replace
-from functools import cache
 from typing import Any
 
 from app.call.actions import Action, ToRealtime, ToTwilio
@@ -18,20 +17,15 @@ from app.call.config import CallConfig
 from app.call.outbox import Outbox, Timer
 from app.call.session import CallSession
 from app.call.setup import session_update
-from app.settings import Settings
+from app.replay import default_config
 from tests.fakes.realtime_server import CLIENT_EVENT_ADAPTER
 
 STREAM, CALL = "MZ" + "0" * 32, "CA" + "1" * 32
 
 
-@cache
-def _defaults() -> CallConfig:
-    return CallConfig.from_settings(Settings.model_construct())
-
-
 def config(**overrides: Any) -> CallConfig:
     """The production defaults, with `overrides` (field names of `CallConfig`)."""
-    return replace(_defaults(), **overrides)
+    return replace(default_config(), **overrides)
 
 
 #: The quietest config: no greeting, no silence reprompts, no time limit.
@@ -42,14 +36,16 @@ def quiet(**overrides: Any) -> CallConfig:
 def greeted(**overrides: Any) -> CallConfig:
     """`quiet()`, but the bot greets first (the default greeting): the bridge asks for the
     first response itself."""
-    return quiet(**{"greeting": _defaults().greeting, **overrides})
+    return quiet(**{"greeting": default_config().greeting, **overrides})
 
 
 def outbox(connect_buffer_ms: int | None = None) -> Outbox:
     """An outbox whose Realtime socket is open (client events go out at once), for testing
     a component on its own."""
-    out = Outbox(_defaults().connect_buffer_ms if connect_buffer_ms is None else connect_buffer_ms)
-    out.open_realtime(session_update(_defaults()))
+    out = Outbox(
+        default_config().connect_buffer_ms if connect_buffer_ms is None else connect_buffer_ms
+    )
+    out.open_realtime(session_update(default_config()))
     out.take()
     return out
 
@@ -181,9 +177,10 @@ def to_twilio(actions: list[Action]) -> list[dict[str, Any]]:
     return [a.msg for a in actions if isinstance(a, ToTwilio)]
 
 
-def live(cfg: CallConfig | None = None) -> CallSession:
-    """A call that is live, its session ready, and the greeting's response `resp_1` started."""
-    s = CallSession(cfg or quiet())
+def live(cfg: CallConfig | None = None, session: type[CallSession] = CallSession) -> CallSession:
+    """A call that is live, its session ready, and the greeting's response `resp_1` started
+    (`session`: the class to build it with)."""
+    s = session(cfg or quiet())
     s.opened(0)
     twilio(s, 0, {"event": "connected", "protocol": "Call", "version": "1.0.0"})
     twilio(s, 1, start_msg())

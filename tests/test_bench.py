@@ -41,8 +41,8 @@ def test_bench_measures_both_targets(tmp_path: Path) -> None:
         assert row["errors"] == {}, (name, row["errors"])
         assert row["frames_lost"] == {"up": 0, "down": 0}, name
         for direction in ("uplink_ms", "downlink_ms", "bargein_ms"):
-            assert row[direction]["p50"] is not None, (name, direction)
-            assert 0 <= row[direction]["p99"] < 1000, (name, direction, row[direction])
+            stats = row[direction]  # measured (how fast is the benchmark's to say, not this test's)
+            assert 0 <= stats["p50"] <= stats["p99"] <= stats["max"], (name, direction, stats)
         assert row["cpu"]["per_call_minute_s"] > 0, name
     (run,) = [r for r in report["runs"] if r["target"] == "product"]
     assert run["frames"]["up_received"] >= 2 * 50 * 5, run["frames"]  # 50 frames/s per call

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,8 @@ from app.call.config import CallConfig
 from app.call.playback import PlaybackTracker
 from app.call.session import IGNORED_EVENTS, CallSession
 from app.main import create_app
-from app.recording import CallRecorder, RecordingWriter
-from app.replay import Entry, Fixture, replay, report
+from app.recording import CallRecorder
+from app.replay import replay, report
 from app.twilio_socket import MAX_BACKLOG_CHARS, TwilioSocket
 from tests.conftest import AUTH_TOKEN, make_settings
 from tests.core import (
@@ -42,6 +41,7 @@ from tests.core import (
 )
 from tests.core import live as live_session
 from tests.fakes.realtime_transport import AsgiWebsocket, MockTransport, ScriptedLink
+from tests.fakes.recording import KeptLines
 
 QUIET = {"bot_greeting": "", "silence_reprompt_seconds": 0, "max_call_seconds": 0}
 
@@ -228,23 +228,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-class KeptLines(RecordingWriter):
-    """A recording writer that keeps the fixture's lines in memory."""
-
-    def __init__(self) -> None:
-        super().__init__(Path("unused"))
-        self.lines: list[str] = []
-
-    def submit(self, op: str, name: str, text: str = "") -> bool:
-        if op == "line":
-            self.lines.append(text)
-        return True
-
-    def fixture(self) -> Fixture:
-        head, *rest = (json.loads(line) for line in self.lines)
-        return Fixture(head, [Entry(float(r["t_ms"]), r["dir"], r["msg"]) for r in rest])
 
 
 async def test_a_recording_made_live_replays_even_where_a_microsecond_decides() -> None:

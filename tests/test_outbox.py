@@ -95,7 +95,6 @@ def test_actions_come_out_in_order_and_once() -> None:
 
 def test_client_events_are_held_until_the_socket_opens_then_follow_the_session_update() -> None:
     out = Outbox(5000)
-    assert not out.realtime_open
     held = [
         rt.input_audio_append(b64(160, 1)),
         rt.user_text("The caller pressed 3 on their keypad."),
@@ -107,7 +106,6 @@ def test_client_events_are_held_until_the_socket_opens_then_follow_the_session_u
     out.twilio(tw.clear(STREAM))
     assert out.take() == [ToTwilio(tw.clear(STREAM))]
     out.open_realtime(SESSION)
-    assert out.realtime_open
     assert out.take() == [ToRealtime(SESSION), *map(ToRealtime, held)]
     # Once open, client events go out at once.
     out.realtime(rt.response_cancel())

@@ -20,20 +20,15 @@ AWKWARD = ['"', "\\", "\x00", "\x1f", "\n\r\t", "\u2028\u2029", "é", "日本", 
 # -- the audio path's frames --------------------------------------------------------------
 
 
-@given(sid=st.text(), payload=st.text())
-@example(sid=STREAM, payload="//8=")
-@example(sid='M"Z\\', payload="".join(AWKWARD))
-def test_stream_encoder_media_is_the_media_message(sid: str, payload: str) -> None:
-    frame = tw.StreamEncoder(sid).media(payload)
-    assert json.loads(frame) == tw.media(sid, payload)
-
-
-@given(sid=st.text(), name=st.text())
-@example(sid=STREAM, name="item_1.g0.m1")
-@example(sid="\x00é", name="".join(AWKWARD))
-def test_stream_encoder_mark_is_the_mark_message(sid: str, name: str) -> None:
-    frame = tw.StreamEncoder(sid).mark(name)
-    assert json.loads(frame) == tw.mark(sid, name)
+@pytest.mark.parametrize("kind", ["media", "mark"])
+@given(sid=st.text(), value=st.text())
+@example(sid=STREAM, value="//8=")
+@example(sid=STREAM, value="item_1.g0.m1")
+@example(sid='M"Z\\', value="".join(AWKWARD))
+@example(sid="\x00é", value="".join(AWKWARD))
+def test_stream_encoder_frames_are_the_messages(kind: str, sid: str, value: str) -> None:
+    frame = getattr(tw.StreamEncoder(sid), kind)(value)
+    assert json.loads(frame) == getattr(tw, kind)(sid, value)
 
 
 def test_stream_encoder_frames_are_compact_and_reuse_one_encoder() -> None:

@@ -125,16 +125,23 @@ async def test_closing_is_reported_once() -> None:
 async def test_a_refused_key_fails_at_once_and_nothing_listening_fails_within_the_deadline() -> (
     None
 ):
-    def reject(ws: ServerConnection, _: Any) -> Response:
-        return ws.respond(HTTPStatus.UNAUTHORIZED, "no key like that\n")
+    status = HTTPStatus.UNAUTHORIZED
+    asked: list[HTTPStatus] = []
 
-    async with serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0, process_request=reject) as s:
-        port = s.sockets[0].getsockname()[1]
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+    def answer(ws: ServerConnection, _: Any) -> Response:
+        asked.append(status)
+        return ws.respond(status, "no\n")
+
+    async with serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0, process_request=answer) as s:
+        endpoint = RealtimeEndpoint(f"ws://127.0.0.1:{s.sockets[0].getsockname()[1]}/", "k")
         with pytest.raises(RealtimeUnavailable, match="http_401"):
-            await WebsocketTransport(RealtimeEndpoint(f"ws://127.0.0.1:{port}/", "k")).open(3)
-        assert loop.time() - started < 1.0  # final: no retries
+            await WebsocketTransport(endpoint).open(3)
+        assert asked == [HTTPStatus.UNAUTHORIZED]  # final: asked once, no retry
+        status = HTTPStatus.SERVICE_UNAVAILABLE
+        with pytest.raises(RealtimeUnavailable, match="http_503"):
+            await WebsocketTransport(endpoint).open(3)
+        assert asked.count(HTTPStatus.SERVICE_UNAVAILABLE) == 4  # transient: retried
+    loop = asyncio.get_running_loop()
     with socket_nobody_listens() as port:
         started = loop.time()
         with pytest.raises(RealtimeUnavailable):

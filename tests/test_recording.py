@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from app.call.nudges import DTMF_MESSAGE
-from app.recording import DTMF_KEYS, CallRecorder, RecordingWriter, redact
+from app.recording import DTMF_KEYS, CallRecorder, redact
 from app.replay import Entry, load, replay, report
 from tests.core import config
 from tests.fakes.realtime_server import RealtimeConnection
+from tests.fakes.recording import KeptLines
 from tests.fakes.twilio_caller import FakeTwilioCall
 from tests.test_call_fixtures import record_one_call
 
@@ -115,22 +116,9 @@ def test_the_stream_token_is_recorded_as_stars() -> None:
 # -- the recorder ---------------------------------------------------------------------
 
 
-class _Lines(RecordingWriter):
-    """A writer that keeps the lines instead of writing files."""
-
-    def __init__(self) -> None:
-        super().__init__(Path("/nonexistent"))
-        self.lines: list[str] = []
-
-    def submit(self, op: str, name: str, text: str = "") -> bool:
-        if op == "line":
-            self.lines.append(text)
-        return True
-
-
 @pytest.mark.parametrize("keep_audio", [False, True])
 def test_the_recorder_writes_no_digit_and_no_token(keep_audio: bool) -> None:
-    writer = _Lines()
+    writer = KeptLines()
     recorder = CallRecorder(writer, config(), keep_audio=keep_audio)
     recorder.record(0, "from_twilio", start({"StreamToken": TOKEN}))
     recorder.record(10, "from_twilio", dtmf("7"))

@@ -34,10 +34,10 @@ from app.call.state import (
 )
 from app.replay import load, replay
 from tests.core import (
-    delta,
     fire,
     function_call,
     hear,
+    play,
     quiet,
     realtime,
     response_created,
@@ -50,6 +50,7 @@ from tests.core import (
     to_realtime,
     twilio,
 )
+from tests.core import live as core_live
 
 ROOT = Path(__file__).resolve().parent.parent
 LIBRARY = ROOT / "tests" / "fixtures" / "calls"
@@ -189,20 +190,9 @@ def connecting(cfg: CallConfig | None = None) -> Watched:
 
 def live(cfg: CallConfig | None = None) -> Watched:
     """Live and ready, the response `resp_1` started."""
-    s = connecting(cfg)
-    socket(s, 50, "openai", "open")
-    realtime(s, 60, {"type": "session.updated", "session": {}})
-    realtime(s, 70, response_created("resp_1"))
+    s = core_live(cfg, session=Watched)
+    assert isinstance(s, Watched)
     return s
-
-
-def play(s: CallSession, now: float, item: str, chunks: int, response: str) -> list[str]:
-    names = []
-    for _ in range(chunks):
-        out = realtime(s, now, delta(item, response=response))
-        marks = [a.msg for a in out if isinstance(a, ToTwilio) and a.msg["event"] == "mark"]
-        names.append(marks[0]["mark"]["name"])
-    return names
 
 
 def tool_ending(cfg: CallConfig, words: bool = True) -> tuple[Watched, list[str]]:
@@ -251,6 +241,36 @@ def _closing_played(s: Watched, now: float, eid: str) -> list[str]:
     return marks
 
 
+def opened() -> Watched:
+    """The Realtime socket is open, but the session never confirms it is ready."""
+    s = connecting()
+    socket(s, 9, "openai", "open")
+    return s
+
+
+def rest_answered(status: int) -> Watched:
+    s = rest_out(quiet(**REST))
+    rest(s, 500, status)
+    return s
+
+
+def rest_retried() -> Watched:
+    """Twilio answered 503; the backoff is over and the update went out again."""
+    s = rest_answered(503)
+    fire(s, Timer.REST_RETRY)
+    return s
+
+
+def saying_goodbye(words: bool = False) -> Watched:
+    """The model called end_call in `resp_1`, which hasn't finished (its goodbye playing,
+    with `words`)."""
+    s = live(quiet(**REST))
+    if words:
+        play(s, 100, "item_a", 3, "resp_1")
+    realtime(s, 110, function_call("end_call"))
+    return s
+
+
 SCENARIOS: dict[str, Callable[[], object]] = {
     "start refused": lambda: waiting().refuse(5, "bad_stream_token"),
     "no start": lambda: waiting().advance(START_TIMEOUT_MS),
@@ -263,9 +283,7 @@ SCENARIOS: dict[str, Callable[[], object]] = {
     "gone while connecting": lambda: socket(connecting(), 9, "twilio", "closed"),
     "shutdown while connecting": lambda: connecting().shutdown(9),
     "crash while connecting": lambda: connecting().crashed(9),
-    "open but never ready": lambda: fire(
-        (lambda s: (socket(s, 9, "openai", "open"), s)[1])(connecting()), Timer.READY
-    ),
+    "open but never ready": lambda: fire(opened(), Timer.READY),
     "caller side stalled": lambda: socket(live(), 99, "twilio", "stalled"),
     "shutdown while live": lambda: live().shutdown(99),
     "crash while live": lambda: live().crashed(99),
@@ -276,33 +294,16 @@ SCENARIOS: dict[str, Callable[[], object]] = {
     ),
     "no REST credentials": lambda: rest_out(quiet(tools=("end_call",), rest_available=False)),
     "REST refused": lambda: rest(rest_out(quiet(**REST)), 500, 403),
-    "no stop after REST": lambda: fire(
-        (lambda s: (rest(s, 500, 200), s)[1])(rest_out(quiet(**REST))), Timer.STOP_GRACE
-    ),
-    "REST retried": lambda: rest(
-        (lambda s: (rest(s, 500, 503), fire(s, Timer.REST_RETRY), s)[2])(rest_out(quiet(**REST))),
-        2000,
-        200,
-    ),
+    "no stop after REST": lambda: fire(rest_answered(200), Timer.STOP_GRACE),
+    "REST retried": lambda: rest(rest_retried(), 2000, 200),
     "tool without a word": lambda: tool_ending(quiet(**REST), words=False),
     "closing words never come": lambda: fire(
         tool_ending(quiet(**REST), words=False)[0], Timer.LAST_WORDS
     ),
     "last words never heard": lambda: fire(tool_ending(quiet(**REST))[0], Timer.LAST_WORDS),
-    "the goodbye's response never finishes": lambda: fire(
-        (lambda s: (realtime(s, 110, function_call("end_call")), s)[1])(live(quiet(**REST))),
-        Timer.LAST_WORDS,
-    ),
+    "the goodbye's response never finishes": lambda: fire(saying_goodbye(), Timer.LAST_WORDS),
     "barge-in over the model's goodbye": lambda: realtime(
-        (
-            lambda s: (
-                play(s, 100, "item_a", 3, "resp_1"),
-                realtime(s, 110, function_call("end_call")),
-                s,
-            )[2]
-        )(live(quiet(**REST))),
-        200,
-        speech_started(),
+        saying_goodbye(words=True), 200, speech_started()
     ),
     "caller speaks before the closing words": lambda: realtime(
         tool_ending(quiet(**REST), words=False)[0], 200, speech_started()
