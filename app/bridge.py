@@ -32,7 +32,8 @@ import asyncio
 import contextvars
 import logging
 from collections.abc import Callable
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
@@ -54,11 +55,45 @@ from app.recording import CallRecorder
 from app.telephony import RestOutcome, Telephony
 from app.twilio_socket import TwilioSocket
 
+if TYPE_CHECKING:
+    from app.settings import Settings
+
 logger = logging.getLogger("app.bridge")
 
 _loads = orjson.loads
 _IGNORED_PREFIXES: Final = tuple(b'{"type":"' + t.encode() + b'"' for t in sorted(IGNORED_EVENTS))
 _DELTA: Final = "response.output_audio.delta"
+
+
+#: How a media stream ends when nothing went wrong (1005: no code given).
+_NORMAL_CLOSE_CODES: Final = frozenset({None, 1000, 1001, 1005})
+
+#: Caller audio arrives at 8000 bytes a second, as base64 (its padding included: a 20 ms
+#: frame is 216 characters), with 5 % to spare for the two ends' clocks.
+_AUDIO_CHARS_PER_S: Final = 50 * 216 * 1.05
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeLimits:
+    """What one call takes from its peers (the settings of the same names)."""
+
+    #: TWILIO_MAX_FRAME_BYTES: a longer Twilio frame is skipped (the server refuses it
+    #: first when it is uvicorn, `app.server_guard`).
+    max_frame_chars: int = tw.MAX_INBOUND_CHARS
+    #: STREAM_IDLE_SECONDS: Twilio sends audio all call long, silence included; a stream
+    #: that sends nothing this long is dead, and the call ends (`twilio_idle`).
+    idle_s: float = 10.0
+    #: CALLER_AUDIO_BURST_SECONDS: how far ahead of real time caller audio may run;
+    #: beyond it frames are dropped (and counted), not forwarded.
+    audio_burst_s: float = 2.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BridgeLimits:
+        return cls(
+            max_frame_chars=settings.twilio_max_frame_bytes,
+            idle_s=settings.stream_idle_seconds,
+            audio_burst_s=settings.caller_audio_burst_seconds,
+        )
 
 
 def _parse(data: str | bytes) -> dict[str, Any] | str:
@@ -83,6 +118,7 @@ class Bridge:
         verify_start: Callable[[dict[str, Any]], str | None] | None = None,
         recorder: CallRecorder | None = None,
         log_transcripts: bool = True,
+        limits: BridgeLimits | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         """`clock` (seconds, default the event loop's) is a seam for tests; timers are
@@ -95,12 +131,24 @@ class Bridge:
         self.recorder = recorder
         self.log_transcripts = log_transcripts
         self.link: RealtimeLink | None = None
+        self.limits = limits = limits or BridgeLimits()
         #: Caller audio frames dropped because the Realtime peer wasn't reading.
         self.audio_dropped = 0
         self._dropping = False
+        #: Caller audio frames dropped for running ahead of real time.
+        self.audio_flooded = 0
+        self._flooding = False
         self._loop = asyncio.get_running_loop()
         self._clock = clock or self._loop.time
         self._t0 = self._clock()
+        #: When the last Twilio frame arrived (clock seconds).
+        self._heard = self._t0
+        self._idle: asyncio.TimerHandle | None = None
+        #: Caller audio allowance (base64 characters): refills at the real-time rate up to
+        #: the burst, each frame spends its length.
+        self._burst = limits.audio_burst_s * _AUDIO_CHARS_PER_S
+        self._allowance = self._burst
+        self._spent_at = self._t0
         self._last = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake: asyncio.TimerHandle | None = None
@@ -185,6 +233,7 @@ class Bridge:
         try:
             now = self.now()
             self._actions(now, session.opened(now))
+            self._idle = self._loop.call_later(self.limits.idle_s, self._check_idle)
             while not session.done:
                 self._receiving = True
                 try:
@@ -198,7 +247,7 @@ class Bridge:
                     self._receiving = False
                 if data is None:
                     if not session.done:
-                        self._input("from_twilio", {"_socket": "closed"})
+                        self._twilio_closed(twilio.close_code)
                     break
                 if type(data) is str:
                     self._twilio_frame(data)
@@ -226,8 +275,23 @@ class Bridge:
 
     # -- Twilio in --------------------------------------------------------------------------
 
+    def _check_idle(self) -> None:
+        """Twilio sends a frame every 20 ms all call long: a quiet stream is a dead one."""
+        self._idle = None
+        if self._finished:
+            return
+        quiet = self._clock() - self._heard
+        if quiet < self.limits.idle_s:
+            self._idle = self._loop.call_later(self.limits.idle_s - quiet, self._check_idle)
+        elif not self.session.done:
+            log_event(logger, logging.ERROR, "twilio.idle", quiet_s=round(quiet, 1))
+            self._guarded(self._input, "from_twilio", {"_socket": "idle"})
+            if not self._finished:  # not live yet: the call ends once it is, if still quiet
+                self._idle = self._loop.call_later(self.limits.idle_s, self._check_idle)
+
     def _twilio_frame(self, text: str) -> None:
-        if len(text) > tw.MAX_INBOUND_CHARS:
+        self._heard = t = self._clock()
+        if len(text) > self.limits.max_frame_chars:
             self._input("from_twilio", {"_frame_error": "oversized_frame"})
             return
         msg = _parse(text)
@@ -241,16 +305,44 @@ class Bridge:
         # first or to the recording (caller audio itself is timeless to the core).
         media = msg.get("media")
         payload = media.get("payload") if type(media) is dict else None
+        if type(payload) is str:
+            allowance = self._allowance + (t - self._spent_at) * _AUDIO_CHARS_PER_S
+            if allowance > self._burst:
+                allowance = self._burst
+            self._spent_at = t
+            if allowance < len(payload):
+                self._allowance = allowance
+                self._flooded()
+                return
+            self._allowance = allowance - len(payload)
+            if self._flooding:
+                self._flooding = False
+                log_event(logger, logging.INFO, "twilio.audio_flood_ended")
         recorder = self.recorder
         if recorder is not None:
             now = self._time_for_input()
             recorder.record(now, "from_twilio", msg)
-        elif self._clock() >= self._due:
+        elif t >= self._due:
             self._time_for_input()
         if self.session.caller_audio(payload):
             if recorder is not None:
                 recorder.record(now, "to_openai", rt.input_audio_append(payload))  # type: ignore[arg-type]
             self._append(rt.encode_append(payload))  # type: ignore[arg-type]
+
+    def _twilio_closed(self, code: int | None) -> None:
+        if code not in _NORMAL_CLOSE_CODES:  # 1009: a frame over TWILIO_MAX_FRAME_BYTES
+            log_event(logger, logging.WARNING, "twilio.closed_abnormally", code=code)
+        self._input("from_twilio", {"_socket": "closed"})
+
+    def _flooded(self) -> None:
+        """Caller audio faster than real time past the burst: a broken or hostile peer
+        (it would bill the Realtime session for audio nobody spoke). Dropped, unrecorded
+        (so a recording replays as the call ran), counted, logged once per episode."""
+        self.audio_flooded += 1
+        if not self._flooding:
+            self._flooding = True
+            burst_s = self.limits.audio_burst_s
+            log_event(logger, logging.WARNING, "twilio.audio_flood", burst_s=burst_s)
 
     def _twilio_message(self, msg: dict[str, Any]) -> None:
         session = self.session
@@ -313,11 +405,14 @@ class Bridge:
         encoder = self._encoder
         if name is not None and encoder is not None:
             delta = ev["delta"]
+            parts = tw.media_parts(delta) if len(delta) > tw.MAX_MEDIA_CHARS else (delta,)
             if recorder is not None:
                 sid = self.session.stream_sid
-                recorder.record(now, "to_twilio", tw.media(sid, delta))
+                for part in parts:
+                    recorder.record(now, "to_twilio", tw.media(sid, part))
                 recorder.record(now, "to_twilio", tw.mark(sid, name))
-            self._to_twilio(encoder.media(delta))
+            for part in parts:
+                self._to_twilio(encoder.media(part))
             self._to_twilio(encoder.mark(name))
         self._rearm()  # playing audio disarms the silence timer
         if self._stall:
@@ -433,6 +528,9 @@ class Bridge:
         if self._wake is not None:
             self._wake.cancel()
             self._wake = None
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         await self.twilio.aclose()
         link, self.link = self.link, None
         if link is not None:
@@ -446,6 +544,9 @@ class Bridge:
             session.ended_ms = self.now()
         summary = session.summary(self.log_transcripts)
         summary["audio_dropped"] = self.audio_dropped
+        summary["audio_flooded"] = self.audio_flooded
+        if self.recorder is not None:
+            summary.update(self.recorder.summary())
         log_event(logger, logging.INFO, "call.summary", **summary)
         if self.recorder is not None:
             self.recorder.close()

@@ -16,30 +16,30 @@ import asyncio
 import gc
 import logging
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import Headers
 
-from app import twiml
-from app.bridge import Bridge
+from app import server_guard, twiml
+from app.admission import Admission, Ticket
+from app.bridge import Bridge, BridgeLimits
 from app.call.config import CallConfig
 from app.call.session import CallSession
+from app.forms import FormRefused, read_form
 from app.lifecycle import Drain
+from app.limits import LimitHits
 from app.observability import bind_call, configure_logging, log_event, register_secret
-from app.protocol import twilio as tw
 from app.realtime_socket import RealtimeEndpoint, RealtimeTransport, WebsocketTransport
 from app.recording import CallRecorder, RecordingWriter
 from app.security import (
     MEDIA_STREAM_PATH,
     STREAM_TOKEN_PARAMETER,
     SignatureChecker,
-    check_stream_token,
     public_base_url,
     public_url,
     stream_token,
@@ -67,6 +67,9 @@ class AppState:
     transport: RealtimeTransport | None
     telephony: Telephony | None
     recordings: RecordingWriter | None
+    admission: Admission
+    #: Refusals by limit (README "Security").
+    hits: LimitHits = field(default_factory=LimitHits)
     calls: set[Bridge] = field(default_factory=set)
     #: Set whenever no call is live (drain and tests wait on it).
     idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -85,8 +88,34 @@ class BridgeApp:
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope["path"] == MEDIA_STREAM_PATH:
             await self.media(scope, receive, send)
-        else:
-            await self.api(scope, receive, send)  # type: ignore[arg-type]
+            return
+        if scope["type"] == "lifespan":
+            self._guard_server(receive)
+        await self.api(scope, receive, send)  # type: ignore[arg-type]
+
+    def _guard_server(self, receive: Receive) -> None:
+        """Apply the connection limits to the uvicorn server we start in (before it
+        accepts a connection), or warn that the server must apply them."""
+        state: AppState = self.state.bridge
+        settings = state.settings
+        config = server_guard.uvicorn_config(receive)
+        if config is None:
+            log_event(
+                logger,
+                logging.WARNING,
+                "startup.warning",
+                detail="not served by uvicorn: connection limits (MAX_CONNECTIONS, "
+                "REQUEST_TIMEOUT_SECONDS, TWILIO_MAX_FRAME_BYTES) are the server's to apply",
+            )
+            return
+        server_guard.guard(
+            config,
+            max_connections=settings.connection_limit,
+            max_calls=settings.max_concurrent_calls,
+            request_timeout_s=settings.request_timeout_seconds,
+            max_frame_bytes=settings.twilio_max_frame_bytes,
+            hits=state.hits,
+        )
 
 
 def create_app(
@@ -97,12 +126,18 @@ def create_app(
     `transport` replaces the websocket to the Realtime service (tests drive the whole app
     in-process with a double, `tests/fakes/realtime_transport.py`)."""
     settings = settings if settings is not None else load_settings()
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(
+        settings.log_format, settings.log_level, max_field_chars=settings.log_max_field_chars
+    )
     for secret in settings.secret_values():
         register_secret(secret)
     key = settings.openai_api_key
     if transport is None and key is not None:
-        endpoint = RealtimeEndpoint(settings.openai_realtime_url, key.get_secret_value())
+        endpoint = RealtimeEndpoint(
+            settings.openai_realtime_url,
+            key.get_secret_value(),
+            max_message_bytes=settings.realtime_max_frame_bytes,
+        )
         transport = WebsocketTransport(endpoint)
     state = AppState(
         settings=settings,
@@ -111,6 +146,12 @@ def create_app(
         transport=transport,
         telephony=_telephony(settings),
         recordings=RecordingWriter(settings.record_dir) if settings.record_dir else None,
+        admission=Admission(
+            settings.max_concurrent_calls,
+            auth_token=token.get_secret_value() if (token := settings.twilio_auth_token) else None,
+            account_sid=settings.twilio_account_sid,
+            require_token=settings.stream_token_enforced,
+        ),
     )
 
     @asynccontextmanager
@@ -134,7 +175,11 @@ def create_app(
         if state.recordings is not None:
             state.recordings.stop()
 
-    app = FastAPI(title="Twilio <-> OpenAI Realtime bridge", lifespan=lifespan)
+    # No redirect from `/incoming-call/`: its `Location` would be built from the Host
+    # header, and Twilio doesn't follow a POST redirect anyway.
+    app = FastAPI(
+        title="Twilio <-> OpenAI Realtime bridge", lifespan=lifespan, redirect_slashes=False
+    )
     app.state.bridge = state
 
     @app.get("/healthz")
@@ -149,8 +194,13 @@ def create_app(
 
     @app.post("/incoming-call")
     async def incoming_call(request: Request) -> Response:
-        body = (await request.body()).decode("utf-8", errors="replace")
-        params = dict(parse_qsl(body, keep_blank_values=True))
+        try:
+            params = await read_form(
+                request, settings.webhook_max_body_bytes, settings.request_timeout_seconds
+            )
+        except FormRefused as refused:
+            state.hits.hit("webhook_body", reason=refused.reason)
+            return Response(status_code=refused.status)
         bind_call(call_sid=params.get("CallSid") or None)
         try:
             base = public_base_url(settings.public_base_url, request.headers, request.url.scheme)
@@ -166,10 +216,15 @@ def create_app(
         if state.transport is None:
             log_event(logger, logging.WARNING, "webhook.apology", reason="no OPENAI_API_KEY")
             return Response(twiml.apology(settings.apology_message), media_type=_XML)
+        if state.admission.full:
+            state.hits.hit("calls", limit_value=settings.max_concurrent_calls)
+            log_event(logger, logging.WARNING, "webhook.busy", calls=state.admission.streams)
+            document = twiml.busy(settings.fallback_message, settings.fallback_number)
+            return Response(document, media_type=_XML)
         log_event(logger, logging.INFO, "webhook.incoming_call", caller=params.get("From"))
         parameters = {name: params.get(name, "") for name in _STREAM_PARAMETERS}
         token = settings.twilio_auth_token
-        if settings.stream_token_required and token is not None and params.get("CallSid"):
+        if settings.stream_token_enforced and token is not None and params.get("CallSid"):
             parameters[STREAM_TOKEN_PARAMETER] = stream_token(
                 token.get_secret_value(), params["CallSid"]
             )
@@ -189,7 +244,6 @@ class MediaStream:
 
     def __init__(self, state: AppState) -> None:
         self.state = state
-        self.verify_start = _start_verifier(state.settings)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         state, settings = self.state, self.state.settings
@@ -206,6 +260,19 @@ class MediaStream:
             log_event(logger, logging.WARNING, "stream.bad_signature", url=url)
             await socket.refuse()  # before accept: the upgrade is refused (403)
             return
+        ticket = state.admission.open_stream()
+        if ticket is None:
+            state.hits.hit("calls", limit_value=settings.max_concurrent_calls)
+            log_event(logger, logging.WARNING, "stream.refused", reason="at_capacity")
+            await socket.refuse()
+            return
+        try:
+            await self._serve(socket, ticket)
+        finally:
+            ticket.release()
+
+    async def _serve(self, socket: TwilioSocket, ticket: Ticket) -> None:
+        state, settings = self.state, self.state.settings
         await socket.accept()
         if state.transport is None:
             log_event(logger, logging.WARNING, "stream.refused", reason="no OPENAI_API_KEY")
@@ -213,15 +280,21 @@ class MediaStream:
             return
         recorder = None
         if state.recordings is not None:
-            recorder = CallRecorder(state.recordings, state.call_config, settings.record_audio)
+            recorder = CallRecorder(
+                state.recordings,
+                state.call_config,
+                settings.record_audio,
+                max_bytes=settings.record_max_bytes,
+            )
         bridge = Bridge(
             socket,
             CallSession(state.call_config),
             state.transport,
             telephony=state.telephony,
-            verify_start=self.verify_start,
+            verify_start=ticket,
             recorder=recorder,
             log_transcripts=settings.log_transcripts,
+            limits=BridgeLimits.from_settings(settings),
         )
         state.calls.add(bridge)
         state.idle.clear()
@@ -231,30 +304,6 @@ class MediaStream:
             state.calls.discard(bridge)
             if not state.calls:
                 state.idle.set()
-
-
-def _start_verifier(settings: Settings) -> Callable[[dict[str, Any]], str | None] | None:
-    """Checks a stream's `start` against the call it claims (None: nothing to check).
-
-    Opt-in (STREAM_TOKEN_REQUIRED): then only streams opened from this bridge's own TwiML
-    (which carries the token) are accepted, not those of Studio flows or other TwiML."""
-    if not settings.stream_token_required or settings.twilio_auth_token is None:
-        return None
-    token = settings.twilio_auth_token.get_secret_value()
-    account = settings.twilio_account_sid
-
-    def verify(msg: dict[str, Any]) -> str | None:
-        fields = tw.start_fields(msg)
-        if fields is None:
-            return None  # malformed: the call core reports it
-        _, call_sid, account_sid, params = fields
-        if account is not None and account_sid != account:
-            return "account_mismatch"
-        if not check_stream_token(token, call_sid, params.get(STREAM_TOKEN_PARAMETER)):
-            return "bad_stream_token"
-        return None
-
-    return verify
 
 
 def _telephony(settings: Settings) -> Telephony | None:

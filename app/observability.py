@@ -12,6 +12,13 @@ call it belongs to and be easy to grep (`key=value`) or ship to a log store (JSO
 - `log_event()` logs an event name plus fields, cheaply skipped when the level is off.
 - `register_secret()` adds a value the formatter masks as `***` in any rendered line, as
   defence in depth: code should not log secrets in the first place.
+- Every field of every line is bounded (`max_field_chars`, LOG_MAX_FIELD_CHARS): values
+  come from callers and the service (a `From` of 60 KB, an error `param` of 1 MB), and one
+  such line can swamp a log store. Text past the cap is cut and marked
+  `…(+N chars)`; lists, dicts and other objects are measured as the JSON they render to;
+  the message and the event too. Tracebacks get `_TRACEBACK_FACTOR` times the cap. No
+  value can start a line of its own: control characters, line and paragraph separators
+  are escaped in both formats.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import os
 import threading
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 _call_sid: ContextVar[str | None] = ContextVar("call_sid", default=None)
 _stream_sid: ContextVar[str | None] = ContextVar("stream_sid", default=None)
@@ -40,6 +47,14 @@ _WIRE_LOGGERS = ("uvicorn.error", "websockets")
 passes `uvicorn.error` to it (every websockets implementation of uvicorn 0.54), and the
 library's own default loggers are `websockets.client` / `websockets.server`."""
 _RESERVED = frozenset({"ts", "level", "logger", "event", "msg", "call_sid", "stream_sid", "exc"})
+DEFAULT_MAX_FIELD_CHARS: Final = 1000
+"""Longest field value rendered (LOG_MAX_FIELD_CHARS): a phone number, an error message or
+a transcript line fits; a flood does not."""
+_TRACEBACK_FACTOR: Final = 16
+"""A traceback (`exc`, `stack`) may be this many times longer: its frames are the point."""
+_TRACEBACK_FIELDS: Final = frozenset({"exc", "stack"})
+_OWN_FIELDS: Final = frozenset({"ts", "level"})
+"""Written by the formatter itself, short and fixed: never cut, so a line always parses."""
 
 
 # --- Call context ------------------------------------------------------------------------
@@ -131,9 +146,65 @@ def _timestamp(record: logging.LogRecord) -> str:
 def _to_json(value: object) -> str:
     """JSON-encode anything: unknown objects become strings, and nothing ever raises."""
     try:
-        return json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
-    except (TypeError, ValueError):  # non-string dict keys, circular references
-        return json.dumps(str(value), ensure_ascii=False)
+        return json.dumps(value, ensure_ascii=False, default=_safe_str, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError):  # bad keys, cycles, huge ints, depth
+        return json.dumps(_safe_str(value), ensure_ascii=False)
+
+
+def _safe_str(value: object) -> str:
+    """`str(value)`, which can raise (an int of more than 4300 digits, a broken __str__)."""
+    try:
+        return str(value)
+    except Exception:  # any object's __str__; a log line must never fail
+        return f"<unprintable {type(value).__name__}>"
+
+
+def cut(text: str, limit: int) -> str:
+    """`text` when at most `limit` characters long, else its first `limit` characters
+    marked with how many were left out: `abc…(+12345 chars)`. Secrets are masked first,
+    so the cut can never leave part of one behind."""
+    if len(text) <= limit:
+        return text
+    text = scrub(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…(+{len(text) - limit} chars)"
+
+
+def _bounded(value: object, limit: int, structured: bool) -> object:
+    """`value` ready to render, at most `limit` characters of text (plus the cut mark).
+
+    Scalars stay as they are (an int too long to print is text, cut); other objects are
+    their text (`str`), cut; lists and dicts are measured as their JSON text and, when
+    short enough, kept as values for the JSON format (`structured`) or as that text for
+    key=value lines."""
+    if value is None or isinstance(value, bool | float):
+        return value
+    if isinstance(value, int):
+        if value.bit_length() <= 64:
+            return value
+        digits = _safe_str(value)  # "<unprintable int>" past 4300 digits
+        printable = len(digits) <= limit and digits.lstrip("-").isdigit()
+        return value if printable else cut(digits, limit)
+    if isinstance(value, str):
+        return cut(value, limit)
+    if not isinstance(value, list | tuple | dict):
+        return cut(_safe_str(value), limit)  # any other object is logged as its text
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=_safe_str, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError):  # bad keys, cycles, huge ints, depth
+        return cut(_safe_str(value), limit)
+    if len(text) > limit:
+        return cut(text, limit)
+    return value if structured else text
+
+
+def _escape_unprintable(text: str) -> str:
+    """Escape what JSON leaves raw but some readers take as a line break or a control:
+    DEL, C1 controls (NEL), U+2028 / U+2029 and other non-printable characters."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
 
 
 def _kv_value(value: object) -> str:
@@ -143,26 +214,29 @@ def _kv_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
-        return str(value)
+        return _safe_str(value)
     if isinstance(value, str):
         text = value
     elif isinstance(value, list | tuple | dict):
         text = _to_json(value)
     else:
-        text = str(value)
+        text = _safe_str(value)
     if text == "" or any(c in text for c in ' "=\\') or not text.isprintable():
-        return json.dumps(text, ensure_ascii=False)
+        return _escape_unprintable(json.dumps(text, ensure_ascii=False))
     return text
 
 
 class StructuredFormatter(logging.Formatter):
     """Render records as `key=value` lines (`fmt="kv"`) or JSON objects (`fmt="json"`)."""
 
-    def __init__(self, fmt: str = "kv") -> None:
+    def __init__(self, fmt: str = "kv", max_field_chars: int = DEFAULT_MAX_FIELD_CHARS) -> None:
         super().__init__()
         if fmt not in ("kv", "json"):
             raise ValueError(f"unknown log format {fmt!r}; use 'kv' or 'json'")
+        if max_field_chars < 1:
+            raise ValueError(f"max_field_chars must be positive, not {max_field_chars}")
         self.style_name = fmt
+        self.max_field_chars = max_field_chars
 
     def _fields(self, record: logging.LogRecord) -> dict[str, object]:
         out: dict[str, object] = {
@@ -191,13 +265,23 @@ class StructuredFormatter(logging.Formatter):
             out["stack"] = self.formatStack(record.stack_info)
         return out
 
-    def format(self, record: logging.LogRecord) -> str:
+    def _bounded_fields(self, record: logging.LogRecord) -> dict[str, object]:
         fields = self._fields(record)
+        limit, structured = self.max_field_chars, self.style_name == "json"
+        for key, value in fields.items():
+            if key not in _OWN_FIELDS:
+                room = limit * _TRACEBACK_FACTOR if key in _TRACEBACK_FIELDS else limit
+                fields[key] = _bounded(value, room, structured)
+        return fields
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = self._bounded_fields(record)
         if self.style_name == "json":
             try:
-                line = json.dumps(fields, ensure_ascii=False, default=str)
-            except (TypeError, ValueError):
+                line = json.dumps(fields, ensure_ascii=False, default=_safe_str)
+            except (TypeError, ValueError, RecursionError):
                 line = json.dumps({k: _to_json(v) for k, v in fields.items()}, ensure_ascii=False)
+            line = _escape_unprintable(line)
         else:
             line = " ".join(f"{key}={_kv_value(value)}" for key, value in fields.items())
         return scrub(line)
@@ -246,6 +330,7 @@ def configure_logging(
     level: str = "INFO",
     *,
     stream: Any = None,
+    max_field_chars: int = DEFAULT_MAX_FIELD_CHARS,
 ) -> None:
     """Install the structured handler on the root logger, replacing any earlier one.
 
@@ -254,12 +339,12 @@ def configure_logging(
     error lines share the format. The websocket wire loggers stay at INFO or above even at
     DEBUG, and `WireDebugFilter` drops their debug lines (see there): frames and headers
     would leak caller audio, key presses and signatures. `stream` defaults to stderr;
-    tests pass a StringIO.
+    tests pass a StringIO. `max_field_chars` (LOG_MAX_FIELD_CHARS) caps every field.
     """
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}")
-    formatter = StructuredFormatter(fmt.lower())
+    formatter = StructuredFormatter(fmt.lower(), max_field_chars)
     _install_record_factory()
 
     root = logging.getLogger()

@@ -34,7 +34,8 @@ except ImportError:  # pragma: no cover
     from websockets.utils import apply_mask
 
 #: Server events can be large (a full session, a long transcript); audio deltas are small.
-MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+#: The default of REALTIME_MAX_FRAME_BYTES; a bigger message closes the link (1009).
+MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
 _BACKOFF_S: Final = (0.15, 0.4, 0.8)
 _FINAL_STATUSES: Final = frozenset({400, 401, 403, 404})
 
@@ -109,6 +110,9 @@ class RealtimeEndpoint:
 
     url: str
     api_key: str = field(repr=False)
+    #: The largest message accepted from the service (checked by the websocket library
+    #: as frames arrive, before a message is assembled).
+    max_message_bytes: int = MAX_MESSAGE_BYTES
 
 
 class _Connection(ClientConnection):
@@ -271,7 +275,7 @@ class WebsocketTransport:
                         ping_timeout=PING_TIMEOUT_S,
                         close_timeout=CLOSE_TIMEOUT_S,
                         compression=None,
-                        max_size=MAX_MESSAGE_BYTES,
+                        max_size=self.endpoint.max_message_bytes,
                         write_limit=AUDIO_BACKLOG_BYTES,
                         user_agent_header="twilio-realtime-bridge",
                         logger=_WS_LOGGER,

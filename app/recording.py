@@ -1,22 +1,25 @@
 """Call fixtures: every call written down as JSON Lines, to be replayed by `app.replay`.
 
-Format (the contract's): the first line is a header `{"fixture": 1, ...}` with the call's
-effective configuration and versions; then one line per message, in the order they
-happened: `{"t_ms": <ms since the media stream opened>, "dir": <direction>, "msg": {...}}`
-with direction `from_twilio`, `to_twilio`, `from_openai`, `to_openai` or `rest`.
+What a line holds (the format, redaction, a line's size cap, the file's name) is
+`app.recording_lines`; this module writes the lines down: `CallRecorder`, one per call,
+and `RecordingWriter`, one background thread for all calls.
 
-Besides the protocol messages themselves, a few small records complete the story:
-`{"_socket": "open" | "failed" | "closed" | "stalled" | "connect" | "close", ...}` for socket
-events (`stalled`: the caller's side stopped taking frames),
-`{"_frame_error": reason}` for a frame that could not be parsed, and for `rest`
-`{"request": {"kind", "params"}}` / `{"response": {"status", "code", "error"}}`.
-Audio payloads are replaced by `{"_audio_bytes": N}` unless RECORD_AUDIO is on: a
-recording otherwise holds the caller's voice. Key presses (PINs, card numbers) and per-call
-secrets are never stored, whatever RECORD_AUDIO says (`redact`): every digit is recorded as
-`*`, in Twilio's `dtmf` message and in the text the model is told, so a replay feeds `*` to
-the core and gets exactly the recorded text back; the `StreamToken` stream parameter is
-recorded as `***`. Outputs carry the time the core decided them, so a replay of unchanged
-code reproduces the times exactly.
+Nothing a caller or the service sends can fill the disk or the memory through a recording,
+nor crash the call (each line is capped, see `app.recording_lines`):
+
+- A call's file holds at most `max_bytes` (RECORD_MAX_BYTES) plus one last small line:
+  the line that would pass the limit is replaced by the `truncated` marker line, nothing
+  follows, and the call goes on (`recording.limit`, logged once).
+- The writer holds at most `MAX_BACKLOG_CHARS` waiting for the disk, across all calls. A
+  call whose line does not fit is abandoned: the lines it still has queued are skipped and
+  its file ends with the `abandoned` marker line (`recording.backlog_full`, logged once);
+  other calls keep recording.
+
+Two streams of one writer never share a file name (`-2`, `-3`, ... is added), and the file
+is created exclusively, so a file already on disk is never appended to (the same suffix).
+It is named when Twilio's `start` arrives: lines before it are held (at most
+`MAX_EARLY_CHARS`, past which the recording is cut as above), and a stream that never
+starts writes no file at all.
 
 Writing never blocks a call: lines go to one background thread through a queue. A full
 disk or any write error is logged once per file and the call goes on unrecorded.
@@ -25,210 +28,118 @@ disk or any write error is logged once per file and the call goes on unrecorded.
 from __future__ import annotations
 
 import contextlib
-import json
+import errno
 import logging
-import platform
 import queue
 import threading
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Final, TextIO
 
-from app.call.actions import (
-    Action,
-    CloseRealtime,
-    CloseTwilio,
-    ConnectRealtime,
-    RestRequest,
-    ToRealtime,
-    ToTwilio,
-)
+from app.call.actions import Action
 from app.call.config import CallConfig
-from app.call.nudges import DTMF_MESSAGE
 from app.observability import log_event
-from app.protocol.b64 import decoded_len, is_b64
+from app.recording_lines import (
+    MAX_LINE_CHARS,
+    REDACTED,
+    Message,
+    action_record,
+    dumps,
+    file_label,
+    header,
+    marker_line,
+    record_line,
+    secret_values,
+)
 
 logger = logging.getLogger("app.recording")
 
-FORMAT_VERSION: Final = 1
-DIRECTIONS: Final = ("from_twilio", "to_twilio", "from_openai", "to_openai", "rest")
-AUDIO: Final = "_audio_bytes"
-#: Lines waiting for the disk; past this a call's recording is abandoned (logged).
-_MAX_BACKLOG: Final = 200_000
-
-Message = dict[str, Any]
-
-#: Every key a `dtmf` message can report.
-DTMF_KEYS: Final = frozenset("0123456789*#ABCD")
-#: What a key press is recorded as: a valid key, so a replay drives the same code path.
-REDACTED_DIGIT: Final = "*"
-#: What a malformed `digit` is recorded as: still invalid, so the core rejects it again.
-REDACTED_BAD_DIGIT: Final = "?"
-REDACTED: Final = "***"
-#: `start` custom parameters whose values are secrets (compared case-insensitively).
-SECRET_PARAMETERS: Final = frozenset({"streamtoken"})
-_DTMF_TEXTS: Final = frozenset(DTMF_MESSAGE.format(digit=key) for key in DTMF_KEYS)
-_REDACTED_DTMF_TEXT: Final = DTMF_MESSAGE.format(digit=REDACTED_DIGIT)
+#: A call's file stops here (RECORD_MAX_BYTES). The fixture library records about 28 KB/s
+#: with audio as lengths, some 60 KB/s with RECORD_AUDIO on (both sides' base64 audio, twice
+#: each): a call at the default 55-minute limit writes about 90 or 200 MB, so a real call is
+#: never cut, and a flood stops well before the disk fills.
+DEFAULT_MAX_BYTES: Final = 256 * 1024 * 1024
+#: Characters held before Twilio's `start` names the file (normally one `connected`).
+MAX_EARLY_CHARS: Final = 256 * 1024
+#: Characters (plus `_ITEM_OVERHEAD` each) waiting for the disk across all calls.
+MAX_BACKLOG_CHARS: Final = 64 * 1024 * 1024
+#: What a queued line costs beyond its characters (the str and tuple objects, the queue
+#: slot): counted so that a flood of tiny lines is bounded in memory too.
+_ITEM_OVERHEAD: Final = 128
+#: Attempts at an exclusive file name (`name`, `name-2`, ...) before giving up.
+_NAME_ATTEMPTS: Final = 100
+#: At most this many secret values per call are also scrubbed as text from its lines
+#: (each costs a search per line; a call has one token).
+_MAX_SECRETS: Final = 4
 
 
-def audio_field(direction: str, msg: Message) -> tuple[str, ...] | None:
-    """Path of the audio payload inside `msg`, if it carries one."""
-    if direction in ("from_twilio", "to_twilio"):
-        return ("media", "payload") if msg.get("event") == "media" else None
-    kind = msg.get("type")
-    if direction == "to_openai" and kind == "input_audio_buffer.append":
-        return ("audio",)
-    if direction == "from_openai" and kind == "response.output_audio.delta":
-        return ("delta",)
-    return None
-
-
-def map_audio(direction: str, msg: Message, change: Callable[[Any], Any]) -> Message:
-    """A copy of `msg` with its audio field (if any) replaced by `change(field)`; the
-    message itself is never modified (it may still be on its way to a socket)."""
-    path = audio_field(direction, msg)
-    if path is None:
-        return msg
-    *parents, leaf = path
-    out = dict(msg)
-    node = out
-    for key in parents:
-        child = node.get(key)
-        if not isinstance(child, dict):
-            return msg
-        node[key] = node = dict(child)
-    node[leaf] = change(node.get(leaf))
-    return out
-
-
-def _to_length(payload: Any) -> Any:
-    return {AUDIO: decoded_len(payload)} if is_b64(payload) else payload
-
-
-def strip_audio(direction: str, msg: Message) -> Message:
-    """A copy of `msg` with its audio payload replaced by `{"_audio_bytes": N}`."""
-    return map_audio(direction, msg, _to_length)
-
-
-def _redact_dtmf(msg: Message) -> Message:
-    dtmf = msg.get("dtmf")
-    if not isinstance(dtmf, dict) or dtmf.get("digit") is None:
-        return msg
-    digit = dtmf["digit"]
-    valid = isinstance(digit, str) and digit in DTMF_KEYS
-    return {**msg, "dtmf": {**dtmf, "digit": REDACTED_DIGIT if valid else REDACTED_BAD_DIGIT}}
-
-
-def _redact_start(msg: Message) -> Message:
-    start = msg.get("start")
-    if not isinstance(start, dict):
-        return msg
-    params = start.get("customParameters")
-    if not isinstance(params, dict) or not any(
-        str(name).lower() in SECRET_PARAMETERS for name in params
-    ):
-        return msg
-    clean = {k: REDACTED if str(k).lower() in SECRET_PARAMETERS else v for k, v in params.items()}
-    return {**msg, "start": {**start, "customParameters": clean}}
-
-
-def _redact_item(msg: Message) -> Message:
-    """Redact the key-press text in a user message item (sent, or echoed by the service)."""
-    item = msg.get("item")
-    if not isinstance(item, dict) or item.get("role") != "user":
-        return msg
-    content = item.get("content")
-    if not isinstance(content, list) or not any(
-        isinstance(part, dict) and part.get("text") in _DTMF_TEXTS for part in content
-    ):
-        return msg
-    clean = [
-        {**part, "text": _REDACTED_DTMF_TEXT}
-        if isinstance(part, dict) and part.get("text") in _DTMF_TEXTS
-        else part
-        for part in content
-    ]
-    return {**msg, "item": {**item, "content": clean}}
-
-
-def redact(direction: str, msg: Message) -> Message:
-    """`msg` without key presses or per-call secrets, as it may be written to a recording.
-
-    - `from_twilio` `dtmf`: the digit becomes `*` (a malformed one `?`, still malformed);
-    - `from_twilio` `start`: the `StreamToken` custom parameter becomes `***`;
-    - a user message item whose text is the key-press message (`to_openai`
-      `conversation.item.create`, and the service's `conversation.item.*` echoes of it):
-      the text becomes the message for `*`, which is what the core says when fed `*`.
-
-    Returns `msg` itself when there is nothing to redact, else a copy (`msg` is untouched).
-    """
-    if direction == "from_twilio":
-        event = msg.get("event")
-        if event == "dtmf":
-            return _redact_dtmf(msg)
-        if event == "start":
-            return _redact_start(msg)
-        return msg
-    if direction in ("to_openai", "from_openai") and "item" in msg:
-        return _redact_item(msg)
-    return msg
-
-
-def action_record(action: Action) -> tuple[str, Message] | None:
-    """The fixture form of an output action (timers are internal and not recorded)."""
-    if type(action) is ToTwilio:
-        return "to_twilio", action.msg
-    if type(action) is ToRealtime:
-        return "to_openai", action.msg
-    if type(action) is RestRequest:
-        return "rest", {"request": {"kind": action.kind, "params": action.params}}
-    if type(action) is ConnectRealtime:
-        return "to_openai", {"_socket": "connect"}
-    if type(action) is CloseTwilio:
-        return "to_twilio", {"_socket": "close", "reason": action.reason}
-    if type(action) is CloseRealtime:
-        return "to_openai", {"_socket": "close", "reason": action.reason}
-    return None
-
-
-def header(config: CallConfig, call_sid: str, stream_sid: str, keep_audio: bool) -> Message:
-    from app import __version__
-
-    return {
-        "fixture": FORMAT_VERSION,
-        "call_sid": call_sid,
-        "stream_sid": stream_sid,
-        "recorded_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        "audio": "kept" if keep_audio else "lengths",
-        "versions": {
-            "bridge": __version__,
-            "python": platform.python_version(),
-            "realtime_protocol": "ga",
-        },
-        "config": config.to_dict(),
-    }
+# -- the writer -------------------------------------------------------------------------
 
 
 class RecordingWriter:
-    """One background thread that appends fixture lines to files in `directory`."""
+    """One background thread that writes fixture files in `directory`.
 
-    def __init__(self, directory: Path) -> None:
+    `max_backlog_chars` bounds what waits for the disk, across all calls (each queued line
+    counts its characters plus `_ITEM_OVERHEAD`): a stalled disk or a flooding call costs
+    at most that much memory.
+    """
+
+    def __init__(self, directory: Path, *, max_backlog_chars: int = MAX_BACKLOG_CHARS) -> None:
         self.directory = directory
+        self.max_backlog_chars = max_backlog_chars
         self._queue: queue.SimpleQueue[tuple[str, str, str] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._queued = 0  # characters (and overheads) in the queue; under `_lock`
+        self._abandoned: set[str] = set()  # names whose queued lines are skipped
+        self._stamp = ""  # the millisecond of the last name handed out...
+        self._taken: set[str] = set()  # ...and the names handed out in it
+        self._opened: dict[str, str] = {}  # name -> file created, until closed (thread's)
+
+    @property
+    def backlog_chars(self) -> int:
+        """What waits for the disk now (characters plus `_ITEM_OVERHEAD` per line)."""
+        with self._lock:
+            return self._queued
+
+    def reserve(self, label: str) -> str:
+        """A new file name, `<UTC time to the ms>_<label>.jsonl`, that no other recording
+        of this writer has: two streams of one call can start in the same millisecond, and
+        the second gets `-2` (then `-3`, ...). Only the current millisecond's names are
+        remembered; a name seen again later (the clock was set back) is caught on disk."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
+        with self._lock:
+            if stamp != self._stamp:
+                self._stamp, self._taken = stamp, set()
+            name, n = f"{stamp}_{label}.jsonl", 1
+            while name in self._taken:
+                n += 1
+                name = f"{stamp}_{label}-{n}.jsonl"
+            self._taken.add(name)
+        return name
 
     def submit(self, op: str, name: str, text: str = "") -> bool:
-        """Queue `op` ("line" or "close") for file `name`; False when the backlog is full."""
-        if self._queue.qsize() > _MAX_BACKLOG:
-            return False
+        """Queue `op` for file `name`: `"line"` appends `text`, and is refused (False,
+        nothing queued) when the backlog would pass `max_backlog_chars`; `"close"` appends
+        `text` (a last line, or nothing) and closes the file, and is always queued (once
+        per file, and small)."""
+        cost = len(text) + _ITEM_OVERHEAD
         with self._lock:
+            if op == "line" and self._queued + cost > self.max_backlog_chars:
+                return False
+            self._queued += cost
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="call-recorder", daemon=True)
                 self._thread.start()
         self._queue.put((op, name, text))
         return True
+
+    def abandon(self, name: str, last: str) -> None:
+        """Give up on `name`: the lines it still has queued are skipped (after its first,
+        the header, so the file stays a fixture), then `last` is written and it closes."""
+        with self._lock:
+            self._abandoned.add(name)
+        self.submit("close", name, last)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Flush what is queued and stop the thread."""
@@ -239,65 +150,164 @@ class RecordingWriter:
             thread.join(timeout_s)
 
     def _run(self) -> None:
-        files: dict[str, Any] = {}
+        files: dict[str, TextIO] = {}
         failed: set[str] = set()
         while (item := self._queue.get()) is not None:
             op, name, text = item
-            if name in failed:
-                continue
             try:
-                handle = files.get(name)
-                if op == "close":
-                    if handle is not None:
-                        handle.close()
-                        del files[name]
-                    continue
-                if handle is None:
-                    self.directory.mkdir(parents=True, exist_ok=True)
-                    handle = files[name] = (self.directory / name).open("a", encoding="utf-8")
-                handle.write(text)
-                if self._queue.empty():
-                    handle.flush()
-            except OSError as exc:
-                failed.add(name)
-                log_event(
-                    logger, logging.ERROR, "recording.write_failed", file=name, error=str(exc)
-                )
-                handle = files.pop(name, None)
-                if handle is not None:
-                    with contextlib.suppress(OSError):
-                        handle.close()
+                self._apply(files, failed, op, name, text)
+            finally:
+                self._done_with(op, name, len(text) + _ITEM_OVERHEAD)
         for handle in files.values():
-            handle.close()
+            with contextlib.suppress(OSError):
+                handle.close()
+
+    def _done_with(self, op: str, name: str, cost: int) -> None:
+        with self._lock:
+            self._queued -= cost
+            if op == "close":
+                self._abandoned.discard(name)
+
+    def _apply(
+        self, files: dict[str, TextIO], failed: set[str], op: str, name: str, text: str
+    ) -> None:
+        """Carry out one queued operation; an OSError fails the file once (logged)."""
+        try:
+            if op == "close":
+                self._close(files, name, "" if name in failed else text)
+                failed.discard(name)
+                return
+            if name in failed:
+                return
+            if name in self._opened and self._skipped(name):
+                return  # abandoned, and its header is written: its backlog just goes
+            handle = files.get(name)
+            if handle is None:
+                handle = files[name] = self._create(name)
+            handle.write(text)
+            if self._queue.empty():
+                handle.flush()
+        except OSError as exc:
+            if op != "close":
+                failed.add(name)
+            log_event(logger, logging.ERROR, "recording.write_failed", file=name, error=str(exc))
+            handle = files.pop(name, None)
+            if handle is not None:
+                with contextlib.suppress(OSError):
+                    handle.close()
+
+    def _skipped(self, name: str) -> bool:
+        with self._lock:
+            return name in self._abandoned
+
+    def _close(self, files: dict[str, TextIO], name: str, last: str) -> None:
+        handle = files.pop(name, None)
+        try:
+            if last:
+                handle = handle or self._create(name)
+                handle.write(last)
+        finally:
+            self._opened.pop(name, None)
+            if handle is not None:
+                handle.close()
+
+    def _create(self, name: str) -> TextIO:
+        """Open the file for `name`. The first time, a new file, created exclusively: a file
+        already there (an earlier run, another process, a clock set back) is never appended
+        to; `-2`, `-3`, ... is added instead, and logged (`recording.renamed`: the recorder
+        still says `name`). Lines after a `stop()` reopen the same file."""
+        if (known := self._opened.get(name)) is not None:
+            return (self.directory / known).open("a", encoding="utf-8")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        stem = name.removesuffix(".jsonl")
+        for attempt in range(1, _NAME_ATTEMPTS + 1):
+            actual = name if attempt == 1 else f"{stem}-{attempt}.jsonl"
+            try:
+                handle = (self.directory / actual).open("x", encoding="utf-8")
+            except FileExistsError:
+                continue
+            self._opened[name] = actual
+            if actual != name:
+                log_event(logger, logging.INFO, "recording.renamed", file=name, actual=actual)
+            return handle
+        raise FileExistsError(errno.EEXIST, "every candidate file name is taken", name)
+
+
+# -- one call ---------------------------------------------------------------------------
 
 
 class CallRecorder:
-    """Writes one call's fixture. Lines before Twilio's `start` wait for the CallSid."""
+    """Writes one call's fixture. Lines before Twilio's `start` wait for the CallSid.
 
-    def __init__(self, writer: RecordingWriter, config: CallConfig, keep_audio: bool) -> None:
+    `max_bytes` (RECORD_MAX_BYTES) bounds the call's file (see the module docstring). For
+    the call summary: `filename`, `bytes_written`, `truncated` / `abandoned`, and
+    `lines_dropped` (lines not written because the recording was cut), or `summary()`.
+    """
+
+    def __init__(
+        self,
+        writer: RecordingWriter,
+        config: CallConfig,
+        keep_audio: bool,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be positive, not {max_bytes}")
         self._writer = writer
         self._config = config
         self._keep_audio = keep_audio
+        self.max_bytes = max_bytes
         self._name: str | None = None
-        self._early: list[str] = []
-        self._broken = False
+        self._early: list[tuple[float, str]] = []
+        self._early_chars = 0
+        self._early_cut_ms: float | None = None  # when the early lines passed their limit
+        self._discarded = False
+        self._cut: str | None = None  # "truncated" or "abandoned": the file has its end
+        self._secrets: list[str] = []  # the call's secret parameter values, as in a line
+        self.bytes_written = 0
+        self.lines_dropped = 0
 
     @property
     def filename(self) -> str | None:
         return self._name
 
+    @property
+    def truncated(self) -> bool:
+        """The file reached a size limit and ends with a `truncated` marker."""
+        return self._cut == "truncated"
+
+    @property
+    def abandoned(self) -> bool:
+        """The writer's backlog was full: the file ends early, with an `abandoned` marker."""
+        return self._cut == "abandoned"
+
+    def summary(self) -> dict[str, object]:
+        """The recording's figures, for the call summary."""
+        return {
+            "recording": self._name,
+            "recording_bytes": self.bytes_written,
+            "recording_cut": self._cut,
+            "recording_lines_dropped": self.lines_dropped,
+        }
+
     def record(self, t_ms: float, direction: str, msg: Message) -> None:
-        if self._broken:
+        """Write one message down. Never raises, whatever `msg` holds."""
+        if self._discarded:
             return
-        if self._name is None and direction == "from_twilio" and msg.get("event") == "start":
-            self._open(msg)
-        msg = redact(direction, msg)
-        if not self._keep_audio:
-            msg = strip_audio(direction, msg)
-        line = json.dumps(
-            {"t_ms": round(t_ms, 3), "dir": direction, "msg": msg}, separators=(",", ":")
-        )
-        self._write(line + "\n")
+        if direction == "from_twilio" and type(msg) is dict:
+            if "start" in msg:
+                self._learn_secrets(msg)
+            if self._name is None and msg.get("event") == "start":
+                self._open(t_ms, msg)
+        if self._cut is not None or self._early_cut_ms is not None:
+            self.lines_dropped += 1
+            return
+        line = record_line(t_ms, direction, msg, self._keep_audio)
+        if self._name is None:
+            self._hold(t_ms, line)
+        else:
+            self._emit(t_ms, line)
 
     def record_actions(self, t_ms: float, actions: list[Action]) -> None:
         for action in actions:
@@ -306,33 +316,88 @@ class CallRecorder:
                 self.record(t_ms, *entry)
 
     def discard(self) -> None:
-        """Write nothing for this stream (it was refused before it became a call)."""
-        self._broken = True
+        """Write nothing more for this stream (it was refused before it became a call)."""
+        self._discarded = True
         self._early.clear()
 
     def close(self) -> None:
-        if self._name is None and self._early and not self._broken:
-            self._open(None)  # a stream that never started is worth keeping too
-        if self._name is not None:
+        """End the file. A stream that never started has none: its held lines go."""
+        if self._name is None:
+            self._early.clear()
+        elif self._cut is None:
             self._writer.submit("close", self._name)
 
-    def _open(self, start: Message | None) -> None:
-        inner = (start or {}).get("start") or {}
-        call_sid = str(inner.get("callSid") or "unknown")
-        stream_sid = str(inner.get("streamSid") or "")
-        safe_sid = "".join(c for c in call_sid if c.isalnum())[:64] or "unknown"
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
-        self._name = f"{stamp}_{safe_sid}.jsonl"
-        head = header(self._config, call_sid, stream_sid, self._keep_audio)
-        early, self._early = self._early, []
-        self._write(json.dumps(head, separators=(",", ":")) + "\n")
-        for line in early:
-            self._write(line)
+    def _learn_secrets(self, msg: Message) -> None:
+        for value in secret_values(msg):
+            if value not in self._secrets and len(self._secrets) < _MAX_SECRETS:
+                self._secrets.append(value)
 
-    def _write(self, line: str) -> None:
-        if self._name is None:
-            self._early.append(line)
+    def _hold(self, t_ms: float, line: str) -> None:
+        if self._early_chars + len(line) > MAX_EARLY_CHARS:
+            self._early_cut_ms = t_ms
+            self.lines_dropped += 1
             return
-        if not self._writer.submit("line", self._name, line):
-            self._broken = True
-            log_event(logger, logging.ERROR, "recording.backlog_full", file=self._name)
+        self._early.append((t_ms, line))
+        self._early_chars += len(line)
+
+    def _open(self, t_ms: float, start: Message) -> None:
+        name = self._name = self._writer.reserve(file_label(start))
+        inner = start.get("start")
+        fields = inner if isinstance(inner, dict) else {}
+        limits = {"max_bytes": self.max_bytes, "max_line_chars": MAX_LINE_CHARS}
+        head = header(
+            self._config, fields.get("callSid"), fields.get("streamSid"), self._keep_audio, limits
+        )
+        head_line = dumps(head) + "\n"
+        # The header is written whatever the limits: without it the file is no fixture.
+        if not self._writer.submit("line", name, head_line):
+            self._abandon(t_ms, started=False)
+            return
+        self.bytes_written += len(head_line)
+        early, self._early = self._early, []
+        for at, line in early:
+            if self._cut is None:
+                self._emit(at, line)
+            else:
+                self.lines_dropped += 1
+        if self._early_cut_ms is not None:
+            if self._cut is None:
+                self._truncate(self._early_cut_ms, MAX_EARLY_CHARS)
+            self._early_cut_ms = None
+
+    def _emit(self, t_ms: float, line: str) -> None:
+        name = self._name
+        assert name is not None
+        for secret in self._secrets:  # defence in depth: `redact` took it out already
+            if secret in line:
+                line = line.replace(secret, REDACTED)
+        if self.bytes_written + len(line) > self.max_bytes:
+            self.lines_dropped += 1
+            self._truncate(t_ms, self.max_bytes)
+        elif self._writer.submit("line", name, line):
+            self.bytes_written += len(line)
+        else:
+            self.lines_dropped += 1
+            self._abandon(t_ms)
+
+    def _truncate(self, t_ms: float, limit: int) -> None:
+        assert self._name is not None
+        self._cut = "truncated"
+        last = marker_line(t_ms, "truncated", limit) + "\n"
+        self._writer.submit("close", self._name, last)
+        self.bytes_written += len(last)
+        log_event(logger, logging.WARNING, "recording.limit", file=self._name, limit=limit)
+
+    def _abandon(self, t_ms: float, started: bool = True) -> None:
+        """The backlog is full: stop here. A file with its header gets the marker; one
+        without (the header itself did not fit) is not even created."""
+        assert self._name is not None
+        self._cut = "abandoned"
+        limit = self._writer.max_backlog_chars
+        if started:
+            last = marker_line(t_ms, "abandoned", limit) + "\n"
+            self._writer.abandon(self._name, last)
+            self.bytes_written += len(last)
+        else:
+            self._writer.submit("close", self._name)
+        log_event(logger, logging.ERROR, "recording.backlog_full", file=self._name, limit=limit)

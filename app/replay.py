@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,11 +30,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Final
 
+import orjson
+
 from app.call.actions import Action
 from app.call.config import CallConfig
+from app.call.inbound import preview
 from app.call.session import CallSession
 from app.observability import configure_logging
-from app.recording import (
+from app.recording_lines import (
     AUDIO,
     DIRECTIONS,
     action_record,
@@ -45,6 +49,9 @@ from app.recording import (
 #: Outputs may differ in time by this much (timers fire a little late in a live run).
 TOLERANCE_MS: Final = 150.0
 OUTPUT_DIRS: Final = ("to_twilio", "to_openai", "rest")
+#: The longest audio a length-only field may stand for: one Realtime event's limit
+#: (15 MiB of base64 text, about 11 MiB of audio), so a broken file can't ask for more.
+MAX_AUDIO_BYTES: Final = 15 * 1024 * 1024 * 3 // 4
 #: Each direction is compared as two ordered streams: audio (media, marks, appends), and
 #: control (everything else). How a timer-driven control message interleaves with 20 ms
 #: audio frames is arrival jitter (a live timer fires a fraction of a ms late), not
@@ -98,21 +105,68 @@ def load(path: Path | str) -> Fixture:
 
 
 def parse(lines: list[str], path: Path | None = None) -> Fixture:
-    """A fixture from its lines (as a recorder writes them; `path` names it in errors)."""
+    """A fixture from its lines (as a recorder writes them; `path` names it in errors).
+
+    A line that is not one (not JSON, nested past the parser's depth limit, not an entry,
+    a length-only audio field that is not a sane length) is a `FixtureError` naming its
+    line number: the replayer reports a broken file, it never crashes on one."""
+    name = path or "fixture"
     if not lines:
-        raise FixtureError(f"{path or 'fixture'}: empty")
-    head = json.loads(lines[0])
+        raise FixtureError(f"{name}: empty")
+    head = _json_line(lines[0], name, 1)
     if not isinstance(head, dict) or head.get("fixture") != 1:
-        raise FixtureError(f'{path}: the first line is not a {{"fixture": 1}} header')
+        raise FixtureError(f'{name}: the first line is not a {{"fixture": 1}} header')
+    if type(head.get("config", {})) is not dict:
+        raise FixtureError(f"{name}:1: the header's config is not an object")
     entries = []
     for number, text in enumerate(lines[1:], start=2):
-        if not text.strip():
-            continue
-        raw = json.loads(text)
-        if raw.get("dir") not in DIRECTIONS or not isinstance(raw.get("msg"), dict):
-            raise FixtureError(f"{path}:{number}: not a fixture line")
-        entries.append(Entry(float(raw["t_ms"]), raw["dir"], raw["msg"], number))
+        if text.strip():
+            entries.append(_entry(_json_line(text, name, number), name, number))
     return Fixture(head, entries, path)
+
+
+def _json_line(text: str, name: object, number: int) -> Any:
+    """One line's JSON. orjson, like the live driver: its depth limit (1024) turns a
+    frame nested past it into a parse error, where `json` would raise RecursionError."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise FixtureError(f"{name}:{number}: not JSON ({exc})") from None
+
+
+def _entry(raw: Any, name: object, number: int) -> Entry:
+    """A fixture entry from its parsed line, checked: `t_ms` a number, `dir` a direction,
+    `msg` an object, and any length-only audio field a length the replay can rebuild."""
+    if type(raw) is not dict:
+        raise FixtureError(f"{name}:{number}: not a fixture line")
+    t_ms, direction, msg = _time(raw.get("t_ms")), raw.get("dir"), raw.get("msg")
+    if (
+        t_ms is None
+        or type(direction) is not str
+        or direction not in DIRECTIONS
+        or type(msg) is not dict
+    ):
+        raise FixtureError(f"{name}:{number}: not a fixture line")
+    audio = _at(msg, audio_field(direction, msg))
+    if type(audio) is dict and AUDIO in audio:
+        length = audio[AUDIO]
+        if type(length) is not int or not 0 <= length <= MAX_AUDIO_BYTES:
+            raise FixtureError(f"{name}:{number}: audio length {preview(length)} is not one")
+    return Entry(t_ms, direction, msg, number)
+
+
+def _time(value: object) -> float | None:
+    """A line's `t_ms` as a float, if it is a finite number (not a boolean)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _at(msg: Message, path: tuple[str, ...] | None) -> object:
+    node: object = msg
+    for key in path or ():
+        node = node.get(key) if type(node) is dict else None
+    return node
 
 
 @cache
@@ -231,8 +285,18 @@ def _normalise(entries: list[Entry]) -> dict[str, list[tuple[Entry, str]]]:
             label = marks.setdefault(name, f"mark#{len(marks) + 1}")
             msg = {**msg, "mark": {**msg["mark"], "name": label}}
         msg = {k: v for k, v in msg.items() if k != "event_id"}
-        per_dir[stream_of(e)].append((e, json.dumps(msg, sort_keys=True, separators=(",", ":"))))
+        per_dir[stream_of(e)].append((e, _canonical(msg)))
     return per_dir
+
+
+def _canonical(msg: Message) -> str:
+    """A message as comparable text: compact JSON with sorted keys. A recorded message
+    nested past orjson's serialiser limit (254 levels) can't be written so; the core never
+    sends one, so it stands as a text no replayed message equals."""
+    try:
+        return orjson.dumps(msg, option=orjson.OPT_SORT_KEYS).decode()
+    except orjson.JSONEncodeError:
+        return "<nested too deep>"
 
 
 def compare(recorded: list[Entry], replayed: list[Entry]) -> list[Mismatch]:
@@ -268,51 +332,80 @@ _WHO = {
 }
 
 
+def _show(value: object, limit: int = 200) -> str:
+    """A recorded value for a human: a string as it is, anything else as compact JSON, cut
+    to `limit` (a value nested past orjson's serialiser limit shows as its type alone)."""
+    if type(value) is str:
+        return value[:limit]
+    try:
+        return orjson.dumps(value).decode()[:limit]
+    except orjson.JSONEncodeError:
+        return preview(value)
+
+
+def _body(msg: Message, limit: int = 240) -> str:
+    """A message in a report: JSON with sorted keys, readable spacing, cut to `limit`. A
+    recorded one nested too deep for `json` (RecursionError) is shown by `_show`."""
+    try:
+        return json.dumps(msg, sort_keys=True)[:limit]
+    except (RecursionError, ValueError):
+        return _show(msg, limit)
+
+
+def _get(m: Message, *path: str) -> str:
+    """The value at `path` in `m`, shown (`_show`); "None" where it is absent."""
+    return _show(_at(m, path))
+
+
 def describe(e: Entry) -> str:
-    """One line about one message, without audio."""
+    """One line about one message, without audio. A recording holds whatever the peers
+    sent: every value is looked up and shown defensively (`_get`)."""
     m = e.msg
     if "_socket" in m:
         extra = {k: v for k, v in m.items() if k != "_socket"}
-        return f"socket {m['_socket']} {json.dumps(extra) if extra else ''}".rstrip()
+        return f"socket {_get(m, '_socket')} {_show(extra) if extra else ''}".rstrip()
     if "_frame_error" in m:
-        return f"unparseable frame ({m['_frame_error']})"
+        return f"unparseable frame ({_get(m, '_frame_error')})"
+    if "_recording" in m:  # the recorder's own last line: cut at a limit
+        return f"recording {_get(m, '_recording')} (limit {_get(m, 'limit')})"
     if e.dir == "rest":
         if "request" in m:
-            return f"REST {m['request'].get('kind')} {json.dumps(m['request'].get('params'))}"
-        return f"REST answer {json.dumps(m.get('response'))}"
+            return f"REST {_get(m, 'request', 'kind')} {_get(m, 'request', 'params')}"
+        return f"REST answer {_get(m, 'response')}"
     if "event" in m:
         event = m["event"]
         if event == "start":
-            start = m.get("start") or {}
-            return f"start call={start.get('callSid')} params={start.get('customParameters')}"
+            call, params = _get(m, "start", "callSid"), _get(m, "start", "customParameters")
+            return f"start call={call} params={params}"
         if event == "mark":
-            return f"mark {(m.get('mark') or {}).get('name')}"
+            return f"mark {_get(m, 'mark', 'name')}"
         if event == "dtmf":
             return "dtmf (key press)"
         if event == "media":
             return f"audio {_audio_ms(e)} ms"
-        return str(event)
-    kind = str(m.get("type"))
+        return _show(event)
+    kind = _get(m, "type")
     if kind == "response.output_audio_transcript.done":
-        return f'bot said: "{m.get("transcript")}"'
+        return f'bot said: "{_get(m, "transcript")}"'
     if kind == "conversation.item.input_audio_transcription.completed":
-        return f'caller said: "{m.get("transcript")}"'
+        return f'caller said: "{_get(m, "transcript")}"'
     if kind == "conversation.item.truncate":
-        return f"truncate {m.get('item_id')} at {m.get('audio_end_ms')} ms"
+        return f"truncate {_get(m, 'item_id')} at {_get(m, 'audio_end_ms')} ms"
     if kind in ("response.output_audio.delta", "input_audio_buffer.append"):
         return f"{kind} {_audio_ms(e)} ms"
     if kind == "error":
-        err = m.get("error") or {}
-        return f"error {err.get('code')}: {err.get('message')}"
+        return f"error {_get(m, 'error', 'code')}: {_get(m, 'error', 'message')}"
+    item_type = _at(m, ("item", "type"))
     if kind == "conversation.item.create":
-        item = m.get("item") or {}
-        if item.get("type") == "function_call_output":
-            return f"function output {item.get('output')}"
-        texts = [c.get("text") for c in item.get("content") or [] if isinstance(c, dict)]
-        return f"{item.get('role')} message: {' '.join(map(str, texts))}"
-    if kind == "response.output_item.done" and (m.get("item") or {}).get("type") == "function_call":
-        item = m["item"]
-        return f"tool call {item.get('name')}({item.get('arguments')}) {item.get('status')}"
+        if item_type == "function_call_output":
+            return f"function output {_get(m, 'item', 'output')}"
+        content = _at(m, ("item", "content"))
+        parts = content if type(content) is list else []
+        texts = [_get(c, "text") for c in parts if type(c) is dict]
+        return f"{_get(m, 'item', 'role')} message: {' '.join(texts)}"
+    if kind == "response.output_item.done" and item_type == "function_call":
+        name, args = _get(m, "item", "name"), _get(m, "item", "arguments")
+        return f"tool call {name}({args}) {_get(m, 'item', 'status')}"
     return kind
 
 
@@ -370,7 +463,8 @@ def timeline(entries: list[Entry]) -> list[str]:
             fold_from = e.t_ms if fold_from is None else fold_from
             fold[key] += _audio_ms(e) if key.endswith("ms") else 1
             continue
-        if e.msg.get("type") in _QUIET:
+        kind = e.msg.get("type")
+        if type(kind) is str and kind in _QUIET:  # a recorded type may be any value
             continue
         flush()
         lines.append(f"{e.t_ms:9.0f} ms  {_WHO[e.dir]}  {describe(e)}")
@@ -394,7 +488,7 @@ def report(result: Result) -> str:
                 e = seq[k]
                 where = f"line {e.line}" if e.line else "replay"
                 pointer = ">>" if k == m.index else "  "
-                body = json.dumps(strip_audio(e.dir, e.msg), sort_keys=True)[:240]
+                body = _body(strip_audio(e.dir, e.msg))
                 out.append(f"    {pointer} {e.t_ms:9.1f} ms ({where}) {body}")
     if result.unconsumed_inputs:
         out.append(f"- the call ended {result.unconsumed_inputs} recorded input(s) early")
@@ -407,7 +501,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m app.replay FIXTURE.jsonl", file=sys.stderr)
         return 2
-    fixture = load(args[0])
+    try:
+        fixture = load(args[0])
+    except (OSError, FixtureError) as exc:
+        print(f"not a call fixture: {exc}", file=sys.stderr)
+        return 2
     h = fixture.header
     print(f"call {h.get('call_sid')} recorded {h.get('recorded_at')} ({h.get('audio')} audio)")
     print("\n".join(timeline(fixture.entries)))

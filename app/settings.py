@@ -137,8 +137,8 @@ class Settings(BaseSettings):
     twilio_account_sid: str | None = None
     twilio_auth_token: SecretStr | None = None
     twilio_api_base_url: str = "https://api.twilio.com"
-    # Hardening beyond the signature checks (needs TWILIO_AUTH_TOKEN): see .env.example.
-    stream_token_required: bool = False
+    # Unset: on whenever TWILIO_AUTH_TOKEN is set (see `stream_token_enforced`).
+    stream_token_required: bool | None = None
 
     # --- Call behaviour -----------------------------------------------------------------
     bot_instructions: str = DEFAULT_INSTRUCTIONS
@@ -180,6 +180,20 @@ class Settings(BaseSettings):
     log_format: Literal["kv", "json"] = "kv"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_transcripts: bool = True
+    log_max_field_chars: int = Field(default=1000, ge=80, le=1_000_000)
+
+    # --- Limits: what one process takes from the outside (README "Security") -----------
+    max_concurrent_calls: int = Field(default=400, ge=1, le=100_000)
+    max_connections: int | None = Field(default=None, ge=1, le=1_000_000)
+    request_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    webhook_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    twilio_max_frame_bytes: int = Field(default=64 * 1024, ge=4096, le=16 * 1024 * 1024)
+    realtime_max_frame_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024
+    )
+    stream_idle_seconds: float = Field(default=10.0, ge=1, le=600)
+    caller_audio_burst_seconds: float = Field(default=2.0, ge=0.1, le=60)
+    record_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
 
     _file_instructions: str | None = PrivateAttr(default=None)
 
@@ -320,6 +334,22 @@ class Settings(BaseSettings):
         return self.transfer_number is not None and self.rest_enabled
 
     @property
+    def stream_token_enforced(self) -> bool:
+        """True when a stream's `start` must carry its call's token and account (on by
+        default whenever signatures are checked; STREAM_TOKEN_REQUIRED=false opts out)."""
+        if self.twilio_auth_token is None:
+            return False
+        return self.stream_token_required is not False
+
+    @property
+    def connection_limit(self) -> int:
+        """MAX_CONNECTIONS, or by default room for every call's media stream and webhook
+        twice over plus health checks and scrapes."""
+        if self.max_connections is not None:
+            return self.max_connections
+        return 2 * self.max_concurrent_calls + 100
+
+    @property
     def signatures_enabled(self) -> bool:
         """True when X-Twilio-Signature is enforced (TWILIO_AUTH_TOKEN set)."""
         return self.twilio_auth_token is not None
@@ -337,6 +367,18 @@ class Settings(BaseSettings):
                 "SECURITY: TWILIO_AUTH_TOKEN is not set, so X-Twilio-Signature checks are OFF "
                 "and anyone who finds this server can open media streams and spend your "
                 "OpenAI credit. Set TWILIO_AUTH_TOKEN before exposing the server."
+            )
+        elif self.stream_token_required is False:
+            found.append(
+                "SECURITY: STREAM_TOKEN_REQUIRED=false: a media stream is accepted for any "
+                "CallSid its `start` claims, so anyone who has seen one signed upgrade can "
+                "open billed Realtime sessions and end other calls. Use it only for streams "
+                "opened by TwiML other than this bridge's own webhook."
+            )
+        if self.stream_token_required is True and self.twilio_auth_token is None:
+            found.append(
+                "STREAM_TOKEN_REQUIRED=true has no effect without TWILIO_AUTH_TOKEN "
+                "(the token is an HMAC keyed by it)."
             )
         if self.openai_api_key is None:
             found.append(

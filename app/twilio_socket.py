@@ -50,6 +50,8 @@ class TwilioSocket:
         self._writer: asyncio.Task[None] | None = None
         #: Accepted, and closed by neither side yet.
         self.open = False
+        #: The close code once disconnected (1009: a frame over the server's limit).
+        self.close_code: int | None = None
 
     async def accept(self) -> None:
         """Complete the upgrade (after the `websocket.connect` message)."""
@@ -69,6 +71,7 @@ class TwilioSocket:
             text = message.get("text")
             return text if text is not None else (message.get("bytes") or b"")
         self.open = False  # websocket.disconnect
+        self.close_code = message.get("code")
         return None
 
     def send(self, text: str) -> bool:

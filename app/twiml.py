@@ -81,3 +81,22 @@ def dial(number: str, caller_id: str | None = None, timeout_s: int | None = None
     response = VoiceResponse()
     _add_dial(response, number, caller_id, timeout_s)
     return response.to_xml(xml_declaration=False)
+
+
+def busy(fallback_message: str, fallback_number: str | None) -> str:
+    """The answer when the process takes no more calls (MAX_CONCURRENT_CALLS).
+
+    With FALLBACK_NUMBER set, the overflow goes to the people behind it (after the
+    fallback message), as it does when the bridge fails. Without it, `<Reject
+    reason="busy"/>`: the caller hears a busy tone at once and can call back, the call
+    is never answered (so never billed as an answered call), and the caller's carrier
+    treats it as any busy line; a spoken apology would answer it only to hang up.
+    """
+    response = VoiceResponse()
+    if fallback_number:
+        if fallback_message:
+            response.say(fallback_message)
+        _add_dial(response, fallback_number)
+    else:
+        response.reject(reason="busy")
+    return str(response)

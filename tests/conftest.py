@@ -69,7 +69,7 @@ class RunningApp:
         call_sid = kwargs.pop("call_sid", None) or "CA" + secrets.token_hex(16)
         params = {"CallSid": call_sid, **kwargs.pop("custom_parameters", {})}
         token = self.settings.twilio_auth_token
-        if token is not None and self.settings.stream_token_required:
+        if self.settings.stream_token_enforced:
             params.setdefault(
                 STREAM_TOKEN_PARAMETER, stream_token(token.get_secret_value(), call_sid)
             )

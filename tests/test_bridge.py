@@ -284,3 +284,62 @@ async def test_a_recording_made_live_replays_even_where_a_microsecond_decides() 
     assert result.ok, report(result)
     (replayed,) = [e for e in result.replayed if e.msg.get("type") == "conversation.item.truncate"]
     assert replayed.msg["audio_end_ms"] == 163
+
+
+# -- frames nested past what anything but orjson could parse --------------------------------
+
+
+def _deep_frame(depth: int, where: str) -> str:
+    """A frame with a value nested `depth` deep, as raw JSON text (orjson's limit: 1024)."""
+    deep = "[" * depth + "]" * depth
+    return {
+        "twilio": '{"event":"mark","streamSid":"' + STREAM + '","mark":{"name":' + deep + "}}",
+        "twilio_top": deep,
+        "openai": '{"type":"error","error":{"type":"server_error","code":' + deep + "}}",
+        "openai_top": deep,
+    }[where]
+
+
+@pytest.mark.parametrize("recorded", [False, True], ids=["unrecorded", "recorded"])
+@pytest.mark.parametrize(
+    ("where", "depth", "kinds"),
+    [
+        ("twilio", 1000, {"twilio.malformed_mark"}),  # parsed: the core skips it
+        ("twilio_top", 1000, {"twilio.not_an_object"}),
+        ("twilio", 100_000, {"twilio.oversized_frame", "twilio.not_json"}),  # never parsed
+        ("openai", 1000, {"realtime.malformed_error"}),
+        ("openai_top", 1000, {"realtime.not_an_object"}),
+        ("openai", 100_000, {"realtime.not_json"}),  # past orjson's depth limit
+    ],
+)
+async def test_a_frame_nested_deep_from_either_side_is_skipped_and_the_call_goes_on(
+    where: str,
+    depth: int,
+    kinds: set[str],
+    recorded: bool,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before: a value nested 1000 deep reached `str()` in the core (an error code, an
+    unknown event's name), which recursed past the interpreter's limit: `bridge.crashed`."""
+    transport, ws = MockTransport(), AsgiWebsocket()
+    extra = {"record_dir": tmp_path} if recorded else {}
+    task, link, bridge = await _call(transport, ws, **QUIET, **extra)
+    frame = _deep_frame(depth, where)
+    if where.startswith("twilio"):
+        ws.client_send(frame)
+        await ws.handled()
+    else:
+        link.push_raw(frame.encode())
+    (kind,) = bridge.session.bad_input  # reported once, as one kind of bad input
+    assert kind in kinds and bridge.session.bad_input[kind] == 1
+    assert not bridge.session.done
+    # The call goes on: audio still flows both ways.
+    ws.client_send(media_msg(b64(160)))
+    await link.wait_for("input_audio_buffer.append")
+    link.push(response_created("resp_1"))
+    link.push(delta("item_a", response="resp_1"))
+    await ws.wait_until(lambda: [f["event"] for f in ws.frames()] == ["media", "mark"])
+    ws.client_send(stop_msg())
+    await asyncio.wait_for(task, 5)
+    assert not any(r.getMessage() == "bridge.crashed" for r in caplog.records)

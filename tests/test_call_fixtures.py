@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from app.recording import AUDIO
+from app.recording_lines import AUDIO
 from app.replay import Entry, Fixture, load, replay, report
 from tests.conftest import API_KEY, AUTH_TOKEN, make_settings, serve
 from tests.fakes.audio import speech

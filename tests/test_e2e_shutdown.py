@@ -21,11 +21,12 @@ from typing import Any
 import httpx
 import pytest
 from twilio.request_validator import RequestValidator
+from websockets.asyncio.client import connect
 
 from app.security import stream_token
 from tests.conftest import API_KEY, AUTH_TOKEN
-from tests.fakes.audio import speech
-from tests.fakes.realtime_server import FakeRealtime
+from tests.fakes.audio import speech, tone
+from tests.fakes.realtime_server import FakeRealtime, ScriptedResponse
 from tests.fakes.twilio_caller import FakeTwilioCall
 from tests.fakes.watch import Watch
 
@@ -89,7 +90,6 @@ async def server(
         "PUBLIC_BASE_URL": PUBLIC,
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
         "BOT_GREETING": "",
-        "STREAM_TOKEN_REQUIRED": "true",  # the callers below carry their call's token
         "LOG_FORMAT": "json",
         **env,
     }
@@ -166,3 +166,69 @@ async def test_calls_still_open_after_the_drain_time_are_ended_cleanly(
     summary = next(e for e in srv.events if e.get("event") == "call.summary")
     assert summary["ended"] == "shutdown"
     assert "shutdown.ending_calls" in srv.names()
+
+
+async def test_a_caller_side_that_neither_reads_nor_closes_cannot_hold_the_exit(
+    realtime: FakeRealtime, tmp_path: Path
+) -> None:
+    """The drain ends within SHUTDOWN_DRAIN_SECONDS plus a bounded teardown, whatever the
+    peers do: here a Twilio side that stops reading (a tiny receive buffer, nothing read)
+    while the bot talks, and so never answers the close either."""
+    realtime.add_responses(ScriptedResponse(audio=tone(30_000), transcript="A long story."))
+    env = {"SHUTDOWN_DRAIN_SECONDS": "1", "BOT_GREETING": "Tell a long story."}
+    async with server(realtime, tmp_path, **env) as srv:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before the handshake
+        sock.connect(("127.0.0.1", srv.port))
+        call_sid = "CA" + secrets.token_hex(16)
+        url = PUBLIC.replace("https", "wss") + "/media-stream"
+        sig = RequestValidator(AUTH_TOKEN).compute_signature(url, {})
+        ws = await connect(
+            f"ws://127.0.0.1:{srv.port}/media-stream",
+            sock=sock,
+            additional_headers={"X-Twilio-Signature": sig},
+            max_queue=1,  # past one unread message, the client stops reading its socket
+            ping_interval=None,
+        )
+        start = {
+            "event": "start",
+            "streamSid": "MZ" + "1" * 32,
+            "start": {
+                "streamSid": "MZ" + "1" * 32,
+                "callSid": call_sid,
+                "accountSid": "AC" + "0" * 32,
+                "tracks": ["inbound", "outbound"],
+                "customParameters": {"StreamToken": stream_token(AUTH_TOKEN, call_sid)},
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            },
+        }
+        await ws.send(json.dumps(start))
+        conn = await realtime.wait_connection(timeout=15)
+        await conn.wait_for("response.create", timeout=10)
+        # The bot talks (the fake paces its audio in real time) into a socket nobody reads.
+        await conn.wait_until(
+            lambda: conn.sent_types().count("response.output_audio.delta") >= 10, timeout=10
+        )
+        srv.proc.send_signal(signal.SIGTERM)
+        await srv.wait_event("shutdown.draining")
+        # 1 s of drain, 5 s for the calls' teardown, 5 s for the server's own: 30 s is ample.
+        assert await asyncio.wait_for(srv.proc.wait(), 30) == 0
+        ws.transport.abort()
+    summary = next(e for e in srv.events if e.get("event") == "call.summary")
+    assert summary["call_sid"] == call_sid
+
+
+async def test_a_second_sigterm_ends_the_remaining_calls_at_once(
+    realtime: FakeRealtime, tmp_path: Path
+) -> None:
+    async with server(realtime, tmp_path, SHUTDOWN_DRAIN_SECONDS="600") as srv:
+        async with srv.call() as call:
+            await call.start()
+            conn = await realtime.wait_connection(timeout=15)
+            await conn.wait_for("session.update", timeout=10)
+            srv.proc.send_signal(signal.SIGTERM)
+            await srv.wait_event("shutdown.draining")
+            srv.proc.send_signal(signal.SIGTERM)
+            await call.wait_closed(timeout=15)
+        assert await asyncio.wait_for(srv.proc.wait(), 20) == 0
+    assert "shutdown.hurry" in srv.names()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Any
 
+import pytest
+
 from app.call.actions import Action, CloseRealtime, CloseTwilio, RestRequest
-from app.call.ending import REST_BACKOFF_MS, STOP_GRACE_MS
+from app.call.ending import MAX_ARGUMENTS_CHARS, REST_BACKOFF_MS, STOP_GRACE_MS, tool_reason
 from app.call.nudges import MAX_DURATION_GRACE_MS
 from app.call.outbox import Timer
 from app.call.session import CallSession
@@ -423,3 +425,28 @@ def test_a_goodbye_whose_response_never_finishes_is_bounded() -> None:
     assert s.out.timers[Timer.LAST_WORDS] == 80 + cfg.playout_timeout_ms
     out = s.advance(80 + cfg.playout_timeout_ms)
     assert s.ending.committed and any(isinstance(a, RestRequest) for a in out)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "reason"),
+    [
+        ('{"reason": "the caller is done"}', "the caller is done"),
+        (None, "unspecified"),
+        ("{}", "unspecified"),
+        ('{"reason": ""}', "unspecified"),
+        ('{"reason": ["a", "b"]}', "unspecified"),  # not a string: not printed
+        ('{"reason": ' + "[" * 900 + "]" * 900 + "}", "unspecified"),
+        ('["reason"]', "unspecified"),
+        ('{"reason": "' + "x" * 300 + '"}', "x" * 200),
+        ("not json", None),
+        ('{"reason": "cut', None),  # an interrupted call's arguments
+        ("[" * 100_000, None),  # json: RecursionError, not ValueError
+        ('{"a":' * 2000 + "1" + "}" * 2000, None),  # past orjson's depth limit
+        ('{"reason": "' + "x" * MAX_ARGUMENTS_CHARS + '"}', None),  # too long to read
+    ],
+    ids=lambda v: None,
+)
+def test_tool_reason_reads_the_models_arguments_and_never_raises(
+    arguments: str | None, reason: str | None
+) -> None:
+    assert tool_reason(arguments) == reason

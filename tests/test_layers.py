@@ -21,9 +21,14 @@ OURS_IO = (
     "app.twilio_socket",
     "app.telephony",
     "app.recording",
+    "app.recording_lines",
     "app.replay",
     "app.settings",
     "app.lifecycle",
+    "app.admission",
+    "app.forms",
+    "app.limits",
+    "app.server_guard",
 )
 
 

@@ -285,3 +285,104 @@ async def test_e2e_debug_logs_hold_no_key_press_or_signature(app_with: Any, real
     assert signature not in text
     assert '"7"' not in text and "digit" not in text and "pressed 7" not in text
     assert "media-stream" in text.lower() or "websocket" in text.lower()
+
+
+# -- bounded fields ------------------------------------------------------------------------
+
+
+def test_every_field_is_cut_at_the_cap_in_kv(out: io.StringIO) -> None:
+    configure_logging("kv", "DEBUG", stream=out, max_field_chars=20)
+    log = logging.getLogger("app.twiml")
+    log_event(log, logging.INFO, "call.incoming", caller="+1" + "5" * 60_000, ok="short")
+    log_event(log, logging.INFO, "openai.error", param=list(range(10_000)), err={"x": "y" * 99})
+    log.warning("caller said %s", "z" * 5000)
+    first, second, third = lines(out)
+    assert f'caller="+1{"5" * 18}…(+59982 chars)"' in first and "ok=short" in first
+    as_json = json.dumps(list(range(10_000)), separators=(",", ":"))
+    assert f'param="{as_json[:20]}…(+{len(as_json) - 20} chars)"' in second
+    assert r'err="{\"x\":\"yyyyyyyyyyyyyy…(+87 chars)"' in second
+    assert f'msg="caller said {"z" * 8}…(+4992 chars)"' in third
+    assert first.startswith("ts=") and " level=info " in first  # the line's own fields stay
+    assert max(map(len, lines(out))) < 300
+
+
+def test_every_field_is_cut_at_the_cap_in_json(out: io.StringIO) -> None:
+    buffer = io.StringIO()
+    configure_logging("json", "INFO", stream=buffer, max_field_chars=20)
+    log = logging.getLogger("app.realtime")
+    log_event(log, logging.WARNING, "openai.error", code="c" * 1_000_000, items=[1, 2], n=10**18)
+    log_event(log, logging.WARNING, "openai.error", detail={"type": "t" * 500}, n=10**30)
+    first, second = map(json.loads, lines(buffer))
+    assert first["code"] == "c" * 20 + "…(+999980 chars)"
+    assert first["items"] == [1, 2] and first["n"] == 10**18  # short values keep their type
+    assert second["n"] == "1" + "0" * 19 + "…(+11 chars)"  # 31 digits are text, cut
+    assert second["detail"] == '{"type":"' + "t" * 11 + "…(+491 chars)"
+    assert len(buffer.getvalue()) < 400
+
+
+def test_the_default_cap_is_a_thousand_characters(out: io.StringIO) -> None:
+    log_event(logging.getLogger("x"), logging.INFO, "e", text="a" * 1000, more="b" * 1001)
+    [line] = lines(out)
+    assert f"text={'a' * 1000} " in line
+    assert f'more="{"b" * 1000}…(+1 chars)"' in line
+
+
+def test_a_traceback_gets_more_room_but_is_bounded(out: io.StringIO) -> None:
+    configure_logging("kv", "DEBUG", stream=out, max_field_chars=100)
+    try:
+        raise ValueError("v" * 100_000)
+    except ValueError:
+        logging.getLogger("err").exception("failed")
+    [line] = lines(out)
+    assert "Traceback" in line and "ValueError: vvv" in line
+    assert 1600 < len(line) < 1800
+
+
+def test_a_cut_never_leaves_part_of_a_secret(out: io.StringIO) -> None:
+    configure_logging("kv", "DEBUG", stream=out, max_field_chars=30)
+    register_secret("sk-live-abcdef123456")
+    log_event(logging.getLogger("s"), logging.INFO, "e", header="x" * 20 + "sk-live-abcdef123456")
+    [line] = lines(out)
+    assert "sk-li" not in line and "***" in line
+
+
+def test_a_huge_int_or_an_unprintable_object_never_breaks_a_line() -> None:
+    class Broken:
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    # Formatted directly: such values would break the test harness's own log checks.
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "e", None, None)
+    record.is_event = True
+    record.fields = {"n": 10**5000, "obj": Broken(), "deep": nested(5000)}
+    kv = observability.StructuredFormatter("kv").format(record)
+    js = json.loads(observability.StructuredFormatter("json").format(record))
+    assert 'n="<unprintable int>"' in kv and 'obj="<unprintable Broken>"' in kv
+    assert js["n"] == "<unprintable int>" and js["obj"] == "<unprintable Broken>"
+    assert js["deep"] == "<unprintable list>"
+
+
+def nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("fmt", ["kv", "json"])
+def test_no_value_can_start_a_log_line_of_its_own(out: io.StringIO, fmt: str) -> None:
+    configure_logging(fmt, "INFO", stream=out)
+    forged = "x\nts=2025 level=error event=forged\r\u2028\u2029\x85\x0b\x1c\x7f\x1b[31m"
+    log_event(logging.getLogger("x"), logging.INFO, "e", caller=forged, **{"list": [forged]})
+    logging.getLogger("x").warning("said %s", forged)
+    text = out.getvalue()
+    assert len(text.splitlines()) == 2  # str.splitlines breaks at every separator above
+    assert text.isprintable() is False and text.count("\n") == 2
+    assert all(line.isprintable() for line in text.splitlines())
+    if fmt == "json":
+        assert [json.loads(line).get("caller") for line in text.splitlines()] == [forged, None]
+
+
+def test_the_cap_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        configure_logging("kv", "INFO", stream=io.StringIO(), max_field_chars=0)

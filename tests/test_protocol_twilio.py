@@ -147,7 +147,19 @@ def test_start_fields_fill_in_what_twilio_may_leave_out() -> None:
         _start(accountSid=7),
         _start(customParameters=["a", "b"]),
         _start(customParameters="a=b"),
+        # A parameter value is a string: a nested one (which `str()` could recurse on
+        # without bound) is no start of Twilio's.
+        _start(customParameters={"From": ["+1555"]}),
+        _start(customParameters={"k": {"a": 1}}),
+        _start(customParameters={"k": [[[[[[]]]]]] * 2}),
     ],
 )
 def test_start_fields_of_a_malformed_start_is_none(msg: dict[str, Any]) -> None:
     assert tw.start_fields(msg) is None
+
+
+def test_start_fields_of_a_parameter_nested_1000_deep_is_none() -> None:
+    deep: Any = []
+    for _ in range(1000):
+        deep = [deep]
+    assert tw.start_fields(_start(customParameters={"k": deep})) is None

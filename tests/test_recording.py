@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from app.call.nudges import DTMF_MESSAGE
-from app.recording import DTMF_KEYS, CallRecorder, redact
+from app.recording import CallRecorder
+from app.recording_lines import DTMF_KEYS, redact
 from app.replay import Entry, load, replay, report
 from tests.core import config
 from tests.fakes.realtime_server import RealtimeConnection
@@ -180,3 +181,74 @@ async def test_e2e_a_recorded_key_press_is_redacted_and_replays(tmp_path: Path) 
     assert '"digit":"7"' not in text and DTMF_MESSAGE.format(digit="7") not in text
     result = replay(load(path))
     assert result.ok, report(result)
+
+
+# -- malformed input never crashes the call, and still leaks nothing ---------------------
+
+
+def test_a_malformed_user_item_echo_is_recorded_not_raised() -> None:
+    # The red team's crash: a `text` that is a list is unhashable, and the redaction looked
+    # it up in a set. The echo is recorded as it came.
+    echo = user_text("", "conversation.item.added")
+    echo["item"]["content"] = [{"type": "input_text", "text": ["a", {"b": None}]}, 7, None]
+    assert redact("from_openai", echo) is echo
+    writer = KeptLines()
+    recorder = CallRecorder(writer, config(), keep_audio=False)
+    recorder.record(0, "from_twilio", start({}))
+    recorder.record(5, "from_openai", echo)
+    recorder.close()
+    assert json.loads(writer.lines[-1])["msg"] == echo
+
+
+@pytest.mark.parametrize("inner", [["CA1"], "CA1", None, 7, {"callSid": {"x": 1}}])
+def test_a_start_of_any_shape_opens_the_recording_without_raising(inner: object) -> None:
+    writer = KeptLines()
+    recorder = CallRecorder(writer, config(), keep_audio=False)
+    recorder.record(0, "from_twilio", {"event": "start", "streamSid": STREAM, "start": inner})
+    recorder.close()
+    assert recorder.filename is not None and "_unknown_" in recorder.filename
+    fixture = writer.fixture()
+    assert fixture.header["call_sid"] == ""
+    assert fixture.entries[0].msg["start"] == inner
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["7", 7, ["7"], {"7": "7"}, {"digit": ["7"], "track": "7", "other": "7"}, {"digit": {"7": 1}}],
+)
+def test_a_dtmf_field_of_any_shape_keeps_no_key(value: object) -> None:
+    msg = {"event": "dtmf", "streamSid": STREAM, "dtmf": value}
+    clean = redact("from_twilio", msg)["dtmf"]
+    assert not any(c.isdigit() for c in json.dumps(clean))
+    assert clean == "?" or clean.get("digit") in (None, "?")  # still malformed for the core
+
+
+def test_a_dtmf_field_in_any_twilio_message_is_redacted() -> None:
+    # Twilio never sends it elsewhere: when unsure, redact (the core reads it only in `dtmf`).
+    odd = {"event": "mark", "streamSid": STREAM, "mark": {"name": "m"}, "dtmf": {"digit": "4"}}
+    assert redact("from_twilio", odd)["dtmf"] == {"digit": "*"}
+
+
+def test_the_key_press_text_is_never_written_wherever_it_stands() -> None:
+    writer = KeptLines()
+    recorder = CallRecorder(writer, config(), keep_audio=False)
+    recorder.record(0, "from_twilio", start({}))
+    system = user_text(DTMF_MESSAGE.format(digit="5"))
+    system["item"]["role"] = "system"
+    recorder.record(1, "to_openai", system)
+    deep = {"type": "odd", "a": [[{"text": "x " + DTMF_MESSAGE.format(digit="#") + " y"}]]}
+    recorder.record(2, "from_openai", deep)
+    recorder.close()
+    text = "".join(writer.lines)
+    assert not any(DTMF_MESSAGE.format(digit=k) in text for k in DTMF_KEYS - {"*"})
+    assert text.count(DTMF_MESSAGE.format(digit="*")) == 2
+
+
+def test_the_stream_token_is_scrubbed_from_every_line_of_its_call() -> None:
+    writer = KeptLines()
+    recorder = CallRecorder(writer, config(), keep_audio=False)
+    recorder.record(0, "from_twilio", start({"StreamToken": TOKEN}))
+    recorder.record(1, "to_twilio", {"event": "odd", "echo": f"token={TOKEN}"})
+    recorder.close()
+    text = "".join(writer.lines)
+    assert TOKEN not in text and "token=***" in text

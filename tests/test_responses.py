@@ -293,7 +293,7 @@ def test_a_cut_off_responses_audio_is_dropped_and_its_never_heard_items_deleted(
     r, out = responses()
     r.created(service("resp_1"))
     assert r.audio("resp_1", "item_a", new_item=True) is True  # partly heard
-    r.drop_active()
+    r.cut_off()
     assert r.audio("resp_1", "item_a", new_item=False) is False  # truncated by BargeIn
     assert r.audio("resp_1", "item_b", new_item=True) is False
     assert r.audio("resp_1", "item_b", new_item=True) is False  # counted once
@@ -309,9 +309,25 @@ def test_a_cut_off_responses_audio_is_dropped_and_its_never_heard_items_deleted(
     assert sent(out) == []
 
 
-def test_drop_active_without_an_active_response_drops_nothing() -> None:
+def test_cut_off_drops_a_response_still_sending_audio_though_never_announced() -> None:
+    """Its `response.created` was lost (or bad input): the service still cancels it, so
+    its late audio must not play after the clear (found by the property tests)."""
     r, _ = responses()
-    r.drop_active()
+    assert r.audio("resp_9", "item_z", new_item=True) is True
+    r.cut_off()
+    assert r.audio("resp_9", "item_z", new_item=False) is False
+    # A response finished before the cut-off had sent all its audio: nothing to drop.
+    r.created(service("resp_2"))
+    assert r.audio("resp_2", "item_y", new_item=True) is True
+    r.done({"id": "resp_2", "status": "completed"})
+    r.cut_off()
+    r.created(service("resp_3"))
+    assert r.audio("resp_3", "item_x", new_item=True) is True
+
+
+def test_cut_off_without_an_active_response_drops_nothing() -> None:
+    r, _ = responses()
+    r.cut_off()
     r.created(service("resp_1"))
     assert r.audio("resp_1", "item_a", new_item=True) is True
 

@@ -17,6 +17,7 @@ from tests.core import (
     b64,
     delta,
     fire,
+    function_call,
     greeted,
     hear,
     live,
@@ -415,3 +416,175 @@ def test_a_request_queued_behind_a_refused_one_is_still_sent() -> None:
     }
     out = to_realtime(realtime(s, 120, refusal))
     assert [e["type"] for e in out] == ["response.create"]  # not stranded
+
+
+# -- found by the red team and the property tests (tests/test_properties.py) ----------------
+
+
+def _deep(depth: int = 1000) -> object:
+    """A list nested `depth` deep, as a peer may send it (orjson parses up to 1024)."""
+    value: object = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+_MIN_SPEECH = {"interrupt_min_speech_ms": 300}
+
+
+@pytest.mark.parametrize(
+    ("direction", "msg", "reason"),
+    [
+        ("from_twilio", {"event": _deep()}, "twilio.unknown_event"),
+        ("from_twilio", {"event": "mark", "mark": {"name": _deep()}}, "twilio.malformed_mark"),
+        ("from_twilio", {"event": "dtmf", "dtmf": {"digit": ["1"]}}, "twilio.malformed_dtmf"),
+        ("from_twilio", {"_frame_error": _deep()}, "twilio.frame_error"),
+        ("from_openai", {"type": _deep()}, "realtime.event_without_type"),
+        ("from_openai", {"type": "error", "error": {"code": _deep()}}, "realtime.malformed_error"),
+        ("from_openai", {"type": "error", "error": ["x"]}, "realtime.malformed_error"),
+        (
+            "from_openai",
+            {"type": "response.created", "response": {"id": "r2", "metadata": ["x"]}},
+            "realtime.malformed_response_created",
+        ),
+        (
+            "from_openai",
+            {"type": "response.done", "response": {"id": "resp_1", "status": {"x": 1}}},
+            "realtime.malformed_response_done",
+        ),
+        (
+            "from_openai",
+            {"type": "response.output_audio_transcript.done", "item_id": {}, "transcript": "x"},
+            "realtime.malformed_transcript",
+        ),
+        (
+            "from_openai",
+            {**speech_started(), "item_id": ["u1"]},
+            "realtime.malformed_speech_started",
+        ),
+        (
+            "from_openai",
+            {**speech_started(), "audio_start_ms": "0"},
+            "realtime.malformed_speech_started",
+        ),
+        ("from_openai", {**delta("item_a"), "response_id": {}}, "realtime.invalid_audio_delta"),
+        ("from_openai", {**delta("item_a"), "response_id": None}, "realtime.invalid_audio_delta"),
+    ],
+    ids=lambda v: v if isinstance(v, str) and "." in v else None,
+)
+def test_a_value_of_the_wrong_type_skips_its_message_as_bad_input(
+    direction: str, msg: dict[str, object], reason: str
+) -> None:
+    """Checked once, where the message is read (`app.call.inbound`): the message does
+    nothing, is counted under its own reason, and the call goes on."""
+    s = live(quiet(tools=("end_call",)))
+    play(s, 80, "item_a", 2)
+    assert s.feed(100, direction, msg) == []
+    assert s.bad_input == {reason: 1} and not s.done
+    assert s.playback.playing  # nothing was interrupted
+    assert to_realtime(twilio(s, 200, media_msg(b64(160))))  # still flowing
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"name": ["end_call"], "call_id": "call_1"},
+        {"name": _deep(), "call_id": "call_1"},
+        {"name": "end_call", "call_id": ["call_1"]},
+        {"name": "end_call", "call_id": "call_1", "status": ["completed"]},
+        {"name": "end_call", "call_id": "call_1", "arguments": {"reason": "bye"}},
+    ],
+    ids=["name", "deep_name", "call_id", "status", "arguments"],
+)
+def test_a_function_call_with_a_field_of_the_wrong_type_is_not_answered(
+    item: dict[str, object],
+) -> None:
+    s = live(quiet(tools=("end_call",)))
+    ev = {
+        "type": "response.output_item.done",
+        "response_id": "resp_1",
+        "item": {"type": "function_call", "status": "completed", **item},
+    }
+    assert realtime(s, 100, ev) == []  # no "unknown tool" answer, no ending
+    assert s.bad_input == {"realtime.malformed_function_call": 1}
+    assert s.ending.stage is Stage.NONE
+
+
+@pytest.mark.parametrize("arguments", ["[" * 100_000, '{"reason": ' * 5000, "x" * 10_000])
+def test_an_end_call_with_arguments_that_cannot_be_read_still_ends_the_call(
+    arguments: str,
+) -> None:
+    """Nested past any parser's depth (json raises RecursionError for it), or too long:
+    the arguments are bad, the model's intent is still its tool's name."""
+    s = live(quiet(tools=("end_call",), rest_available=True))
+    realtime(s, 100, function_call("end_call", arguments=arguments))
+    assert s.ending.stage is Stage.SPEAKING
+    assert s.bad_input == {"realtime.bad_tool_arguments": 1}
+
+
+def test_min_speech_a_commit_with_a_malformed_item_id_asks_for_no_answer() -> None:
+    """Before: the id was taken for "no id", so a commit of the caller's noise was
+    answered as a turn."""
+    s = live(quiet(**_MIN_SPEECH))
+    realtime(s, 80, response_done("resp_1"))
+    ev = {"type": "input_audio_buffer.committed", "item_id": ["u1"]}
+    assert realtime(s, 100, ev) == []
+    assert s.bad_input == {"realtime.malformed_committed": 1}
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        function_call("end_call"),
+        response_done("resp_1", "failed"),
+        {"type": "error", "error": {"code": "insufficient_quota", "event_id": "x"}},
+        {"type": "input_audio_buffer.committed", "item_id": "u1"},
+    ],
+    ids=["tool_call", "failed_response", "error", "commit"],
+)
+@pytest.mark.parametrize("phase", ["waiting_start", "connecting"])
+def test_realtime_events_before_the_socket_is_open_are_bad_input(
+    event: dict[str, object], phase: str
+) -> None:
+    """No socket is open to have sent them. Before: a tool call there started an ending
+    whose timer then ended the call along a row its phase doesn't have (IllegalTransition:
+    a crash), found by the property tests."""
+    s = CallSession(quiet(tools=("end_call",), **_MIN_SPEECH))
+    s.opened(0)
+    if phase == "connecting":
+        twilio(s, 1, start_msg())
+    for n in range(3):
+        assert realtime(s, 10 + n, event) == []
+    assert s.bad_input == {"realtime.event_before_open": 3}
+    assert s.ending.stage is Stage.NONE and not s.responding
+    s.advance(60_000)  # the start or ready timer ends it, along its own row
+    assert s.done and s.end_detail in ("no_start", "realtime_unavailable")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [{"status": "200"}, {"status": [200]}, {"status": True}, "ok", None, {"status": None}],
+    ids=["str", "list", "bool", "not_an_object", "none", "null_status"],
+)
+def test_a_rest_answer_out_of_shape_counts_as_no_answer_and_is_retried(answer: object) -> None:
+    s = live(quiet(tools=("end_call",), rest_available=True))
+    realtime(s, 100, function_call("end_call"))
+    play(s, 110, "item_bye", 1)
+    realtime(s, 120, response_done("resp_1"))
+    assert any(isinstance(a, RestRequest) for a in fire(s, Timer.LAST_WORDS))
+    assert s.feed(200, "rest", {"response": answer}) == []
+    assert s.bad_input == {"rest.malformed_answer": 1}
+    assert s.out.timers[Timer.REST_RETRY] == 700  # retried, as if no answer came
+    assert any(isinstance(a, RestRequest) for a in fire(s, Timer.REST_RETRY))
+
+
+def test_a_barge_in_cuts_off_audio_whose_response_was_never_announced() -> None:
+    """`response.created` lost (or bad input): the clear flushed that response's audio and
+    the cancel stops it, so its chunks still on their way must not start playing again
+    (found by the property tests: invariant (c))."""
+    s = live(quiet())
+    play(s, 100, "item_z", 3, response="resp_9")  # resp_9 never had a response.created
+    out = to_twilio(realtime(s, 200, speech_started()))
+    assert [m["event"] for m in out] == ["clear"]
+    assert to_twilio(realtime(s, 210, delta("item_z", response="resp_9"))) == []
+    assert to_twilio(realtime(s, 220, delta("item_y", response="resp_9"))) == []

@@ -491,3 +491,29 @@ def test_warnings_mention_http_public_url_and_missing_sid() -> None:
     text = "\n".join(settings.warnings())
     assert "ws://" in text
     assert "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are not both set" in text
+
+
+@pytest.mark.parametrize(
+    ("token", "required", "enforced"),
+    [(None, None, False), ("secret-token", None, True), ("secret-token", False, False)],
+)
+def test_the_stream_token_is_on_whenever_signatures_are(
+    token: str | None, required: bool | None, enforced: bool
+) -> None:
+    settings = load_settings(
+        _env_file=None, twilio_auth_token=token, stream_token_required=required
+    )
+    assert settings.stream_token_enforced is enforced
+
+
+def test_opting_out_of_the_stream_token_is_a_loud_warning() -> None:
+    settings = load_settings(
+        _env_file=None, twilio_auth_token="secret-token", stream_token_required=False
+    )
+    [warning] = [w for w in settings.warnings() if "STREAM_TOKEN_REQUIRED=false" in w]
+    assert warning.startswith("SECURITY:") and "any CallSid" in warning
+
+
+def test_the_default_connection_limit_leaves_room_for_every_call() -> None:
+    assert load_settings(_env_file=None, max_concurrent_calls=50).connection_limit == 200
+    assert load_settings(_env_file=None, max_connections=7).connection_limit == 7

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from app.call.inbound import short
 from app.call.outbox import Outbox
 from app.call.playback import Heard, PlaybackTracker
 from app.call.transcript import Transcript
@@ -72,7 +73,7 @@ class BargeIn:
             logger,
             logging.INFO,
             "turn.barge_in" if audible else "turn.response_dropped",
-            item_id=heard.item_id if heard else None,
+            item_id=short(heard.item_id) if heard else None,
             heard_ms=heard.ms if heard else 0,
         )
         return Interruption(audible, heard)

@@ -20,10 +20,11 @@ call (asking for closing words, ending the call).
 
 from __future__ import annotations
 
-import json
 import logging
 from enum import Enum
 from typing import Final
+
+import orjson
 
 from app.call.actions import CloseRealtime, RestRequest
 from app.call.config import CallConfig
@@ -38,6 +39,8 @@ logger = logging.getLogger("app.call")
 #: After a successful REST update Twilio ends the stream itself; if it doesn't, we do.
 STOP_GRACE_MS: Final = 3000
 REST_BACKOFF_MS: Final = (500, 1000, 2000, 4000)
+#: A tool call's arguments are `{"reason": "..."}`: far longer ones are not read at all.
+MAX_ARGUMENTS_CHARS: Final = 4096
 
 #: The model's tools that end the call, by the kind of ending they ask for.
 TOOL_ENDINGS: Final = {"end_call": "hangup", "transfer_call": "transfer"}
@@ -256,11 +259,19 @@ class Ending:
         self.machine.move(Input.STREAM_ENDED)
 
 
-def tool_reason(arguments: object) -> str:
-    """The `reason` argument of an ending tool call, for the log."""
-    try:
-        parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
-    except ValueError:
+def tool_reason(arguments: str | None) -> str | None:
+    """The `reason` argument of an ending tool call, for the log ("unspecified" when it
+    gives none); None when the arguments are bad: not JSON, longer than
+    `MAX_ARGUMENTS_CHARS`, or nested too deep to parse. They are the model's text, so any
+    failure to parse them is theirs, never the call's (a deep nesting raises
+    RecursionError, not ValueError, in `json`; orjson refuses it with a ValueError)."""
+    if arguments is None:
         return "unspecified"
-    reason = parsed.get("reason") if isinstance(parsed, dict) else None
-    return str(reason)[:200] if reason else "unspecified"
+    if len(arguments) > MAX_ARGUMENTS_CHARS:
+        return None
+    try:
+        parsed = orjson.loads(arguments)
+    except Exception:  # untrusted text: whatever parsing it raises means bad arguments
+        return None
+    reason = parsed.get("reason") if type(parsed) is dict else None
+    return reason[:200] if type(reason) is str and reason else "unspecified"

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
 
+from app.call.inbound import short, text_or
 from app.call.outbox import Outbox
 from app.observability import log_event
 from app.protocol import realtime as rt
@@ -126,10 +127,15 @@ class Responses:
         if self._in_flight is not None and self._in_flight.closing:
             self._in_flight.withdrawn = True
 
-    def drop_active(self) -> None:
-        """The caller cut the active response off: its late audio is never played."""
+    def cut_off(self) -> None:
+        """The caller cut the bot off: the late audio of the active response, and of any
+        response whose audio is still coming (played, not yet done), is never played. The
+        second covers a response whose `response.created` never reached us (or was bad
+        input): the service cancels it all the same, and its audio flushed by Twilio's
+        `clear` must not start again with the chunks still on their way."""
         if self.active is not None:
             self._dropped.add(self.active)
+        self._dropped |= self._with_audio
 
     # -- server events --------------------------------------------------------------------
 
@@ -168,15 +174,14 @@ class Responses:
             return Refusal.ASK_AGAIN
         return Refusal.FAILING if self._failed(error.get("code")) else Refusal.FAILED
 
-    def audio(self, response_id: str | None, item_id: str, *, new_item: bool) -> bool:
-        """Audio arrived for `item_id` (`new_item`: none of it was played yet): play it
-        (True), or drop it (a cut-off response)."""
+    def audio(self, response_id: str, item_id: str, *, new_item: bool) -> bool:
+        """Audio of `response_id` arrived for `item_id` (`new_item`: none of it was played
+        yet): play it (True), or drop it (a cut-off response)."""
         if response_id in self._dropped:
             if new_item:
                 self._unheard_items[item_id] = None
             return False
-        if response_id is not None:
-            self._with_audio.add(response_id)
+        self._with_audio.add(response_id)
         return True
 
     def done(self, response: dict[str, Any]) -> Finished:
@@ -201,9 +206,9 @@ class Responses:
                 logger,
                 logging.WARNING,
                 "realtime.response_failed",
-                response_id=response_id,
-                code=error.get("code"),
-                error_type=error.get("type"),
+                response_id=short(response_id),
+                code=short(error.get("code")),
+                error_type=text_or(error.get("type"), None, 60),
             )
             failing = self._failed(error.get("code"))
         elif status in ("completed", "cancelled", "incomplete"):

@@ -19,6 +19,12 @@ what the caller has really heard. Payloads are never decoded nor validated: only
 type and length (a multiple of 4, as base64 is) are checked. `caller_audio` and
 `bot_audio` are the audio path's two entry points, which the live driver calls directly
 (building the frames itself) and `feed` calls for every other driver.
+
+Every other message is checked once, as it is read, against the shape of its kind
+(`app.call.inbound`: the fields a decision depends on, and their JSON types); one that
+doesn't fit is reported as bad input and skipped, so a handler never meets a list where
+an id should be. A peer's value reaches a log line only checked, or through
+`inbound.preview`.
 """
 
 from __future__ import annotations
@@ -38,6 +44,17 @@ from app.call.ending import (
     Progress,
     RestVerdict,
     tool_reason,
+)
+from app.call.inbound import (
+    FUNCTION_CALL,
+    REALTIME,
+    TWILIO,
+    Shape,
+    int_or,
+    malformed,
+    preview,
+    short,
+    text_or,
 )
 from app.call.nudges import SILENCE_GOODBYE, WRAP_UP, Nudges, Silence
 from app.call.outbox import Outbox, Timer, logged, tally
@@ -85,6 +102,11 @@ _DEBUG = logging.DEBUG
 _INFO = logging.INFO
 _WARNING = logging.WARNING
 _ERROR = logging.ERROR
+
+
+def _frame_reason(reason: object) -> str:
+    """The bad-input kind of a frame the driver could not parse (its reason, if sane)."""
+    return reason[:40] if type(reason) is str and reason else "frame_error"
 
 
 def _audio_ok(text: object) -> bool:
@@ -167,11 +189,13 @@ class CallSession:
         return self.out.take()
 
     def feed(self, now: float, direction: str, msg: dict[str, Any]) -> list[Action]:
-        """Any input, in the form a call fixture records it (see `app.recording`).
+        """Any input, in the form a call fixture records it (see `app.recording_lines`).
 
         `direction` is `from_twilio`, `from_openai` or `rest`. Besides protocol messages,
         `{"_socket": ...}` records a socket event, `{"_frame_error": reason}` a frame that
         could not be parsed, and `{"response": {...}}` (direction `rest`) a REST answer.
+        A Realtime message while no Realtime socket is open (before the call is live) is
+        bad input: nothing could have sent it.
         The live bridge and the replayer both feed inputs through here (or through the two
         audio entry points), so both run the very same code. Timers due by `now` fire first.
         """
@@ -180,12 +204,12 @@ class CallSession:
             return self.out.take()
         if direction == "from_twilio":
             if "_socket" in msg:
-                if msg["_socket"] == "stalled":
-                    self._twilio_stalled(now)
+                if msg["_socket"] in ("stalled", "idle"):  # not reading, or not sending
+                    self._twilio_stalled(now, f"twilio_{msg['_socket']}")
                 else:
                     self._twilio_gone(now)
             elif "_frame_error" in msg:
-                self.out.bad("twilio", str(msg["_frame_error"]))
+                self.out.bad("twilio", _frame_reason(msg["_frame_error"]))
             else:
                 self._twilio_message(now, msg)
         elif direction == "from_openai":
@@ -193,16 +217,20 @@ class CallSession:
             if socket == "open":
                 self._realtime_open(now)
             elif socket == "failed":
-                self._realtime_failed(now, str(msg.get("reason", "")))
+                self._realtime_failed(now, text_or(msg.get("reason"), ""))
             elif socket == "closed":
-                self._realtime_closed(now, msg.get("code"), str(msg.get("reason", "")))
+                code = int_or(msg.get("code"), None)
+                self._realtime_closed(now, code, text_or(msg.get("reason"), ""))
             elif "_frame_error" in msg:
-                self.out.bad("realtime", str(msg["_frame_error"]))
+                self.out.bad("realtime", _frame_reason(msg["_frame_error"]))
+            elif self.phase.state is not Phase.LIVE:
+                # No socket is open to have sent it: acting on it (a tool call before
+                # `start`) would take the call along rows its phase doesn't have.
+                self.out.bad("realtime", "event_before_open")
             else:
                 self._realtime_message(now, msg)
-        elif direction == "rest" and isinstance(msg.get("response"), dict):
-            r = msg["response"]
-            self._rest_result(now, int(r.get("status", 0)), r.get("code"), r.get("error", ""))
+        elif direction == "rest":
+            self._rest_answer(now, msg.get("response"))
         else:
             raise ValueError(f"not an input: {direction}")
         return self.out.take()
@@ -229,14 +257,13 @@ class CallSession:
     def bot_audio(self, now: float, ev: dict[str, Any]) -> str | None:
         """A `response.output_audio.delta`: the name of the mark to send after its audio
         when it is to be played (the caller sends `media` then `mark`), else None."""
-        delta, item_id = ev.get("delta"), ev.get("item_id")
-        if not _audio_ok(delta) or type(item_id) is not str:
+        delta, item_id, rid = ev.get("delta"), ev.get("item_id"), ev.get("response_id")
+        if not _audio_ok(delta) or type(item_id) is not str or type(rid) is not str:
             self.out.bad("realtime", "invalid_audio_delta")
             return None
         new_item = item_id not in self.playback.items
-        rid = ev.get("response_id")
         if self.phase.state is not Phase.LIVE or not self.responses.audio(
-            rid if type(rid) is str else None, item_id, new_item=new_item
+            rid, item_id, new_item=new_item
         ):
             return None  # audio of a response the caller cut off is never played
         if new_item:
@@ -268,6 +295,17 @@ class CallSession:
 
     # -- Twilio ---------------------------------------------------------------------------
 
+    def _fit(self, source: str, shape: Shape | None, msg: dict[str, Any]) -> bool:
+        """Whether `msg` holds every field its handler decides on with the right type
+        (`app.call.inbound`); if not, it is reported as bad input, to be skipped."""
+        if shape is None:
+            return True
+        where = malformed(msg, shape)
+        if where is None:
+            return True
+        self.out.bad(source, shape.reason, field=where)
+        return False
+
     def _twilio_message(self, now: float, msg: dict[str, Any]) -> None:
         event = msg.get("event")
         if event == "media":
@@ -275,21 +313,25 @@ class CallSession:
             payload = media.get("payload") if type(media) is dict else None
             if self.caller_audio(payload):
                 self.out.realtime(rt.input_audio_append(payload))  # type: ignore[arg-type]
-        elif event == "mark":
+            return
+        if type(event) is not str:
+            self.out.bad("twilio", "unknown_event", event=preview(event))
+            return
+        if not self._fit("twilio", TWILIO.get(event), msg):
+            return
+        if event == "mark":
             self._on_mark(now, msg)
         elif event == "start":
             self._on_start(now, msg)
         elif event == "stop":
             self._twilio_gone(now)
         elif event == "connected":
-            log_event(logger, _DEBUG, "twilio.connected", protocol=msg.get("protocol"))
+            log_event(logger, _DEBUG, "twilio.connected", protocol=preview(msg.get("protocol")))
         elif event == "dtmf":
-            dtmf = msg.get("dtmf")
-            digit = dtmf.get("digit") if isinstance(dtmf, dict) else None
-            if self.nudges.dtmf(digit, self.ending.committed):
+            if self.nudges.dtmf(msg["dtmf"]["digit"], self.ending.committed):
                 self.responses.request()
         else:
-            self.out.bad("twilio", "unknown_event", event=str(event)[:40])
+            self.out.bad("twilio", "unknown_event", event=preview(event))
 
     def _on_start(self, now: float, msg: dict[str, Any]) -> None:
         if self.phase.state is not Phase.WAITING_START:
@@ -305,17 +347,13 @@ class CallSession:
         self.phase.move(Input.START)
         claimed = self.parameters.get("CallSid")
         if claimed and claimed != self.call_sid:
-            log_event(logger, _WARNING, "twilio.call_sid_mismatch", claimed=claimed)
-        log_event(logger, _INFO, "call.started", caller=self.parameters.get("From"))
+            log_event(logger, _WARNING, "twilio.call_sid_mismatch", claimed=short(claimed))
+        log_event(logger, _INFO, "call.started", caller=short(self.parameters.get("From")))
         self.out.emit(ConnectRealtime())
         self.out.set_timer(Timer.READY, now + self.config.realtime_ready_timeout_ms)
 
     def _on_mark(self, now: float, msg: dict[str, Any]) -> None:
-        mark = msg.get("mark")
-        name = mark.get("name") if isinstance(mark, dict) else None
-        if not isinstance(name, str):
-            self.out.bad("twilio", "malformed_mark")
-            return
+        name: str = msg["mark"]["name"]
         result = self.playback.echo(now, name)
         if result is Echo.PLAYED and not self.playback.playing:
             self._ending_played_out(now)
@@ -323,7 +361,7 @@ class CallSession:
         elif result is Echo.UNKNOWN:
             self.out.bad("twilio", "unknown_mark")
         elif result is Echo.CLEARED:
-            log_event(logger, _DEBUG, "playback.cleared_echo", mark=name)
+            log_event(logger, _DEBUG, "playback.cleared_echo", mark=short(name))
 
     def _twilio_gone(self, now: float) -> None:
         """The media stream ended (`stop`, or the socket closed without one)."""
@@ -335,10 +373,11 @@ class CallSession:
         else:
             self._end(now, Input.TWILIO_GONE, "caller_hung_up", close_twilio=False)
 
-    def _twilio_stalled(self, now: float) -> None:
-        """The driver could not hand Twilio its frames: the caller's side is stuck."""
+    def _twilio_stalled(self, now: float, detail: str) -> None:
+        """The caller's side is stuck: the driver could not hand Twilio its frames
+        (`twilio_stalled`), or Twilio sent none for STREAM_IDLE_SECONDS (`twilio_idle`)."""
         if self.phase.state is Phase.LIVE:
-            self._end(now, Input.TWILIO_STALLED, "failure", detail="twilio_stalled")
+            self._end(now, Input.TWILIO_STALLED, "failure", detail=detail)
 
     # -- Realtime -------------------------------------------------------------------------
 
@@ -374,38 +413,41 @@ class CallSession:
         if kind == "response.output_audio.delta":
             name = self.bot_audio(now, ev)
             if name is not None:
-                self.out.twilio(tw.media(self.stream_sid, ev["delta"]))
+                for part in tw.media_parts(ev["delta"]):  # the driver's fast path does the same
+                    self.out.twilio(tw.media(self.stream_sid, part))
                 self.out.twilio(tw.mark(self.stream_sid, name))
-        elif kind == "input_audio_buffer.speech_started":
+            return
+        if type(kind) is not str:
+            self.out.bad("realtime", "event_without_type")
+            return
+        if not self._fit("realtime", REALTIME.get(kind), ev):
+            return
+        if kind == "input_audio_buffer.speech_started":
             self._speech_started(now, ev)
         elif kind == "input_audio_buffer.speech_stopped":
             self._speech_stopped(now, ev)
         elif kind == "input_audio_buffer.committed":
             self._committed(now, ev)
         elif kind == "response.created":
-            response = ev.get("response")
-            if isinstance(response, dict) and isinstance(response.get("id"), str):
-                if self.responses.created(response):
-                    self.ending.response_created(response["id"])
-                self.nudges.disarm()
+            response = ev["response"]
+            if self.responses.created(response):
+                self.ending.response_created(response["id"])
+            self.nudges.disarm()
         elif kind == "response.output_item.done":
-            item = ev.get("item")
-            if isinstance(item, dict) and item.get("type") == "function_call":
+            item = ev["item"]
+            if item.get("type") == "function_call" and self._fit("realtime", FUNCTION_CALL, item):
                 self._function_call(now, item, ev.get("response_id"))
         elif kind == "response.done":
             self._response_done(now, ev)
         elif kind == "response.output_audio_transcript.done":
-            item_id, text = ev.get("item_id"), ev.get("transcript")
-            if isinstance(item_id, str) and isinstance(text, str):
-                turn = self.transcript.assistant(item_id)
-                turn.text = text
-                if item_id not in self.playback.items:  # its answer was cut off first
-                    turn.interrupted, turn.heard_ms = True, 0
+            item_id: str = ev["item_id"]
+            turn = self.transcript.assistant(item_id)
+            turn.text = ev["transcript"]
+            if item_id not in self.playback.items:  # its answer was cut off first
+                turn.interrupted, turn.heard_ms = True, 0
         elif kind == "conversation.item.input_audio_transcription.completed":
-            item_id, text = ev.get("item_id"), ev.get("transcript")
-            caller = isinstance(item_id, str) and isinstance(text, str)
-            if caller and item_id not in self.turns.noise_items:
-                self.transcript.caller(item_id, text)  # type: ignore[arg-type]
+            if ev["item_id"] not in self.turns.noise_items:
+                self.transcript.caller(ev["item_id"], ev["transcript"])
         elif kind == "session.updated":
             if not self.realtime_ready:
                 self.realtime_ready = True
@@ -413,26 +455,21 @@ class CallSession:
                 log_event(logger, _INFO, "realtime.ready")
         elif kind == "error":
             self._on_error(now, ev)
-        elif not isinstance(kind, str):
-            self.out.bad("realtime", "event_without_type")
 
     def _response_done(self, now: float, ev: dict[str, Any]) -> None:
-        response = ev.get("response")
-        if not isinstance(response, dict) or not isinstance(response.get("id"), str):
-            self.out.bad("realtime", "malformed_response_done")
-            return
+        response: dict[str, Any] = ev["response"]
         usage = response.get("usage")
-        if isinstance(usage, dict):
+        if usage is not None:
             for key in self.usage:
                 value = usage.get(key)
-                if isinstance(value, int):
+                if value is not None:
                     self.usage[key] += value
         log_event(
             logger,
             _DEBUG,
             "realtime.response_done",
-            response_id=response.get("id"),
-            status=response.get("status"),
+            response_id=short(response["id"]),
+            status=short(response.get("status")),
         )
         finished = self.responses.done(response)
         if finished.failing and not self.ending.committed:
@@ -451,28 +488,27 @@ class CallSession:
             self._maybe_arm(now)
 
     def _on_error(self, now: float, ev: dict[str, Any]) -> None:
-        err = ev.get("error")
-        err = err if isinstance(err, dict) else {}
+        err: dict[str, Any] = ev["error"]
         refusal = self.responses.refused(err)
         if refusal is not None:
-            log_event(logger, _WARNING, "realtime.response_refused", code=err.get("code"))
+            log_event(logger, _WARNING, "realtime.response_refused", code=short(err.get("code")))
             if refusal is Refusal.FAILING and not self.ending.committed:
                 self._responses_failing(now)
             elif refusal is Refusal.FAILED:
                 self.responses.send_waiting()  # what waited behind it is still wanted
             return
-        code = err.get("code")
+        code: str | None = err.get("code")
         n = tally(self.realtime_errors, str(code)[:60])
         if logged(n):  # a bad frame every 20 ms would be a line every 20 ms
             log_event(
                 logger,
-                _DEBUG if isinstance(code, str) and code in rt.BENIGN_ERROR_CODES else _WARNING,
+                _DEBUG if code in rt.BENIGN_ERROR_CODES else _WARNING,
                 "realtime.error",
-                code=code,
+                code=short(code),
                 count=n,
-                error_type=err.get("type"),
-                message=str(err.get("message", ""))[:300],
-                param=err.get("param"),
+                error_type=text_or(err.get("type"), None, 60),
+                message=text_or(err.get("message"), "", 300),
+                param=text_or(err.get("param"), None, 60),
             )
 
     def _responses_failing(self, now: float) -> None:
@@ -483,16 +519,14 @@ class CallSession:
 
     def _function_call(self, now: float, item: dict[str, Any], response_id: object) -> None:
         """A function-call item of the model's finished (`response.output_item.done`)."""
-        name, call_id = item.get("name"), item.get("call_id")
-        if not isinstance(call_id, str):
-            self.out.bad("realtime", "function_call_without_call_id")
-            return
+        name: str | None = item.get("name")
+        call_id: str = item["call_id"]
         if item.get("status") != "completed":
-            log_event(logger, _INFO, "tool.ignored_incomplete", tool=name)
+            log_event(logger, _INFO, "tool.ignored_incomplete", tool=short(name))
             return
-        kind = TOOL_ENDINGS.get(str(name))
+        kind = TOOL_ENDINGS.get(name) if name is not None else None
         if kind is None or name not in self.config.tools:
-            log_event(logger, _WARNING, "tool.unknown", tool=str(name)[:60])
+            log_event(logger, _WARNING, "tool.unknown", tool=short(name))
             self.out.realtime(rt.function_output(call_id, '{"error": "unknown tool"}'))
             self.responses.request()
             return
@@ -500,6 +534,9 @@ class CallSession:
             self.out.realtime(rt.function_output(call_id, '{"result": "already ending"}'))
             return
         reason = tool_reason(item.get("arguments"))
+        if reason is None:
+            self.out.bad("realtime", "bad_tool_arguments")  # the model's intent is its name
+            reason = "unspecified"
         log_event(logger, _INFO, "tool.called", tool=name, reason=reason)
         rid = response_id if isinstance(response_id, str) else None
         self.ending.from_tool(now, kind, reason, rid)
@@ -508,11 +545,9 @@ class CallSession:
     # -- the caller's speech ------------------------------------------------------------------
 
     def _speech_started(self, now: float, ev: dict[str, Any]) -> None:
-        item_id = ev.get("item_id") if isinstance(ev.get("item_id"), str) else None
-        start_ms = ev.get("audio_start_ms")
-        start_ms = start_ms if isinstance(start_ms, int) else 0
+        start_ms: int = ev.get("audio_start_ms") or 0
         self.nudges.disarm()
-        decision = self.turns.speech_started(item_id, start_ms, self.playback.playing)
+        decision = self.turns.speech_started(ev.get("item_id"), start_ms, self.playback.playing)
         if decision is Start.INTERRUPT:
             self._interrupt(now)
         elif decision is Start.NOTHING and self.turns.automatic and self.responses.active:
@@ -527,8 +562,7 @@ class CallSession:
             self._call_off(now)
 
     def _speech_stopped(self, now: float, ev: dict[str, Any]) -> None:
-        end_ms = ev.get("audio_end_ms")
-        outcome = self.turns.speech_stopped(end_ms if isinstance(end_ms, int) else 0)
+        outcome = self.turns.speech_stopped(ev.get("audio_end_ms") or 0)
         if not self.turns.automatic:
             self.out.cancel_timer(Timer.CONFIRM)
         if outcome is Stop.TURN_INTERRUPT and self.playback.playing:
@@ -550,8 +584,8 @@ class CallSession:
         """Under the min-speech policy the bridge, not the service, answers real turns."""
         if self.turns.automatic:
             return
-        item_id = ev.get("item_id")
-        if isinstance(item_id, str) and item_id in self.turns.noise_items:
+        item_id: str | None = ev.get("item_id")
+        if item_id is not None and item_id in self.turns.noise_items:
             self.out.realtime(rt.item_delete(item_id))
             return
         if self.responses.active is not None:
@@ -575,7 +609,7 @@ class CallSession:
         """Stop the bot (`BargeIn`); its answer's late audio is dropped, never played, and a
         pending hang-up or transfer is called off once the model's memory is right."""
         interruption = self.barge_in.interrupt(now, self.stream_sid)
-        self.responses.drop_active()
+        self.responses.cut_off()
         if interruption.audible or self.ending.active:
             self._call_off(now)  # the caller spoke up: no hang-up on top of them
 
@@ -632,6 +666,17 @@ class CallSession:
                 queued_ms=self.playback.queued_ms(),
             )
             self._act(now, Input.PLAYOUT_TIMEOUT)
+
+    def _rest_answer(self, now: float, answer: object) -> None:
+        """A REST answer as the driver recorded it. One that is not in shape counts as no
+        answer at all (status 0, retried): an ending must never wait for an answer that
+        came but could not be read."""
+        if type(answer) is not dict or type(answer.get("status", 0)) is not int:
+            self.out.bad("rest", "malformed_answer")
+            self._rest_result(now, 0, None, "")
+            return
+        code = int_or(answer.get("code"), None)
+        self._rest_result(now, answer.get("status", 0), code, text_or(answer.get("error"), ""))
 
     def _rest_result(self, now: float, status: int, code: int | None, error: str) -> None:
         """The answer to a `RestRequest` (status 0: no answer at all)."""

@@ -71,7 +71,7 @@ class Input(Enum):
     NOT_READY = "not ready in time"
     REALTIME_LOST = "realtime lost"
     TWILIO_GONE = "stop or stream closed"
-    TWILIO_STALLED = "caller side not reading"
+    TWILIO_STALLED = "caller side not reading or not sending"
     RESPONSES_FAILING = "responses failing"
     NO_REST = "ending without REST"
     REST_FAILED = "REST refused"

@@ -45,7 +45,9 @@ def clear(stream_sid: str) -> Message:
 
 
 def start_fields(msg: Message) -> tuple[str, str, str, dict[str, str]] | None:
-    """(stream_sid, call_sid, account_sid, custom_parameters) of a `start`, or None if malformed."""
+    """(stream_sid, call_sid, account_sid, custom_parameters) of a `start`, or None if
+    malformed. Scalar parameter values are read as strings; a list or an object (which
+    could be nested without bound, and `str()` of it recurse) makes the start malformed."""
     start = msg.get("start")
     if not isinstance(start, dict):
         return None
@@ -57,12 +59,26 @@ def start_fields(msg: Message) -> tuple[str, str, str, dict[str, str]] | None:
         return None
     if not isinstance(account_sid, str) or not isinstance(params, dict):
         return None
+    if any(type(v) in (list, dict) for v in params.values()):
+        return None  # a `<Parameter>` value is a string: a nested one is no start of Twilio's
     return stream_sid, call_sid, account_sid, {str(k): str(v) for k, v in params.items()}
 
 
 def encode(msg: Message) -> str:
     """Serialise an outbound message (a websocket text frame)."""
     return orjson.dumps(msg).decode()
+
+
+#: The most base64 characters one `media` frame to Twilio carries (12 KiB of audio, 1.5 s,
+#: a multiple of 4): a longer delta goes as several frames, its mark after the last.
+MAX_MEDIA_CHARS: Final = 16 * 1024
+
+
+def media_parts(payload: str) -> list[str]:
+    """`payload` cut into frames of at most MAX_MEDIA_CHARS (base64 stays aligned: the
+    cuts fall on 4-character boundaries, so each part decodes on its own)."""
+    step = MAX_MEDIA_CHARS
+    return [payload[i : i + step] for i in range(0, len(payload), step)]
 
 
 class StreamEncoder:

@@ -1,0 +1,96 @@
+"""Which media streams this process takes: how many, for which calls, from whom.
+
+The media-stream upgrade's signature only says "Twilio, for some call": it is made over
+the fixed `wss://host/media-stream` URL, the same for every call, so whoever has seen one
+can replay it. What the stream then claims in its `start` (a CallSid, an account) is
+checked here before the call is bridged:
+
+- the stream token (STREAM_TOKEN_REQUIRED, on whenever TWILIO_AUTH_TOKEN is set): our
+  webhook, itself signed over the call's parameters, put an HMAC of the CallSid into the
+  TwiML; a `start` without its call's token, or for another account, is refused;
+- one stream per call: a `start` for a CallSid that already has a live bridge is refused
+  (else a second stream could act for the first: its silence hang-up would end the call);
+- MAX_CONCURRENT_CALLS: the webhook answers busy when the process is full, and a stream
+  that arrives anyway is refused at the upgrade.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.protocol import twilio as tw
+from app.security import STREAM_TOKEN_PARAMETER, check_stream_token
+
+
+class Admission:
+    """The process's live streams and calls, and the rules for taking a new one."""
+
+    def __init__(
+        self,
+        max_calls: int,
+        *,
+        auth_token: str | None = None,
+        account_sid: str | None = None,
+        require_token: bool = False,
+    ) -> None:
+        self.max_calls = max_calls
+        self._token = auth_token if require_token else None
+        self._account = account_sid
+        #: Accepted media streams (from the upgrade until their teardown).
+        self.streams = 0
+        #: CallSids with a live bridge.
+        self.calls: set[str] = set()
+
+    @property
+    def full(self) -> bool:
+        return self.streams >= self.max_calls
+
+    def open_stream(self) -> Ticket | None:
+        """Take one more media stream, unless the process is full."""
+        if self.full:
+            return None
+        self.streams += 1
+        return Ticket(self)
+
+    def check(self, msg: dict[str, Any]) -> tuple[str | None, str | None]:
+        """Check a stream's `start`: (why it is refused or None, the CallSid to hold)."""
+        fields = tw.start_fields(msg)
+        if fields is None:
+            return None, None  # malformed: the call core reports it (and never goes live)
+        _, call_sid, account_sid, params = fields
+        if self._token is not None:
+            if self._account is not None and account_sid != self._account:
+                return "account_mismatch", None
+            if not check_stream_token(self._token, call_sid, params.get(STREAM_TOKEN_PARAMETER)):
+                return "bad_stream_token", None
+        if call_sid in self.calls:
+            return "duplicate_call", None
+        return None, call_sid
+
+
+class Ticket:
+    """One accepted media stream: checks its `start`, holds its CallSid while it lives."""
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+        self.call_sid: str | None = None
+        self._held = True
+
+    def __call__(self, msg: dict[str, Any]) -> str | None:
+        """The bridge's start verifier: None when admitted, else why refused."""
+        reason, call_sid = self._admission.check(msg)
+        if call_sid is not None and self.call_sid is None:
+            self.call_sid = call_sid
+            self._admission.calls.add(call_sid)
+        return reason
+
+    def release(self) -> None:
+        """The stream is over: its slot and its CallSid are free again."""
+        if not self._held:
+            return
+        self._held = False
+        admission = self._admission
+        admission.streams -= 1
+        if self.call_sid is not None:
+            admission.calls.discard(self.call_sid)
+            self.call_sid = None
