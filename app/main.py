@@ -188,8 +188,13 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
+        """503 while starting, draining, or full (MAX_CONCURRENT_CALLS): a load balancer
+        then sends new calls to a replica with room instead of one that answers busy."""
         ok = state.ready and not state.draining
-        body = {"status": "ready" if ok else "not_ready", "calls": len(state.calls)}
+        status = "ready" if ok else "not_ready"
+        if ok and state.admission.full:
+            ok, status = False, "full"
+        body = {"status": status, "calls": len(state.calls)}
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.post("/incoming-call")
@@ -302,6 +307,7 @@ class MediaStream:
             await bridge.run()
         finally:
             state.calls.discard(bridge)
+            ticket.release()  # before anyone waiting for idle sees the slot as taken
             if not state.calls:
                 state.idle.set()
 

@@ -109,9 +109,12 @@ def guarded_protocol(
                 transport.close()
                 return
             self._seen: object = self.cycle
-            self._watch = asyncio.get_running_loop().call_later(timeout_s, self._check)
+            self._watch: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+                timeout_s, self._check
+            )
 
         def _check(self) -> None:
+            self._watch = None
             transport = self.transport
             if transport.is_closing() or transport.get_protocol() is not self:
                 return  # closed, or upgraded: a websocket's own timers take over
@@ -123,11 +126,21 @@ def guarded_protocol(
             self._seen = cycle
             self._watch = asyncio.get_running_loop().call_later(timeout_s, self._check)
 
+        def handle_websocket_upgrade(self, *args: Any) -> None:
+            # The websocket protocol takes the transport over: this object is done with,
+            # and a pending check would keep it (its parser and buffers) alive for nothing.
+            self._unwatch()
+            super().handle_websocket_upgrade(*args)
+
         def connection_lost(self, exc: Exception | None) -> None:
+            self._unwatch()
+            super().connection_lost(exc)
+
+        def _unwatch(self) -> None:
             watch = getattr(self, "_watch", None)
             if watch is not None:
                 watch.cancel()
-            super().connection_lost(exc)
+                self._watch = None
 
     Guarded.__name__ = Guarded.__qualname__ = f"Guarded{base.__name__}"
     return Guarded

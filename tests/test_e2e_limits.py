@@ -207,3 +207,20 @@ async def test_a_realtime_message_over_the_limit_closes_the_link_and_the_call_fa
     await app.wait_idle()
     (summary,) = [r for r in caplog.records if r.getMessage() == "call.summary"]
     assert summary.fields["end_detail"] == "realtime_lost"  # type: ignore[attr-defined]
+
+
+async def test_a_full_process_is_not_ready_so_the_balancer_sends_calls_elsewhere(
+    app_with: AppFactory, realtime: FakeRealtime
+) -> None:
+    app = await app_with(max_concurrent_calls=1, bot_greeting="")
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(app.http_url + "/readyz")).status_code == 200
+        async with app.call() as call:
+            await call.start()
+            await (await realtime.wait_connection()).wait_for("session.update")
+            ready = await client.get(app.http_url + "/readyz")
+            assert (ready.status_code, ready.json()["status"]) == (503, "full")
+            await call.hangup()
+        await app.wait_idle()
+        ready = await client.get(app.http_url + "/readyz")
+        assert (ready.status_code, ready.json()["status"]) == (200, "ready")

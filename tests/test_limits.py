@@ -150,9 +150,12 @@ async def test_a_second_stream_for_a_live_call_is_refused(
     await asyncio.wait_for(again_task, 5)
 
 
+def _client(app: BridgeApp) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+
+
 async def _webhook(app: BridgeApp, **params: str) -> httpx.Response:
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
-    async with client:
+    async with _client(app) as client:
         return await client.post(
             "/incoming-call",
             content=urlencode({"CallSid": "CA" + "5" * 32, **params}),
