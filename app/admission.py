@@ -10,8 +10,9 @@ checked here before the call is bridged:
   TwiML; a `start` without its call's token, or for another account, is refused;
 - one stream per call: a `start` for a CallSid that already has a live bridge is refused
   (else a second stream could act for the first: its silence hang-up would end the call);
-- MAX_CONCURRENT_CALLS: the webhook answers busy when the process is full, and a stream
-  that arrives anyway is refused at the upgrade.
+- MAX_CONCURRENT_CALLS admitted calls: the webhook answers busy when the process is full,
+  and a stream that arrives anyway is refused (at the upgrade, or at its `start` if the
+  last slot went meanwhile).
 """
 
 from __future__ import annotations
@@ -43,7 +44,11 @@ class Admission:
 
     @property
     def full(self) -> bool:
-        return self.streams >= self.max_calls
+        """MAX_CONCURRENT_CALLS admitted calls are live. Counted by admitted calls, not by
+        open streams: a stream holds no slot until its `start` has proven its call, so
+        streams that never prove one (a replayed upgrade, over and over) can't make the
+        process look full; they are bounded by MAX_CONNECTIONS and the 10 s start timeout."""
+        return len(self.calls) >= self.max_calls
 
     def open_stream(self) -> Ticket | None:
         """Take one more media stream, unless the process is full."""
@@ -65,6 +70,8 @@ class Admission:
                 return "bad_stream_token", None
         if call_sid in self.calls:
             return "duplicate_call", None
+        if self.full:  # filled up since this stream's upgrade
+            return "at_capacity", None
         return None, call_sid
 
 

@@ -83,8 +83,8 @@ class BridgeLimits:
     #: STREAM_IDLE_SECONDS: Twilio sends audio all call long, silence included; a stream
     #: that sends nothing this long is dead, and the call ends (`twilio_idle`).
     idle_s: float = 10.0
-    #: CALLER_AUDIO_BURST_SECONDS: how far ahead of real time caller audio may run;
-    #: beyond it frames are dropped (and counted), not forwarded.
+    #: CALLER_AUDIO_BURST_SECONDS: how far ahead of real time (since the stream opened)
+    #: caller audio may run; beyond it frames are dropped (and counted), not forwarded.
     audio_burst_s: float = 2.0
 
     @classmethod
@@ -137,17 +137,18 @@ class Bridge:
         self._dropping = False
         #: Caller audio frames dropped for running ahead of real time.
         self.audio_flooded = 0
-        self._flooding = False
         self._loop = asyncio.get_running_loop()
         self._clock = clock or self._loop.time
         self._t0 = self._clock()
         #: When the last Twilio frame arrived (clock seconds).
         self._heard = self._t0
         self._idle: asyncio.TimerHandle | None = None
-        #: Caller audio allowance (base64 characters): refills at the real-time rate up to
-        #: the burst, each frame spends its length.
-        self._burst = limits.audio_burst_s * _AUDIO_CHARS_PER_S
-        self._allowance = self._burst
+        #: Caller audio allowance (base64 characters): starts at the burst, refills at the
+        #: real-time rate, each frame spends its length. It may save up to the burst plus a
+        #: quiet stream's worth (STREAM_IDLE_SECONDS; longer, the call is over anyway), so
+        #: real speech held back by a network stall still passes when it arrives at once.
+        self._allowance = limits.audio_burst_s * _AUDIO_CHARS_PER_S
+        self._most = (limits.audio_burst_s + limits.idle_s) * _AUDIO_CHARS_PER_S
         self._spent_at = self._t0
         self._last = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -307,17 +308,14 @@ class Bridge:
         payload = media.get("payload") if type(media) is dict else None
         if type(payload) is str:
             allowance = self._allowance + (t - self._spent_at) * _AUDIO_CHARS_PER_S
-            if allowance > self._burst:
-                allowance = self._burst
+            if allowance > self._most:
+                allowance = self._most
             self._spent_at = t
             if allowance < len(payload):
                 self._allowance = allowance
                 self._flooded()
                 return
             self._allowance = allowance - len(payload)
-            if self._flooding:
-                self._flooding = False
-                log_event(logger, logging.INFO, "twilio.audio_flood_ended")
         recorder = self.recorder
         if recorder is not None:
             now = self._time_for_input()
@@ -337,12 +335,12 @@ class Bridge:
     def _flooded(self) -> None:
         """Caller audio faster than real time past the burst: a broken or hostile peer
         (it would bill the Realtime session for audio nobody spoke). Dropped, unrecorded
-        (so a recording replays as the call ran), counted, logged once per episode."""
-        self.audio_flooded += 1
-        if not self._flooding:
-            self._flooding = True
+        (so a recording replays as the call ran), counted; logged at the 1st, 2nd, 4th,
+        8th... frame, so a sustained flood costs a handful of lines."""
+        self.audio_flooded = count = self.audio_flooded + 1
+        if count & (count - 1) == 0:
             burst_s = self.limits.audio_burst_s
-            log_event(logger, logging.WARNING, "twilio.audio_flood", burst_s=burst_s)
+            log_event(logger, logging.WARNING, "twilio.audio_flood", dropped=count, burst_s=burst_s)
 
     def _twilio_message(self, msg: dict[str, Any]) -> None:
         session = self.session

@@ -223,7 +223,7 @@ def create_app(
             return Response(twiml.apology(settings.apology_message), media_type=_XML)
         if state.admission.full:
             state.hits.hit("calls", limit_value=settings.max_concurrent_calls)
-            log_event(logger, logging.WARNING, "webhook.busy", calls=state.admission.streams)
+            log_event(logger, logging.WARNING, "webhook.busy", calls=len(state.admission.calls))
             document = twiml.busy(settings.fallback_message, settings.fallback_number)
             return Response(document, media_type=_XML)
         log_event(logger, logging.INFO, "webhook.incoming_call", caller=params.get("From"))

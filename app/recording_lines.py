@@ -73,10 +73,12 @@ FORMAT_VERSION: Final = 1
 DIRECTIONS: Final = ("from_twilio", "to_twilio", "from_openai", "to_openai", "rest")
 AUDIO: Final = "_audio_bytes"
 
-#: Longest line written: twice Twilio's largest accepted frame (64 Ki characters), so any
-#: frame the bridge takes is recorded whole, envelope and escapes included; the Realtime
-#: events the core acts on are far smaller, and a 4 MiB frame of junk is not kept.
-MAX_LINE_CHARS: Final = 128 * 1024
+#: Longest line written: room for any frame the default TWILIO_MAX_FRAME_BYTES (64 KiB)
+#: admits, even all non-ASCII (JSON's `\uXXXX` escapes make a character 6), plus the
+#: envelope, so a replay meets every Twilio message the live call did (a `start` cut to
+#: `_oversized` would never start). The Realtime events the core acts on are far smaller,
+#: and a 4 MiB frame of junk is not kept.
+MAX_LINE_CHARS: Final = 6 * 64 * 1024 + 4096
 #: Longest SID kept in a file name (Twilio's are 34) and in the header.
 MAX_SID_CHARS: Final = 64
 _UNSAFE_NAME_CHARS: Final = re.compile(r"[^A-Za-z0-9_-]")

@@ -26,12 +26,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import signal
+import threading
 from typing import Any
 
 from app.limits import LimitHits
 from app.observability import log_event
 
 logger = logging.getLogger("app.server_guard")
+
+#: uvicorn's HTTP protocols whose internals the guard relies on (`connections`, `cycle`,
+#: `timeout_keep_alive_task`, `handle_websocket_upgrade`), checked by the loopback tests.
+GUARDABLE = frozenset({"H11Protocol", "HttpToolsProtocol"})
 
 #: uvicorn's own shutdown wait, after the drain: bounded, whatever the peers do.
 SHUTDOWN_GRACE_S = 5
@@ -43,11 +49,23 @@ _BUSY = (
 
 
 def uvicorn_config(receive: Any) -> Any | None:
-    """The `uvicorn.Config` behind a lifespan `receive`, or None under another server."""
-    config = getattr(getattr(receive, "__self__", None), "config", None)
-    if config is None or type(config).__module__ != "uvicorn.config":
+    """The `uvicorn.Config` the app starts in, or None under another server.
+
+    Found through the lifespan's `receive` (a bound method of uvicorn's lifespan object,
+    which holds the config) or, where a middleware wraps it (`--log-level trace`), through
+    the SIGTERM handler uvicorn installs in the main thread (a bound method of its
+    `Server`)."""
+    for owner in (getattr(receive, "__self__", None), _signal_owner()):
+        config = getattr(owner, "config", None)
+        if config is not None and type(config).__module__ == "uvicorn.config":
+            return config
+    return None
+
+
+def _signal_owner() -> object:
+    if threading.current_thread() is not threading.main_thread():
         return None
-    return config
+    return getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
 
 
 def guard(
@@ -66,9 +84,18 @@ def guard(
         # (a peer that never completes a close) must not hold the exit.
         config.timeout_graceful_shutdown = SHUTDOWN_GRACE_S
     base = config.http_protocol_class
-    if not getattr(base, "_bridge_guarded", False):
+    if getattr(base, "__name__", "") in GUARDABLE:
         config.http_protocol_class = guarded_protocol(
             base, max_connections, request_timeout_s, hits
+        )
+    elif not getattr(base, "_bridge_guarded", False):
+        log_event(
+            logger,
+            logging.WARNING,
+            "startup.warning",
+            detail=f"uvicorn's HTTP protocol {getattr(base, '__name__', base)!r} is not one "
+            "the connection guard knows: MAX_CONNECTIONS and REQUEST_TIMEOUT_SECONDS are "
+            "not applied (use --http h11 or httptools)",
         )
     files = raise_open_files_limit()
     need = max_connections + max_calls + 64  # connections, Realtime sockets, files
@@ -119,7 +146,9 @@ def guarded_protocol(
             if transport.is_closing() or transport.get_protocol() is not self:
                 return  # closed, or upgraded: a websocket's own timers take over
             cycle = self.cycle
-            if cycle is self._seen:
+            if cycle is self._seen and self.timeout_keep_alive_task is None:
+                # No new request, and not a quiet keep-alive socket either (uvicorn's own
+                # idle timer is armed only while no byte has come since the response).
                 hits.hit("request_timeout", timeout_s=timeout_s)
                 transport.close()
                 return

@@ -380,6 +380,12 @@ class Settings(BaseSettings):
                 "STREAM_TOKEN_REQUIRED=true has no effect without TWILIO_AUTH_TOKEN "
                 "(the token is an HMAC keyed by it)."
             )
+        if self.max_connections is not None and self.max_connections <= self.max_concurrent_calls:
+            found.append(
+                f"MAX_CONNECTIONS={self.max_connections} leaves no room beside "
+                f"MAX_CONCURRENT_CALLS={self.max_concurrent_calls}: each call holds one "
+                "connection, and webhooks, health checks and scrapes need their own."
+            )
         if self.openai_api_key is None:
             found.append(
                 "OPENAI_API_KEY is not set: every call gets the spoken apology and is hung up."

@@ -85,6 +85,15 @@ def mark_msg(name: str) -> dict[str, Any]:
     return {"event": "mark", "streamSid": STREAM, "mark": {"name": name}}
 
 
+def dtmf_msg(digit: object) -> dict[str, Any]:
+    return {
+        "event": "dtmf",
+        "streamSid": STREAM,
+        "sequenceNumber": "5",
+        "dtmf": {"track": "inbound_track", "digit": digit},
+    }
+
+
 def stop_msg() -> dict[str, Any]:
     return {"event": "stop", "streamSid": STREAM, "stop": {"accountSid": "AC", "callSid": CALL}}
 

@@ -45,16 +45,20 @@ async def _status(reader: asyncio.StreamReader, within: float = 10.0) -> int:
     return int(line.split()[1])
 
 
+def _webhook_head(framing: bytes) -> bytes:
+    """A webhook POST's request line and headers; `framing` says how its body is sent."""
+    return (
+        b"POST /incoming-call HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n" + framing + b"\r\n\r\n"
+    )
+
+
 async def test_a_declared_huge_webhook_body_is_refused_before_it_is_sent(
     app_with: AppFactory,
 ) -> None:
     app = await app_with()
     reader, writer = await _raw(app)
-    writer.write(
-        b"POST /incoming-call HTTP/1.1\r\nHost: x\r\n"
-        b"Content-Type: application/x-www-form-urlencoded\r\n"
-        b"Content-Length: 1000000000\r\n\r\n"
-    )
+    writer.write(_webhook_head(b"Content-Length: 1000000000"))
     await writer.drain()
     assert await _status(reader) == 413  # answered with not one byte of the body sent
     writer.close()
@@ -64,15 +68,9 @@ async def test_a_declared_huge_webhook_body_is_refused_before_it_is_sent(
 async def test_a_chunked_webhook_body_is_cut_off_at_the_limit(app_with: AppFactory) -> None:
     app = await app_with(webhook_max_body_bytes=8192)
     reader, writer = await _raw(app)
-    writer.write(
-        b"POST /incoming-call HTTP/1.1\r\nHost: x\r\n"
-        b"Content-Type: application/x-www-form-urlencoded\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n"
-    )
+    writer.write(_webhook_head(b"Transfer-Encoding: chunked"))
     chunk = b"%x\r\n%s\r\n" % (1024, b"a=1&" * 256)  # 1 KiB a chunk
-    sent = 0
-
-    total = 64 * 1024 * 1024
+    sent, total = 0, 64 * 1024 * 1024
 
     async def stream() -> None:  # up to 64 MB, as fast as the server takes it
         nonlocal sent
@@ -93,10 +91,7 @@ async def test_a_chunked_webhook_body_is_cut_off_at_the_limit(app_with: AppFacto
 async def test_a_webhook_body_that_trickles_in_times_out(app_with: AppFactory) -> None:
     app = await app_with(request_timeout_seconds=1)
     reader, writer = await _raw(app)
-    writer.write(
-        b"POST /incoming-call HTTP/1.1\r\nHost: x\r\n"
-        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nCall"
-    )
+    writer.write(_webhook_head(b"Content-Length: 100") + b"Call")
     await writer.drain()
     assert await _status(reader) == 408
     writer.close()
@@ -120,6 +115,24 @@ async def test_sockets_that_never_send_a_request_are_closed(app_with: AppFactory
     for reader, _ in idle:
         assert await _closed_by_server(reader, within=10) == b""
     assert app.state.hits.counts["request_timeout"] == 20
+
+
+async def test_a_quiet_keep_alive_connection_is_uvicorns_to_close_not_a_timeout(
+    app_with: AppFactory,
+) -> None:
+    """Between requests, a load balancer's pooled connection is idle, not trickling: it
+    lives for uvicorn's keep-alive time (5 s), past the progress timeout, and serves."""
+    app = await app_with(request_timeout_seconds=1)
+    reader, writer = await _raw(app)
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    for _ in range(2):
+        writer.write(request)
+        await writer.drain()
+        assert await _status(reader) == 200
+        await reader.readuntil(b'{"status":"ok"}')
+        await asyncio.sleep(2.5)  # idle in the pool, longer than two progress checks
+    assert app.state.hits.counts["request_timeout"] == 0
+    writer.close()
 
 
 async def test_headers_trickled_byte_by_byte_do_not_keep_a_connection(

@@ -71,7 +71,9 @@ async def test_caller_audio_faster_than_real_time_is_dropped_past_the_burst(
     await asyncio.wait_for(task, 5)
     summary = _summary(caplog)
     assert summary["audio_flooded"] == 500 - len(appended)
-    assert [r.getMessage() for r in caplog.records].count("twilio.audio_flood") == 1
+    floods = [r.fields for r in caplog.records if r.getMessage() == "twilio.audio_flood"]  # type: ignore[attr-defined]
+    dropped = summary["audio_flooded"]
+    assert [f["dropped"] for f in floods] == [2**k for k in range(dropped.bit_length())]
     assert summary["caller_audio_ms"] == len(appended) * 20  # dropped audio isn't billed
 
 
@@ -88,6 +90,23 @@ async def test_caller_audio_at_real_time_is_never_dropped(
         await asyncio.sleep(max(0.0, began + i * 0.02 - loop.time()))  # a caller's pace
         ws.client_send(media_msg(b64(160, i)))
     await link.wait_for("input_audio_buffer.append", count=40)
+    ws.client_send(stop_msg())
+    await asyncio.wait_for(task, 5)
+    assert _summary(caplog)["audio_flooded"] == 0
+
+
+async def test_speech_held_back_by_a_stall_passes_when_it_arrives_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Behind real time is not ahead of it: after a 1.5 s network stall, the 1.5 s of
+    speech it held back (plus the burst) all arrive together and all go through."""
+    transport = MockTransport()
+    app = _app(transport, caller_audio_burst_seconds=0.5)
+    ws, task, link = await _start(app, transport)
+    await asyncio.sleep(1.5)  # the stall: Twilio's frames are held up somewhere
+    for i in range(100):  # 2 s of audio at once: 1.5 s held back + 0.5 s of burst
+        ws.client_send(media_msg(b64(160, i)))
+    await link.wait_for("input_audio_buffer.append", count=100)
     ws.client_send(stop_msg())
     await asyncio.wait_for(task, 5)
     assert _summary(caplog)["audio_flooded"] == 0
@@ -152,6 +171,24 @@ async def test_a_second_stream_for_a_live_call_is_refused(
 
 def _client(app: BridgeApp) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+
+
+async def test_streams_that_never_prove_a_call_hold_no_slot() -> None:
+    """A replayed upgrade, over and over, opens streams that never send a valid `start`:
+    they don't make the process full, and the real call still gets in."""
+    transport = MockTransport()
+    app = _app(transport, max_concurrent_calls=1)
+    idle = [AsgiWebsocket() for _ in range(3)]
+    tasks = [asyncio.create_task(app(ws.scope, ws.receive, ws.send)) for ws in idle]
+    for ws in idle:
+        await ws.wait_until(lambda ws=ws: ws.accepted)
+    assert ET.fromstring((await _webhook(app)).text)[0].tag == "Connect"
+    ws, task, _ = await _start(app, transport)
+    assert ET.fromstring((await _webhook(app)).text)[0].tag == "Reject"  # now it is full
+    for other in idle:
+        other.client_close()
+    ws.client_send(stop_msg())
+    await asyncio.wait_for(asyncio.gather(task, *tasks), 5)
 
 
 async def _webhook(app: BridgeApp, **params: str) -> httpx.Response:

@@ -13,7 +13,7 @@ from app.call.nudges import DTMF_MESSAGE
 from app.recording import CallRecorder
 from app.recording_lines import DTMF_KEYS, redact
 from app.replay import Entry, load, replay, report
-from tests.core import config
+from tests.core import config, dtmf_msg
 from tests.fakes.realtime_server import RealtimeConnection
 from tests.fakes.recording import KeptLines
 from tests.fakes.twilio_caller import FakeTwilioCall
@@ -22,15 +22,6 @@ from tests.test_call_fixtures import record_one_call
 LIBRARY = Path(__file__).parent / "fixtures" / "calls"
 STREAM = "MZ" + "1" * 32
 TOKEN = "tok_9f8e7d6c5b4a39281706"
-
-
-def dtmf(digit: object) -> dict[str, Any]:
-    return {
-        "event": "dtmf",
-        "streamSid": STREAM,
-        "sequenceNumber": "7",
-        "dtmf": {"track": "inbound_track", "digit": digit},
-    }
 
 
 def user_text(text: str, kind: str = "conversation.item.create") -> dict[str, Any]:
@@ -62,7 +53,7 @@ def start(params: dict[str, str]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("key", sorted(DTMF_KEYS))
 def test_every_key_press_is_recorded_as_a_star(key: str) -> None:
-    msg = dtmf(key)
+    msg = dtmf_msg(key)
     original = copy.deepcopy(msg)
     assert redact("from_twilio", msg)["dtmf"] == {"track": "inbound_track", "digit": "*"}
     assert msg == original  # the live message is not touched
@@ -74,8 +65,8 @@ def test_every_key_press_is_recorded_as_a_star(key: str) -> None:
 def test_a_malformed_digit_is_recorded_as_still_malformed() -> None:
     # The core rejects "1234" (one key per message); the recording must not hold it, and a
     # replay must see it rejected again, so it becomes "?" rather than a valid "*".
-    assert redact("from_twilio", dtmf("1234"))["dtmf"]["digit"] == "?"
-    assert redact("from_twilio", dtmf(5))["dtmf"]["digit"] == "?"
+    assert redact("from_twilio", dtmf_msg("1234"))["dtmf"]["digit"] == "?"
+    assert redact("from_twilio", dtmf_msg(5))["dtmf"]["digit"] == "?"
     no_digit = {"event": "dtmf", "streamSid": STREAM, "dtmf": {"track": "inbound_track"}}
     assert redact("from_twilio", no_digit) is no_digit
 
@@ -97,7 +88,7 @@ def test_other_messages_are_left_alone() -> None:
     assert redact("to_openai", system) is system
     media = {"event": "media", "streamSid": STREAM, "media": {"payload": "//8="}}
     assert redact("from_twilio", media) is media
-    assert redact("to_twilio", dtmf("5"))["dtmf"]["digit"] == "5"  # not a caller message
+    assert redact("to_twilio", dtmf_msg("5"))["dtmf"]["digit"] == "5"  # not a caller message
     plain = start({"CallSid": "CA1", "From": "+15550001111"})
     assert redact("from_twilio", plain) is plain
 
@@ -122,7 +113,7 @@ def test_the_recorder_writes_no_digit_and_no_token(keep_audio: bool) -> None:
     writer = KeptLines()
     recorder = CallRecorder(writer, config(), keep_audio=keep_audio)
     recorder.record(0, "from_twilio", start({"StreamToken": TOKEN}))
-    recorder.record(10, "from_twilio", dtmf("7"))
+    recorder.record(10, "from_twilio", dtmf_msg("7"))
     recorder.record(10, "to_openai", user_text(DTMF_MESSAGE.format(digit="7")))
     recorder.record(12, "from_openai", user_text(DTMF_MESSAGE.format(digit="7"), "x.added"))
     recorder.close()

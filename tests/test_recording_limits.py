@@ -20,7 +20,7 @@ from app.call.nudges import DTMF_MESSAGE
 from app.recording import MAX_EARLY_CHARS, CallRecorder, RecordingWriter
 from app.recording_lines import AUDIO, DTMF_KEYS, MAX_LINE_CHARS
 from app.replay import describe, load, parse, replay
-from tests.core import config
+from tests.core import config, dtmf_msg
 from tests.fakes.recording import KeptLines
 
 STREAM = "MZ" + "1" * 32
@@ -55,15 +55,6 @@ def media(payload: object = AUDIO_B64) -> dict[str, Any]:
         "sequenceNumber": "3",
         "streamSid": STREAM,
         "media": {"track": "inbound", "chunk": "2", "timestamp": "20", "payload": payload},
-    }
-
-
-def dtmf(digit: str) -> dict[str, Any]:
-    return {
-        "event": "dtmf",
-        "streamSid": STREAM,
-        "sequenceNumber": "5",
-        "dtmf": {"track": "inbound_track", "digit": digit},
     }
 
 
@@ -175,13 +166,16 @@ def test_an_oversized_message_becomes_a_small_record_of_its_length() -> None:
     recorder = CallRecorder(writer, config(), keep_audio=False)
     recorder.record(0, "from_twilio", start())
     recorder.record(5, "from_openai", {"type": "odd.event", "blob": "x" * 4_000_000})
-    recorder.record(6, "from_openai", {"blob": "é" * 30_000})  # 6 characters each, escaped
+    recorder.record(6, "from_openai", {"blob": "é" * 70_000})  # 6 characters each, escaped
+    # A Twilio frame at the default size limit fits, even all non-ASCII.
+    recorder.record(7, "from_twilio", {"event": "mark", "pad": "é" * (65_536 // 2 - 100)})
     recorder.close()
-    *_, big, wide = lines_of(writer)
+    *_, big, wide, frame = lines_of(writer)
     assert big["msg"]["type"] == "odd.event" and big["msg"]["_oversized"] > 4_000_000
     assert set(big["msg"]) == {"type", "_oversized"}
-    assert wide["msg"] == {"_oversized": pytest.approx(180_000, abs=100)}
-    assert max(map(len, writer.lines)) < 10_000
+    assert wide["msg"] == {"_oversized": pytest.approx(420_000, abs=100)}
+    assert frame["msg"]["event"] == "mark" and "_oversized" not in frame["msg"]
+    assert max(map(len, writer.lines)) <= MAX_LINE_CHARS
 
 
 @pytest.mark.parametrize("keep_audio", [False, True])
@@ -461,7 +455,7 @@ digits = st.sampled_from(KEYS)
 ADDED, DONE = "conversation.item.added", "conversation.item.done"
 inputs = st.one_of(
     st.tuples(st.just("from_twilio"), st.one_of(st.just(media()), st.just(mark()))),
-    st.tuples(st.just("from_twilio"), digits.map(dtmf)),
+    st.tuples(st.just("from_twilio"), digits.map(dtmf_msg)),
     st.tuples(st.just("from_twilio"), st.just(start())),
     st.tuples(
         st.just("from_openai"), digits.map(lambda d: user_item("conversation.item.added", d))

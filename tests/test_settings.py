@@ -517,3 +517,8 @@ def test_opting_out_of_the_stream_token_is_a_loud_warning() -> None:
 def test_the_default_connection_limit_leaves_room_for_every_call() -> None:
     assert load_settings(_env_file=None, max_concurrent_calls=50).connection_limit == 200
     assert load_settings(_env_file=None, max_connections=7).connection_limit == 7
+
+
+def test_a_connection_limit_below_the_call_limit_is_a_warning() -> None:
+    settings = load_settings(_env_file=None, max_concurrent_calls=100, max_connections=100)
+    assert any("MAX_CONNECTIONS=100 leaves no room" in w for w in settings.warnings())
