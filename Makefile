@@ -49,6 +49,7 @@ BENCH_ARGS ?= --calls 100,200,400 --seconds 15 --runs 1
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(BIN)/python -m bench.replay_speed
+	$(BIN)/python -m bench.frame_cost
 
 # The old name of `make bench`.
 load: bench

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from bench import frame_cost
+
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.e2e
@@ -52,3 +54,10 @@ def test_bench_measures_both_targets(tmp_path: Path) -> None:
     assert "rss_per_call" in ratios
     assert "max calls at p99 uplink <= 20 ms" in proc.stdout
     assert "| product/floor |" in proc.stdout
+
+
+async def test_the_frame_cost_probe_measures_a_live_call() -> None:
+    """`python -m bench.frame_cost` drives a real call's audio paths: it raises unless every
+    frame reached the other side (the figures are not judged: speed is the benchmark's)."""
+    caller, bot = await frame_cost.measure(frames=2_000, deltas=200)
+    assert caller > 0 and bot > 0
