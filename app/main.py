@@ -308,8 +308,24 @@ class MediaStream:
         finally:
             state.calls.discard(bridge)
             ticket.release()  # before anyone waiting for idle sees the slot as taken
+            _count_limits(state.hits, bridge, socket.close_code)
             if not state.calls:
                 state.idle.set()
+
+
+def _count_limits(hits: LimitHits, bridge: Bridge, close_code: int | None) -> None:
+    """A finished call's own limits, into the process's tally (its summary has the rest)."""
+    session = bridge.session
+    if close_code == 1009:
+        hits.hit("twilio_frame")
+    if session.end_detail in ("twilio_stalled", "twilio_idle"):
+        hits.hit(session.end_detail)
+    if session.end_detail == "duplicate_call":
+        hits.hit("duplicate_call")
+    if bridge.audio_flooded:
+        hits.hit("caller_audio", dropped=bridge.audio_flooded)
+    if bridge.recorder is not None and bridge.recorder.truncated:
+        hits.hit("recording_bytes")
 
 
 def _telephony(settings: Settings) -> Telephony | None:

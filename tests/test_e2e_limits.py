@@ -184,6 +184,7 @@ async def test_a_websocket_frame_over_the_limit_is_refused_by_the_protocol(
     closed = [r for r in caplog.records if r.getMessage() == "twilio.closed_abnormally"]
     assert [r.fields["code"] for r in closed] == [1009]  # type: ignore[attr-defined]
     assert closed[0].call_sid == call.call_sid  # type: ignore[attr-defined]
+    assert app.state.hits.counts["twilio_frame"] == 1
 
 
 async def test_an_oversized_frame_on_one_call_leaves_another_untouched(

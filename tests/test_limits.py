@@ -75,6 +75,7 @@ async def test_caller_audio_faster_than_real_time_is_dropped_past_the_burst(
     dropped = summary["audio_flooded"]
     assert [f["dropped"] for f in floods] == [2**k for k in range(dropped.bit_length())]
     assert summary["caller_audio_ms"] == len(appended) * 20  # dropped audio isn't billed
+    assert app.state.bridge.hits.counts["caller_audio"] == 1  # one call hit the limit
 
 
 async def test_caller_audio_at_real_time_is_never_dropped(
@@ -124,6 +125,7 @@ async def test_a_stream_that_goes_quiet_ends_its_call(caplog: pytest.LogCaptureF
     assert summary["ended"] == "failure" and summary["end_detail"] == "twilio_idle"
     idle = next(r for r in caplog.records if r.getMessage() == "twilio.idle")
     assert idle.fields["quiet_s"] >= 1  # type: ignore[attr-defined]
+    assert app.state.bridge.hits.counts["twilio_idle"] == 1
 
 
 async def test_a_long_bot_delta_goes_to_twilio_as_frames_of_bounded_size() -> None:
@@ -157,6 +159,7 @@ async def test_a_second_stream_for_a_live_call_is_refused(
     assert len(transport.links) == 1
     refused = [r for r in caplog.records if r.getMessage() == "stream.refused"]
     assert [r.fields["reason"] for r in refused] == ["duplicate_call"]  # type: ignore[attr-defined]
+    assert app.state.bridge.hits.counts["duplicate_call"] == 1
     # The first call goes on.
     first.client_send(media_msg(b64(160, 7)))
     appended = await link.wait_for("input_audio_buffer.append")
