@@ -161,6 +161,10 @@ async def _finish(step: Coroutine[Any, Any, None], yielded: Any) -> None:
             if yielded is None:
                 await asyncio.sleep(0)
             else:
+                # The future comes marked as awaited by `step` (its `__await__` set the flag
+                # a task clears on receipt); cleared here as a task would, or awaiting it
+                # again is refused while it is pending ("await wasn't used with future").
+                yielded._asyncio_future_blocking = False
                 await yielded
         except BaseException as exc:  # cancelled, or the future failed: tell the coroutine
             try:
