@@ -37,8 +37,6 @@ class Admission:
         self.max_calls = max_calls
         self._token = auth_token if require_token else None
         self._account = account_sid
-        #: Accepted media streams (from the upgrade until their teardown).
-        self.streams = 0
         #: CallSids with a live bridge.
         self.calls: set[str] = set()
 
@@ -51,11 +49,8 @@ class Admission:
         return len(self.calls) >= self.max_calls
 
     def open_stream(self) -> Ticket | None:
-        """Take one more media stream, unless the process is full."""
-        if self.full:
-            return None
-        self.streams += 1
-        return Ticket(self)
+        """A ticket for one more media stream, unless the process is full."""
+        return None if self.full else Ticket(self)
 
     def check(self, msg: dict[str, Any]) -> tuple[str | None, str | None]:
         """Check a stream's `start`: (why it is refused or None, the CallSid to hold)."""
@@ -81,7 +76,6 @@ class Ticket:
     def __init__(self, admission: Admission) -> None:
         self._admission = admission
         self.call_sid: str | None = None
-        self._held = True
 
     def __call__(self, msg: dict[str, Any]) -> str | None:
         """The bridge's start verifier: None when admitted, else why refused."""
@@ -92,12 +86,7 @@ class Ticket:
         return reason
 
     def release(self) -> None:
-        """The stream is over: its slot and its CallSid are free again."""
-        if not self._held:
-            return
-        self._held = False
-        admission = self._admission
-        admission.streams -= 1
+        """The stream is over: its CallSid (and so its slot) is free again."""
         if self.call_sid is not None:
-            admission.calls.discard(self.call_sid)
+            self._admission.calls.discard(self.call_sid)
             self.call_sid = None

@@ -33,7 +33,7 @@ import contextvars
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import orjson
 
@@ -47,16 +47,15 @@ from app.call.actions import (
     ToTwilio,
 )
 from app.call.session import IGNORED_EVENTS, CallSession
+from app.limits import power_of_two
 from app.observability import bind_call, log_event
 from app.protocol import realtime as rt
 from app.protocol import twilio as tw
 from app.realtime_socket import RealtimeLink, RealtimeTransport, RealtimeUnavailable
 from app.recording import CallRecorder
+from app.settings import Settings
 from app.telephony import RestOutcome, Telephony
 from app.twilio_socket import TwilioSocket
-
-if TYPE_CHECKING:
-    from app.settings import Settings
 
 logger = logging.getLogger("app.bridge")
 
@@ -75,20 +74,24 @@ _AUDIO_CHARS_PER_S: Final = 50 * 216 * 1.05
 
 @dataclass(frozen=True, slots=True)
 class BridgeLimits:
-    """What one call takes from its peers (the settings of the same names)."""
+    """What one call takes from its peers: the settings of the same names, whose defaults
+    are the only ones (`app.settings`)."""
 
     #: TWILIO_MAX_FRAME_BYTES: a longer Twilio frame is skipped (the server refuses it
     #: first when it is uvicorn, `app.server_guard`).
-    max_frame_chars: int = tw.MAX_INBOUND_CHARS
+    max_frame_chars: int
     #: STREAM_IDLE_SECONDS: Twilio sends audio all call long, silence included; a stream
     #: that sends nothing this long is dead, and the call ends (`twilio_idle`).
-    idle_s: float = 10.0
+    idle_s: float
     #: CALLER_AUDIO_BURST_SECONDS: how far ahead of real time (since the stream opened)
     #: caller audio may run; beyond it frames are dropped (and counted), not forwarded.
-    audio_burst_s: float = 2.0
+    audio_burst_s: float
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> BridgeLimits:
+    def from_settings(cls, settings: Settings | None = None) -> BridgeLimits:
+        """The limits `settings` set (default: every setting at its default)."""
+        if settings is None:
+            settings = Settings.model_construct()
         return cls(
             max_frame_chars=settings.twilio_max_frame_bytes,
             idle_s=settings.stream_idle_seconds,
@@ -131,7 +134,7 @@ class Bridge:
         self.recorder = recorder
         self.log_transcripts = log_transcripts
         self.link: RealtimeLink | None = None
-        self.limits = limits = limits or BridgeLimits()
+        self.limits = limits = limits or BridgeLimits.from_settings()
         #: Caller audio frames dropped because the Realtime peer wasn't reading.
         self.audio_dropped = 0
         self._dropping = False
@@ -311,11 +314,12 @@ class Bridge:
             if allowance > self._most:
                 allowance = self._most
             self._spent_at = t
-            if allowance < len(payload):
+            size = len(payload)
+            if allowance < size:
                 self._allowance = allowance
                 self._flooded()
                 return
-            self._allowance = allowance - len(payload)
+            self._allowance = allowance - size
         recorder = self.recorder
         if recorder is not None:
             now = self._time_for_input()
@@ -338,7 +342,7 @@ class Bridge:
         (so a recording replays as the call ran), counted; logged at the 1st, 2nd, 4th,
         8th... frame, so a sustained flood costs a handful of lines."""
         self.audio_flooded = count = self.audio_flooded + 1
-        if count & (count - 1) == 0:
+        if power_of_two(count):
             burst_s = self.limits.audio_burst_s
             log_event(logger, logging.WARNING, "twilio.audio_flood", dropped=count, burst_s=burst_s)
 
@@ -403,7 +407,7 @@ class Bridge:
         encoder = self._encoder
         if name is not None and encoder is not None:
             delta = ev["delta"]
-            parts = tw.media_parts(delta) if len(delta) > tw.MAX_MEDIA_CHARS else (delta,)
+            parts = tw.media_parts(delta)
             if recorder is not None:
                 sid = self.session.stream_sid
                 for part in parts:

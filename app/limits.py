@@ -16,6 +16,11 @@ from app.observability import log_event
 logger = logging.getLogger("app.limits")
 
 
+def power_of_two(count: int) -> bool:
+    """Whether the `count`-th hit of a limit gets a log line: 1, 2, 4, 8, ..."""
+    return count & (count - 1) == 0
+
+
 class LimitHits:
     """Counts refusals by limit (`webhook_body`, `connections`, `calls`, ...)."""
 
@@ -26,5 +31,5 @@ class LimitHits:
         """Count one refusal; log it when its count is 1, 2, 4, 8, ..."""
         self.counts[limit] += 1
         count = self.counts[limit]
-        if count & (count - 1) == 0:
+        if power_of_two(count):
             log_event(logger, logging.WARNING, "limit.hit", limit=limit, count=count, **fields)

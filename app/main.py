@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import Headers
 
 from app import server_guard, twiml
-from app.admission import Admission, Ticket
+from app.admission import Admission
 from app.bridge import Bridge, BridgeLimits
 from app.call.config import CallConfig
 from app.call.session import CallSession
@@ -271,13 +271,6 @@ class MediaStream:
             log_event(logger, logging.WARNING, "stream.refused", reason="at_capacity")
             await socket.refuse()
             return
-        try:
-            await self._serve(socket, ticket)
-        finally:
-            ticket.release()
-
-    async def _serve(self, socket: TwilioSocket, ticket: Ticket) -> None:
-        state, settings = self.state, self.state.settings
         await socket.accept()
         if state.transport is None:
             log_event(logger, logging.WARNING, "stream.refused", reason="no OPENAI_API_KEY")
@@ -307,7 +300,7 @@ class MediaStream:
             await bridge.run()
         finally:
             state.calls.discard(bridge)
-            ticket.release()  # before anyone waiting for idle sees the slot as taken
+            ticket.release()  # the CallSid it took, before anyone waiting for idle looks
             _count_limits(state.hits, bridge, socket.close_code)
             if not state.calls:
                 state.idle.set()

@@ -143,12 +143,18 @@ def _timestamp(record: logging.LogRecord) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z"
 
 
-def _to_json(value: object) -> str:
-    """JSON-encode anything: unknown objects become strings, and nothing ever raises."""
+def _json_text(value: object) -> str | None:
+    """`value` as compact JSON, unknown objects as their text; None when it has none."""
     try:
         return json.dumps(value, ensure_ascii=False, default=_safe_str, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError):  # bad keys, cycles, huge ints, depth
-        return json.dumps(_safe_str(value), ensure_ascii=False)
+        return None
+
+
+def _to_json(value: object) -> str:
+    """JSON-encode anything: unknown objects become strings, and nothing ever raises."""
+    text = _json_text(value)
+    return json.dumps(_safe_str(value), ensure_ascii=False) if text is None else text
 
 
 def _safe_str(value: object) -> str:
@@ -190,9 +196,8 @@ def _bounded(value: object, limit: int, structured: bool) -> object:
         return cut(value, limit)
     if not isinstance(value, list | tuple | dict):
         return cut(_safe_str(value), limit)  # any other object is logged as its text
-    try:
-        text = json.dumps(value, ensure_ascii=False, default=_safe_str, separators=(",", ":"))
-    except (TypeError, ValueError, RecursionError):  # bad keys, cycles, huge ints, depth
+    text = _json_text(value)
+    if text is None:
         return cut(_safe_str(value), limit)
     if len(text) > limit:
         return cut(text, limit)

@@ -342,13 +342,8 @@ class CallRecorder:
 
     def _open(self, t_ms: float, start: Message) -> None:
         name = self._name = self._writer.reserve(file_label(start))
-        inner = start.get("start")
-        fields = inner if isinstance(inner, dict) else {}
         limits = {"max_bytes": self.max_bytes, "max_line_chars": MAX_LINE_CHARS}
-        head = header(
-            self._config, fields.get("callSid"), fields.get("streamSid"), self._keep_audio, limits
-        )
-        head_line = dumps(head) + "\n"
+        head_line = dumps(header(self._config, start, self._keep_audio, limits)) + "\n"
         # The header is written whatever the limits: without it the file is no fixture.
         if not self._writer.submit("line", name, head_line):
             self._abandon(t_ms, started=False)
@@ -383,7 +378,7 @@ class CallRecorder:
     def _truncate(self, t_ms: float, limit: int) -> None:
         assert self._name is not None
         self._cut = "truncated"
-        last = marker_line(t_ms, "truncated", limit) + "\n"
+        last = marker_line(t_ms, "truncated", limit)
         self._writer.submit("close", self._name, last)
         self.bytes_written += len(last)
         log_event(logger, logging.WARNING, "recording.limit", file=self._name, limit=limit)
@@ -395,7 +390,7 @@ class CallRecorder:
         self._cut = "abandoned"
         limit = self._writer.max_backlog_chars
         if started:
-            last = marker_line(t_ms, "abandoned", limit) + "\n"
+            last = marker_line(t_ms, "abandoned", limit)
             self._writer.abandon(self._name, last)
             self.bytes_written += len(last)
         else:

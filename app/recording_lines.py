@@ -66,7 +66,7 @@ from app.call.actions import (
     ToTwilio,
 )
 from app.call.config import CallConfig
-from app.call.nudges import DTMF_MESSAGE
+from app.call.nudges import DTMF_KEYS, DTMF_MESSAGE
 from app.protocol.b64 import decoded_len, is_b64
 
 FORMAT_VERSION: Final = 1
@@ -87,8 +87,6 @@ _MAX_KIND_CHARS: Final = 64
 
 Message = dict[str, Any]
 
-#: Every key a `dtmf` message can report.
-DTMF_KEYS: Final = frozenset("0123456789*#ABCD")
 #: What a key press is recorded as: a valid key, so a replay drives the same code path.
 REDACTED_DIGIT: Final = "*"
 #: What a malformed `digit` is recorded as: still invalid, so the core rejects it again.
@@ -349,8 +347,9 @@ def record_line(t_ms: float, direction: str, msg: Message, keep_audio: bool) -> 
 
 
 def marker_line(t_ms: float, kind: str, limit: int) -> str:
-    """The last line of a recording cut short (see the module docstring)."""
-    return dumps({"t_ms": _time(t_ms), "dir": "rest", "msg": {"_recording": kind, "limit": limit}})
+    """The last line of a recording cut short, with its newline (see the module docstring)."""
+    msg = {"_recording": kind, "limit": limit}
+    return dumps({"t_ms": _time(t_ms), "dir": "rest", "msg": msg}) + "\n"
 
 
 def action_record(action: Action) -> tuple[str, Message] | None:
@@ -375,21 +374,25 @@ def _sid_text(value: object) -> str:
     return value[:MAX_SID_CHARS] if isinstance(value, str) else ""
 
 
+def _start_object(start: Message) -> Message:
+    """The `start` object of Twilio's `start` message (empty when it is not an object)."""
+    inner = start.get("start")
+    return inner if isinstance(inner, dict) else {}
+
+
 def header(
-    config: CallConfig,
-    call_sid: object,
-    stream_sid: object,
-    keep_audio: bool,
-    limits: Message | None = None,
+    config: CallConfig, start: Message, keep_audio: bool, limits: Message | None = None
 ) -> Message:
-    """The first line of a fixture. The SIDs come from the caller's side: any value is
-    accepted, and only text of at most MAX_SID_CHARS is kept."""
+    """The first line of the fixture of the call Twilio's `start` message starts. Its SIDs
+    come from the caller's side: any value is accepted, and only text of at most
+    MAX_SID_CHARS is kept."""
     from app import __version__
 
+    fields = _start_object(start)
     head: Message = {
         "fixture": FORMAT_VERSION,
-        "call_sid": _sid_text(call_sid),
-        "stream_sid": _sid_text(stream_sid),
+        "call_sid": _sid_text(fields.get("callSid")),
+        "stream_sid": _sid_text(fields.get("streamSid")),
         "recorded_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "audio": "kept" if keep_audio else "lengths",
         "versions": {
@@ -414,8 +417,7 @@ def _name_part(value: object) -> str:
 
 def file_label(start: Message) -> str:
     """`<CallSid>[_<StreamSid>]` of Twilio's `start` message, as a file name part."""
-    inner = start.get("start")
-    fields = inner if isinstance(inner, dict) else {}
+    fields = _start_object(start)
     call = _name_part(fields.get("callSid")) or "unknown"
     stream = _name_part(fields.get("streamSid")) or _name_part(start.get("streamSid"))
     return f"{call}_{stream}" if stream else call

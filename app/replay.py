@@ -34,7 +34,7 @@ import orjson
 
 from app.call.actions import Action
 from app.call.config import CallConfig
-from app.call.inbound import preview
+from app.call.inbound import lookup, preview
 from app.call.session import CallSession
 from app.observability import configure_logging
 from app.recording_lines import (
@@ -147,7 +147,7 @@ def _entry(raw: Any, name: object, number: int) -> Entry:
         or type(msg) is not dict
     ):
         raise FixtureError(f"{name}:{number}: not a fixture line")
-    audio = _at(msg, audio_field(direction, msg))
+    audio = lookup(msg, audio_field(direction, msg) or ())
     if type(audio) is dict and AUDIO in audio:
         length = audio[AUDIO]
         if type(length) is not int or not 0 <= length <= MAX_AUDIO_BYTES:
@@ -160,13 +160,6 @@ def _time(value: object) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
-
-
-def _at(msg: Message, path: tuple[str, ...] | None) -> object:
-    node: object = msg
-    for key in path or ():
-        node = node.get(key) if type(node) is dict else None
-    return node
 
 
 @cache
@@ -354,7 +347,7 @@ def _body(msg: Message, limit: int = 240) -> str:
 
 def _get(m: Message, *path: str) -> str:
     """The value at `path` in `m`, shown (`_show`); "None" where it is absent."""
-    return _show(_at(m, path))
+    return _show(lookup(m, path))
 
 
 def describe(e: Entry) -> str:
@@ -395,11 +388,11 @@ def describe(e: Entry) -> str:
         return f"{kind} {_audio_ms(e)} ms"
     if kind == "error":
         return f"error {_get(m, 'error', 'code')}: {_get(m, 'error', 'message')}"
-    item_type = _at(m, ("item", "type"))
+    item_type = lookup(m, ("item", "type"))
     if kind == "conversation.item.create":
         if item_type == "function_call_output":
             return f"function output {_get(m, 'item', 'output')}"
-        content = _at(m, ("item", "content"))
+        content = lookup(m, ("item", "content"))
         parts = content if type(content) is list else []
         texts = [_get(c, "text") for c in parts if type(c) is dict]
         return f"{_get(m, 'item', 'role')} message: {' '.join(texts)}"
@@ -411,10 +404,7 @@ def describe(e: Entry) -> str:
 
 def _audio_ms(e: Entry) -> int:
     stripped = strip_audio(e.dir, e.msg)
-    path = audio_field(e.dir, stripped)
-    node: Any = stripped
-    for key in path or ():
-        node = node.get(key) if isinstance(node, dict) else None
+    node = lookup(stripped, audio_field(e.dir, stripped) or ())
     return int(node[AUDIO]) // 8 if isinstance(node, dict) and AUDIO in node else 0
 
 

@@ -186,13 +186,22 @@ def to_twilio(actions: list[Action]) -> list[dict[str, Any]]:
     return [a.msg for a in actions if isinstance(a, ToTwilio)]
 
 
-def live(cfg: CallConfig | None = None, session: type[CallSession] = CallSession) -> CallSession:
-    """A call that is live, its session ready, and the greeting's response `resp_1` started
+def connecting(
+    cfg: CallConfig | None = None, session: type[CallSession] = CallSession
+) -> CallSession:
+    """A call whose stream has started and whose Realtime socket is still opening
     (`session`: the class to build it with)."""
     s = session(cfg or quiet())
     s.opened(0)
     twilio(s, 0, {"event": "connected", "protocol": "Call", "version": "1.0.0"})
     twilio(s, 1, start_msg())
+    return s
+
+
+def live(cfg: CallConfig | None = None, session: type[CallSession] = CallSession) -> CallSession:
+    """A call that is live, its session ready, and the greeting's response `resp_1` started
+    (`session`: the class to build it with)."""
+    s = connecting(cfg, session)
     socket(s, 50, "openai", "open")
     realtime(s, 60, {"type": "session.updated", "session": {}})
     realtime(s, 70, {"type": "response.created", "response": {"id": "resp_1"}})

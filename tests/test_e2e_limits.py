@@ -16,7 +16,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import AppFactory, RunningApp
-from tests.fakes.realtime_server import FakeRealtime
+from tests.fakes.realtime_server import FakeRealtime, RealtimeConnection
+from tests.fakes.twilio_caller import FakeTwilioCall
 
 pytestmark = pytest.mark.e2e
 
@@ -43,6 +44,14 @@ async def _status(reader: asyncio.StreamReader, within: float = 10.0) -> int:
     async with asyncio.timeout(within):
         line = await reader.readline()
     return int(line.split()[1])
+
+
+async def _live(call: FakeTwilioCall, realtime: FakeRealtime) -> RealtimeConnection:
+    """Start `call`; its Realtime link, once the bridge has configured the session."""
+    await call.start()
+    conn = await realtime.wait_connection()
+    await conn.wait_for("session.update")
+    return conn
 
 
 def _webhook_head(framing: bytes) -> bytes:
@@ -176,8 +185,7 @@ async def test_a_websocket_frame_over_the_limit_is_refused_by_the_protocol(
 ) -> None:
     app = await app_with(twilio_max_frame_bytes=8192, bot_greeting="")
     async with app.call() as call:
-        await call.start()
-        await (await realtime.wait_connection()).wait_for("session.update")
+        await _live(call, realtime)
         await call.send_raw('{"event":"media","pad":"' + "A" * 20_000 + '"}')
         assert await call.wait_closed(timeout=10) == 1009  # message too big
     await app.wait_idle()  # the call was torn down and logged
@@ -192,9 +200,7 @@ async def test_an_oversized_frame_on_one_call_leaves_another_untouched(
 ) -> None:
     app = await app_with(twilio_max_frame_bytes=8192, bot_greeting="")
     async with app.call() as good:
-        await good.start()
-        good_conn = await realtime.wait_connection()
-        await good_conn.wait_for("session.update")
+        good_conn = await _live(good, realtime)
         async with connect(app.ws_url, additional_headers=app.sign_ws()) as bad:
             await bad.send("x" * 20_000)
             with pytest.raises(ConnectionClosed) as info:
@@ -210,9 +216,7 @@ async def test_a_realtime_message_over_the_limit_closes_the_link_and_the_call_fa
 ) -> None:
     app = await app_with(realtime_max_frame_bytes=65536, bot_greeting="")
     async with app.call() as call:
-        await call.start()
-        conn = await realtime.wait_connection()
-        await conn.wait_for("session.update")
+        conn = await _live(call, realtime)
         await conn.send_raw('{"type":"response.text.delta","pad":"' + "x" * 100_000 + '"}')
         # The link refuses the message (1009); the bridge closes the media stream, so
         # Twilio runs the fallback TwiML.
@@ -230,8 +234,7 @@ async def test_a_full_process_is_not_ready_so_the_balancer_sends_calls_elsewhere
     async with httpx.AsyncClient() as client:
         assert (await client.get(app.http_url + "/readyz")).status_code == 200
         async with app.call() as call:
-            await call.start()
-            await (await realtime.wait_connection()).wait_for("session.update")
+            await _live(call, realtime)
             ready = await client.get(app.http_url + "/readyz")
             assert (ready.status_code, ready.json()["status"]) == (503, "full")
             await call.hangup()

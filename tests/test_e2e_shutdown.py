@@ -25,8 +25,9 @@ from websockets.asyncio.client import connect
 
 from app.security import stream_token
 from tests.conftest import API_KEY, AUTH_TOKEN
+from tests.core import start_msg
 from tests.fakes.audio import speech, tone
-from tests.fakes.realtime_server import FakeRealtime, ScriptedResponse
+from tests.fakes.realtime_server import FakeRealtime, RealtimeConnection, ScriptedResponse
 from tests.fakes.twilio_caller import FakeTwilioCall
 from tests.fakes.watch import Watch
 
@@ -34,6 +35,12 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLIC = "https://bridge.example.com"
+#: The upgrade's headers, as Twilio signs them (the same for every call).
+SIGNED = {
+    "X-Twilio-Signature": RequestValidator(AUTH_TOKEN).compute_signature(
+        PUBLIC.replace("https", "wss") + "/media-stream", {}
+    )
+}
 
 
 class ServerProcess:
@@ -63,17 +70,29 @@ class ServerProcess:
     def names(self) -> list[str]:
         return [e.get("event", "") for e in self.events]
 
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/media-stream"
+
     def call(self) -> FakeTwilioCall:
-        sig = RequestValidator(AUTH_TOKEN).compute_signature(
-            PUBLIC.replace("https", "wss") + "/media-stream", {}
-        )
         call_sid = "CA" + secrets.token_hex(16)
         return FakeTwilioCall(
-            f"ws://127.0.0.1:{self.port}/media-stream",
-            headers={"X-Twilio-Signature": sig},
+            self.ws_url,
+            headers=SIGNED,
             call_sid=call_sid,
             custom_parameters={"StreamToken": stream_token(AUTH_TOKEN, call_sid)},
         )
+
+    @asynccontextmanager
+    async def live_call(
+        self, realtime: FakeRealtime
+    ) -> AsyncIterator[tuple[FakeTwilioCall, RealtimeConnection]]:
+        """A call whose Realtime session the bridge has configured."""
+        async with self.call() as call:
+            await call.start()
+            conn = await realtime.wait_connection(timeout=15)
+            await conn.wait_for("session.update", timeout=10)
+            yield call, conn
 
 
 @asynccontextmanager
@@ -127,10 +146,7 @@ async def test_sigterm_lets_live_calls_finish_then_exits_0(
     realtime: FakeRealtime, tmp_path: Path
 ) -> None:
     async with server(realtime, tmp_path, SHUTDOWN_DRAIN_SECONDS="60") as srv:
-        async with srv.call() as call:
-            await call.start()
-            conn = await realtime.wait_connection(timeout=15)
-            await conn.wait_for("session.update", timeout=10)
+        async with srv.live_call(realtime) as (call, conn):
             assert await readyz(srv.port) == 200
 
             srv.proc.send_signal(signal.SIGTERM)
@@ -153,10 +169,7 @@ async def test_calls_still_open_after_the_drain_time_are_ended_cleanly(
     realtime: FakeRealtime, tmp_path: Path
 ) -> None:
     async with server(realtime, tmp_path, SHUTDOWN_DRAIN_SECONDS="1") as srv:
-        async with srv.call() as call:
-            await call.start()
-            conn = await realtime.wait_connection(timeout=15)
-            await conn.wait_for("session.update", timeout=10)
+        async with srv.live_call(realtime) as (call, conn):
             srv.proc.send_signal(signal.SIGTERM)
             # The bridge closes the media stream itself (Twilio then plays the fallback).
             await call.wait_closed(timeout=15)
@@ -181,28 +194,15 @@ async def test_a_caller_side_that_neither_reads_nor_closes_cannot_hold_the_exit(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before the handshake
         sock.connect(("127.0.0.1", srv.port))
         call_sid = "CA" + secrets.token_hex(16)
-        url = PUBLIC.replace("https", "wss") + "/media-stream"
-        sig = RequestValidator(AUTH_TOKEN).compute_signature(url, {})
         ws = await connect(
-            f"ws://127.0.0.1:{srv.port}/media-stream",
+            srv.ws_url,
             sock=sock,
-            additional_headers={"X-Twilio-Signature": sig},
+            additional_headers=SIGNED,
             max_queue=1,  # past one unread message, the client stops reading its socket
             ping_interval=None,
         )
-        start = {
-            "event": "start",
-            "streamSid": "MZ" + "1" * 32,
-            "start": {
-                "streamSid": "MZ" + "1" * 32,
-                "callSid": call_sid,
-                "accountSid": "AC" + "0" * 32,
-                "tracks": ["inbound", "outbound"],
-                "customParameters": {"StreamToken": stream_token(AUTH_TOKEN, call_sid)},
-                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-            },
-        }
-        await ws.send(json.dumps(start))
+        token = stream_token(AUTH_TOKEN, call_sid)
+        await ws.send(json.dumps(start_msg(call_sid, StreamToken=token)))
         conn = await realtime.wait_connection(timeout=15)
         await conn.wait_for("response.create", timeout=10)
         # The bot talks (the fake paces its audio in real time) into a socket nobody reads.
@@ -222,10 +222,7 @@ async def test_a_second_sigterm_ends_the_remaining_calls_at_once(
     realtime: FakeRealtime, tmp_path: Path
 ) -> None:
     async with server(realtime, tmp_path, SHUTDOWN_DRAIN_SECONDS="600") as srv:
-        async with srv.call() as call:
-            await call.start()
-            conn = await realtime.wait_connection(timeout=15)
-            await conn.wait_for("session.update", timeout=10)
+        async with srv.live_call(realtime) as (call, _):
             srv.proc.send_signal(signal.SIGTERM)
             await srv.wait_event("shutdown.draining")
             srv.proc.send_signal(signal.SIGTERM)

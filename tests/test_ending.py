@@ -44,10 +44,6 @@ def created(rid: str) -> dict[str, Any]:
     return {"type": "response.created", "response": {"id": rid}}
 
 
-def done(response: str = "resp_1", status: str = "completed") -> dict[str, Any]:
-    return response_done(response, status)
-
-
 def speech(start_ms: int | None = None) -> dict[str, Any]:
     ev: dict[str, Any] = {"type": "input_audio_buffer.speech_started"}
     if start_ms is not None:
@@ -74,7 +70,7 @@ def test_hang_up_comes_only_after_the_last_word_has_played() -> None:
     assert (
         output["item"]["type"] == "function_call_output" and output["item"]["call_id"] == "call_1"
     )
-    out = realtime(s, 120, done())
+    out = realtime(s, 120, response_done("resp_1"))
     assert not rests(out) and s.out.timers[Timer.LAST_WORDS] == 120 + LAST_WORDS_MS
     assert not rests(echo_all(s, 500, marks[:-1]))  # 900 ms played: not yet
     out = twilio(s, 1100, mark_msg(marks[-1]))
@@ -94,12 +90,12 @@ def test_hang_up_comes_only_after_the_last_word_has_played() -> None:
 def test_a_tool_call_without_words_asks_for_closing_words_first() -> None:
     s = live(TOOLS)
     realtime(s, 100, function_call("transfer_call"))
-    events = to_realtime(realtime(s, 110, done()))
+    events = to_realtime(realtime(s, 110, response_done("resp_1")))
     assert events[-1]["type"] == "response.create"
     assert "transferring" in events[-1]["response"]["instructions"]
     realtime(s, 120, created("resp_2"))
     marks = play(s, 130, "item_b", 5, response="resp_2")
-    assert not rests(realtime(s, 140, done("resp_2")))
+    assert not rests(realtime(s, 140, response_done("resp_2")))
     (request,) = rests(echo_all(s, 700, marks))
     dial = ET.fromstring(request.params["Twiml"]).find("Dial")
     assert request.kind == "transfer" and dial is not None and dial.text == "+15550001234"
@@ -115,7 +111,7 @@ def test_barge_in_during_the_goodbye_calls_the_hang_up_off() -> None:
     s = live(TOOLS)
     marks = play(s, 100, "item_a", 20)
     realtime(s, 110, function_call("end_call"))
-    realtime(s, 120, done())
+    realtime(s, 120, response_done("resp_1"))
     echo_all(s, 500, marks[:5])
     out = realtime(s, 600, {**speech(), "item_id": "u"})
     told = [e for e in to_realtime(out) if e["type"] == "conversation.item.create"]
@@ -129,9 +125,10 @@ def test_barge_in_during_the_goodbye_calls_the_hang_up_off() -> None:
 def test_rest_5xx_is_retried_with_backoff_and_20404_counts_as_done() -> None:
     s = live(TOOLS)
     realtime(s, 100, function_call("end_call"))
-    realtime(s, 110, done())
+    realtime(s, 110, response_done("resp_1"))
     realtime(s, 115, created("resp_2"))
-    assert rests(realtime(s, 120, done("resp_2")))  # closing words: nothing audible, act now
+    # The closing words: nothing audible, act now.
+    assert rests(realtime(s, 120, response_done("resp_2")))
     assert not rests(rest(s, 130, 503, 20503, "busy"))
     assert s.out.timers[Timer.REST_RETRY] == 130 + 500 == 130 + REST_BACKOFF_MS[0]
     assert rests(fire(s, Timer.REST_RETRY)) == [HANG_UP]  # at 630
@@ -145,9 +142,9 @@ def test_rest_5xx_is_retried_with_backoff_and_20404_counts_as_done() -> None:
 def test_other_rest_failures_end_the_call_through_the_media_stream() -> None:
     s = live(TOOLS)
     realtime(s, 100, function_call("end_call"))
-    realtime(s, 110, done())
+    realtime(s, 110, response_done("resp_1"))
     realtime(s, 115, created("resp_2"))
-    realtime(s, 120, done("resp_2"))
+    realtime(s, 120, response_done("resp_2"))
     out = rest(s, 130, 401, 20003, "auth")
     assert CloseTwilio("rest_hangup_failed") in out
     assert s.summary()["ended"] == "failure"
@@ -157,7 +154,7 @@ def test_last_words_wait_is_bounded() -> None:
     s = live(TOOLS)
     play(s, 100, "item_a", 10)
     realtime(s, 110, function_call("end_call"))
-    realtime(s, 120, done())
+    realtime(s, 120, response_done("resp_1"))
     # Twilio never echoes the last mark: after the bound, act anyway.
     assert s.deadline == 120 + LAST_WORDS_MS == 30_120
     assert rests(fire(s, Timer.LAST_WORDS))
@@ -166,7 +163,7 @@ def test_last_words_wait_is_bounded() -> None:
 def test_silence_reprompts_count_from_playout_then_hang_up_politely() -> None:
     s = live(quiet(silence_reprompt_ms=8000, silence_max_reprompts=1, rest_available=True))
     marks = play(s, 100, "item_a", 10)
-    realtime(s, 200, done())
+    realtime(s, 200, response_done("resp_1"))
     assert Timer.SILENCE not in s.out.timers  # generated, but not yet heard
     echo_all(s, 1100, marks)  # the greeting has finished playing at 1100
     assert s.out.timers[Timer.SILENCE] == 1100 + 8000
@@ -174,21 +171,21 @@ def test_silence_reprompts_count_from_playout_then_hang_up_politely() -> None:
     assert [e["type"] for e in events] == ["conversation.item.create", "response.create"]
     realtime(s, 9110, created("resp_2"))
     m2 = play(s, 9120, "item_b", 5, response="resp_2")
-    realtime(s, 9130, done("resp_2"))
+    realtime(s, 9130, response_done("resp_2"))
     echo_all(s, 9700, m2)
     assert s.out.timers[Timer.SILENCE] == 9700 + 8000
     events = to_realtime(fire(s, Timer.SILENCE))  # at 17_700
     assert "goodbye" in events[-1]["response"]["instructions"]
     realtime(s, 17_710, created("resp_3"))
     m3 = play(s, 17_720, "item_c", 3, response="resp_3")
-    realtime(s, 17_730, done("resp_3"))
+    realtime(s, 17_730, response_done("resp_3"))
     assert rests(echo_all(s, 18_100, m3))
     assert s.summary()["reprompts"] == 1
 
 
 def test_caller_speech_resets_the_silence_clock() -> None:
     s = live(quiet(silence_reprompt_ms=5000))
-    realtime(s, 100, done())
+    realtime(s, 100, response_done("resp_1"))
     assert s.out.timers[Timer.SILENCE] == 5100
     realtime(s, 200, {**speech(), "item_id": "u"})
     assert Timer.SILENCE not in s.out.timers  # cancelled
@@ -204,10 +201,11 @@ def test_max_duration_wraps_up_and_ends_after_the_last_word() -> None:
     assert told["item"]["role"] == "system"
     # The greeting is still active: the wrap-up response is asked for after it.
     realtime(s, 60_010, created("resp_g"))
-    assert to_realtime(realtime(s, 60_020, done("resp_g")))[-1]["type"] == "response.create"
+    after_greeting = to_realtime(realtime(s, 60_020, response_done("resp_g")))
+    assert after_greeting[-1]["type"] == "response.create"
     realtime(s, 60_030, created("resp_w"))
     marks = play(s, 60_040, "item_w", 4, response="resp_w")
-    realtime(s, 60_050, done("resp_w"))
+    realtime(s, 60_050, response_done("resp_w"))
     assert rests(echo_all(s, 60_500, marks))
     rest(s, 60_600, 200)
     socket(s, 60_700, "twilio", "closed")
@@ -216,7 +214,7 @@ def test_max_duration_wraps_up_and_ends_after_the_last_word() -> None:
 
 def test_dtmf_reaches_the_model_and_digits_are_validated() -> None:
     s = live(quiet())
-    realtime(s, 100, done())
+    realtime(s, 100, response_done("resp_1"))
     dtmf = {"event": "dtmf", "streamSid": STREAM, "dtmf": {"track": "inbound_track", "digit": "5"}}
     events = to_realtime(twilio(s, 200, dtmf))
     assert events[0]["item"]["content"][0]["text"] == "The caller pressed 5 on their keypad."
@@ -230,12 +228,12 @@ def test_dtmf_reaches_the_model_and_digits_are_validated() -> None:
 def test_caller_speaking_before_the_goodbye_is_audible_calls_the_hang_up_off() -> None:
     s = live(TOOLS)
     realtime(s, 100, function_call("end_call"))
-    realtime(s, 110, done())  # no words: the bridge asks for the goodbye
+    realtime(s, 110, response_done("resp_1"))  # no words: the bridge asks for the goodbye
     realtime(s, 120, created("resp_2"))
     # The caller speaks before any of the goodbye is heard; the service cancels it.
     realtime(s, 130, {**speech(), "item_id": "u"})
     assert not s.ending.active
-    assert not rests(realtime(s, 140, done("resp_2", status="cancelled")))
+    assert not rests(realtime(s, 140, response_done("resp_2", status="cancelled")))
 
 
 def test_min_speech_last_words_wait_for_the_callers_unclassified_speech() -> None:
@@ -244,7 +242,7 @@ def test_min_speech_last_words_wait_for_the_callers_unclassified_speech() -> Non
         s = live(cfg)
         marks = play(s, 100, "item_a", 10)
         realtime(s, 110, function_call("end_call"))
-        realtime(s, 120, done())
+        realtime(s, 120, response_done("resp_1"))
         echo_all(s, 500, marks[:8])
         realtime(s, 800, speech(700))  # over the goodbye, not yet classified
         assert not rests(echo_all(s, 1100, marks[8:]))  # last word played: wait
@@ -256,7 +254,7 @@ def test_min_speech_last_words_wait_for_the_callers_unclassified_speech() -> Non
 
 def test_the_time_limit_survives_one_barge_in_then_is_hard() -> None:
     s = live(quiet(max_call_ms=60_000, rest_available=True))
-    realtime(s, 100, done())
+    realtime(s, 100, response_done("resp_1"))
 
     def wrap_up(at: float, rid: str) -> list[str]:
         assert s.out.timers[Timer.MAX_DURATION] == at
@@ -268,7 +266,7 @@ def test_the_time_limit_survives_one_barge_in_then_is_hard() -> None:
     out = realtime(s, 60_500, speech())
     assert s.out.timers[Timer.MAX_DURATION] == 60_500 + MAX_DURATION_GRACE_MS  # one grace
     assert not s.ending.active and not rests(out)
-    realtime(s, 60_510, done("resp_w1", status="cancelled"))
+    realtime(s, 60_510, response_done("resp_w1", status="cancelled"))
     wrap_up(120_500, "resp_w2")
     out = realtime(s, 121_000, speech())
     assert rests(out) == [HANG_UP]  # hard limit
@@ -276,7 +274,7 @@ def test_the_time_limit_survives_one_barge_in_then_is_hard() -> None:
 
 def test_a_refused_response_request_is_retried_after_the_active_one() -> None:
     s = live(quiet())
-    realtime(s, 100, done())
+    realtime(s, 100, response_done("resp_1"))
     dtmf = {"event": "dtmf", "streamSid": STREAM, "dtmf": {"digit": "1"}}
     create = to_realtime(twilio(s, 200, dtmf))[-1]
     busy = {
@@ -290,11 +288,11 @@ def test_a_refused_response_request_is_retried_after_the_active_one() -> None:
     vad = {"id": "resp_vad", "metadata": None}  # the service's own response (server VAD)
     realtime(s, 210, {"type": "response.created", "response": vad})
     assert realtime(s, 211, busy) == []
-    again = to_realtime(realtime(s, 300, done("resp_vad")))
+    again = to_realtime(realtime(s, 300, response_done("resp_vad")))
     assert [e["type"] for e in again] == ["response.create"]
     ours = {"id": "resp_2", "metadata": again[0]["response"]["metadata"]}
     realtime(s, 310, {"type": "response.created", "response": ours})
-    realtime(s, 400, done("resp_2"))
+    realtime(s, 400, response_done("resp_2"))
     assert not s.responding  # recognised as ours: no request is left waiting
 
 
@@ -310,9 +308,10 @@ def test_failing_responses_hand_the_call_to_the_fallback() -> None:
     assert s.summary()["ended"] == "failure"
     # Transient failures: the first is survived, two in a row are not.
     s2 = live(quiet())
-    assert not any(isinstance(a, CloseTwilio) for a in realtime(s2, 100, done("resp_1", "failed")))
+    out = realtime(s2, 100, response_done("resp_1", "failed"))
+    assert not any(isinstance(a, CloseTwilio) for a in out)
     realtime(s2, 110, created("resp_2"))
-    out = realtime(s2, 120, done("resp_2", "failed"))
+    out = realtime(s2, 120, response_done("resp_2", "failed"))
     assert CloseTwilio("responses_failing") in out
 
 
@@ -328,14 +327,15 @@ def test_a_key_press_while_connecting_reaches_the_model_once_the_socket_opens() 
     # The key press is answered; the greeting is not queued behind it.
     ours = {"id": "resp_k", **events[2]["response"]}
     realtime(s, 210, {"type": "response.created", "response": ours})
-    assert not to_realtime(realtime(s, 900, done("resp_k")))
+    assert not to_realtime(realtime(s, 900, response_done("resp_k")))
     assert not s.responding
 
 
 def test_min_speech_caller_speaking_before_the_goodbye_is_audible_calls_it_off() -> None:
     s = live(greeted(tools=("end_call",), rest_available=True, interrupt_min_speech_ms=800))
     realtime(s, 100, function_call("end_call"))
-    (create,) = to_realtime(realtime(s, 110, done()))  # no words yet: closing words requested
+    # No words yet: the closing words are requested.
+    (create,) = to_realtime(realtime(s, 110, response_done("resp_1")))
     meta = create["response"]["metadata"]
     assert meta == {"bridge_request": "bridge_response_2"}  # the greeting was the first
     realtime(s, 120, speech(100))  # the bot is silent: this is a turn
@@ -345,14 +345,14 @@ def test_min_speech_caller_speaking_before_the_goodbye_is_audible_calls_it_off()
     cancel = to_realtime(realtime(s, 130, {"type": "response.created", "response": started_resp}))
     assert cancel == [{"type": "response.cancel"}]
     assert realtime(s, 140, delta("item_b", response="resp_2")) == []
-    assert not rests(realtime(s, 150, done("resp_2", status="cancelled")))
+    assert not rests(realtime(s, 150, response_done("resp_2", status="cancelled")))
 
 
 def test_a_confirmed_turn_after_the_last_word_calls_the_ending_off() -> None:
     s = live(greeted(tools=("end_call",), rest_available=True, interrupt_min_speech_ms=800))
     marks = play(s, 100, "item_a", 5)
     realtime(s, 110, function_call("end_call"))
-    realtime(s, 120, done())
+    realtime(s, 120, response_done("resp_1"))
     realtime(s, 300, speech(0))
     assert not rests(echo_all(s, 600, marks))  # last word played while the caller talks
     assert s.ending.waiting_for_caller
@@ -369,25 +369,25 @@ def test_nothing_left_to_play_at_response_done_still_waits_for_the_caller() -> N
     realtime(s, 110, function_call("end_call"))
     realtime(s, 300, speech(0))
     echo_all(s, 600, marks)  # played out before the response is even done
-    assert not rests(realtime(s, 650, done()))
+    assert not rests(realtime(s, 650, response_done("resp_1")))
     assert s.ending.waiting_for_caller and s.ending.stage is Stage.WAITING_FOR_CALLER
 
 
 def test_calling_the_time_limit_off_withdraws_its_queued_wrap_up() -> None:
     s = live(quiet(max_call_ms=60_000, rest_available=True))
-    realtime(s, 100, done())
+    realtime(s, 100, response_done("resp_1"))
     realtime(s, 59_000, created("resp_a"))
     play(s, 59_010, "item_a", 30, response="resp_a")
     fire(s, Timer.MAX_DURATION)  # the answer is still active: wrap-up queued
     realtime(s, 60_100, speech())  # barge-in
-    after = to_realtime(realtime(s, 60_200, done("resp_a", status="cancelled")))
+    after = to_realtime(realtime(s, 60_200, response_done("resp_a", status="cancelled")))
     assert not [e for e in after if e["type"] == "response.create"]  # no goodbye now
 
 
 def test_a_failing_closing_response_ends_the_call_without_also_acting() -> None:
     s = live(TOOLS)
     realtime(s, 100, function_call("transfer_call"))
-    realtime(s, 110, done())
+    realtime(s, 110, response_done("resp_1"))
     realtime(s, 120, created("resp_2"))
     failed = response_done(
         "resp_2", "failed", status_details={"error": {"code": "insufficient_quota"}}
@@ -410,7 +410,7 @@ def test_a_refused_greeting_is_dropped_when_the_service_answers_by_itself() -> N
         },
     }
     realtime(s, 21, refusal)
-    assert not to_realtime(realtime(s, 900, done("resp_vad")))  # no late greeting
+    assert not to_realtime(realtime(s, 900, response_done("resp_vad")))  # no late greeting
 
 
 def test_a_goodbye_whose_response_never_finishes_is_bounded() -> None:

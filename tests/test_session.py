@@ -11,10 +11,12 @@ from app.call.actions import CloseRealtime, CloseTwilio, ConnectRealtime, RestRe
 from app.call.outbox import Timer
 from app.call.session import START_TIMEOUT_MS, CallSession
 from app.call.state import Stage
+from app.protocol import realtime as rt
 from tests.core import (
     CALL,
     STREAM,
     b64,
+    connecting,
     delta,
     fire,
     function_call,
@@ -38,6 +40,8 @@ from tests.core import (
 )
 
 _STOPPED = "input_audio_buffer.speech_stopped"
+#: What one caller frame, `media_msg(b64(160))`, becomes once the call is live.
+APPEND = rt.input_audio_append(b64(160))
 
 
 def test_start_opens_realtime_with_a_ready_deadline() -> None:
@@ -122,7 +126,7 @@ def test_bad_input_is_skipped_and_the_call_goes_on(caplog: pytest.LogCaptureFixt
         "twilio.binary_frame",
     }
     assert sum("bad_input" in r.getMessage() for r in caplog.records) == 6
-    assert to_realtime(twilio(s, 7, media_msg(b64(160))))  # still flowing
+    assert to_realtime(twilio(s, 7, media_msg(b64(160)))) == [APPEND]  # still flowing
 
 
 def test_barge_in_clears_cancels_and_truncates_at_the_heard_position() -> None:
@@ -350,7 +354,7 @@ def test_malformed_server_values_are_skipped_and_the_call_goes_on(event: dict[st
     s = live()
     realtime(s, 100, event)
     assert not s.done
-    assert to_realtime(twilio(s, 200, media_msg(b64(160))))  # still flowing
+    assert to_realtime(twilio(s, 200, media_msg(b64(160)))) == [APPEND]  # still flowing
 
 
 def test_words_the_caller_never_heard_are_not_a_plain_bot_turn() -> None:
@@ -370,21 +374,13 @@ def test_words_the_caller_never_heard_are_not_a_plain_bot_turn() -> None:
 # -- found in review: states that could crash or get stuck ------------------------------
 
 
-def _connecting(**overrides: object) -> CallSession:
-    """A call whose Realtime socket is still opening (allowed: up to 5 s)."""
-    s = CallSession(quiet(**overrides))
-    s.opened(0)
-    twilio(s, 1, start_msg())
-    return s
-
-
 @pytest.mark.parametrize("rest_credentials", [False, True])
 def test_the_time_limit_waits_until_the_call_can_speak(rest_credentials: bool) -> None:
     # MAX_CALL_SECONDS=2 and LAST_WORDS_TIMEOUT_SECONDS=1 are valid settings, and opening
     # may take 3.5 s: the limit must not start an ending (and act on it) before the bot can
     # say a word; once live, the limit, counted from the start, comes due at once.
     extra = {"rest_available": True, "tools": ("end_call",)} if rest_credentials else {}
-    s = _connecting(max_call_ms=2000, playout_timeout_ms=1000, **extra)
+    s = connecting(quiet(max_call_ms=2000, playout_timeout_ms=1000, **extra))  # opening: 3.5 s
     assert s.advance(3500) == [] and not s.done
     assert Timer.MAX_DURATION not in s.out.timers
     socket(s, 3500, "openai", "open")
@@ -482,7 +478,7 @@ def test_a_value_of_the_wrong_type_skips_its_message_as_bad_input(
     assert s.feed(100, direction, msg) == []
     assert s.bad_input == {reason: 1} and not s.done
     assert s.playback.playing  # nothing was interrupted
-    assert to_realtime(twilio(s, 200, media_msg(b64(160))))  # still flowing
+    assert to_realtime(twilio(s, 200, media_msg(b64(160)))) == [APPEND]  # still flowing
 
 
 @pytest.mark.parametrize(
@@ -558,7 +554,8 @@ def test_realtime_events_before_the_socket_is_open_are_bad_input(
     assert s.bad_input == {"realtime.event_before_open": 3}
     assert s.ending.stage is Stage.NONE and not s.responding
     s.advance(60_000)  # the start or ready timer ends it, along its own row
-    assert s.done and s.end_detail in ("no_start", "realtime_unavailable")
+    ended_by = {"waiting_start": "no_start", "connecting": "realtime_unavailable"}
+    assert s.done and s.end_detail == ended_by[phase]
 
 
 @pytest.mark.parametrize(

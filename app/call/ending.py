@@ -28,8 +28,9 @@ import orjson
 
 from app.call.actions import CloseRealtime, RestRequest
 from app.call.config import CallConfig
+from app.call.inbound import text_or
 from app.call.outbox import Outbox, Timer
-from app.call.state import ENDINGS, Input, Machine, Stage
+from app.call.state import ENDINGS, WORDS_STAGES, Input, Machine, Stage
 from app.observability import log_event
 from app.protocol import realtime as rt
 from app.protocol import twilio as tw
@@ -64,13 +65,7 @@ _CALLED_OFF: Final = (
     "is still going on. Listen to the caller and continue the conversation."
 )
 
-_UNDER_WAY: Final = (
-    Stage.SPEAKING,
-    Stage.CLOSING,
-    Stage.PLAYING_OUT,
-    Stage.WAITING_FOR_CALLER,
-    Stage.REST,
-)
+_UNDER_WAY: Final = (*WORDS_STAGES, Stage.WAITING_FOR_CALLER, Stage.REST)
 _COMMITTED: Final = (Stage.REST, Stage.DONE, Stage.FAILED)
 
 
@@ -136,13 +131,13 @@ class Ending:
         words are waited for at most `playout_timeout_ms` (the service might never finish
         that response)."""
         self._start(Input.TOOL_CALL, kind, reason, "", response_id)
-        self.out.set_timer(Timer.LAST_WORDS, now + self.config.playout_timeout_ms)
+        self._bound_last_words(now)
 
     def from_bridge(self, now: float, kind: str, reason: str, summary_reason: str) -> None:
         """The bridge ends the call (time limit, silence): its closing words are asked for
         next (by the session), and waited for at most `playout_timeout_ms`."""
         self._start(Input.BRIDGE_ENDS, kind, reason, summary_reason, None)
-        self.out.set_timer(Timer.LAST_WORDS, now + self.config.playout_timeout_ms)
+        self._bound_last_words(now)
 
     def _start(
         self, via: Input, kind: str, reason: str, summary_reason: str, response_id: str | None
@@ -150,6 +145,10 @@ class Ending:
         self.machine.move(via)
         self.kind, self.reason, self.summary_reason = kind, reason, summary_reason
         self.response_id, self.attempts = response_id, 0
+
+    def _bound_last_words(self, now: float) -> None:
+        """Wait for the last words at most `playout_timeout_ms` from `now`."""
+        self.out.set_timer(Timer.LAST_WORDS, now + self.config.playout_timeout_ms)
 
     # -- progress -------------------------------------------------------------------------
 
@@ -168,12 +167,12 @@ class Ending:
             # The model called the tool without a word: the closing words come first.
             self.machine.move(Input.DONE_WITHOUT_WORDS)
             self.response_id = None
-            self.out.set_timer(Timer.LAST_WORDS, now + self.config.playout_timeout_ms)
+            self._bound_last_words(now)
             return Progress.ASK_FOR_WORDS
         self.machine.move(Input.DONE_WITH_WORDS if state is Stage.SPEAKING else Input.CLOSING_DONE)
         if not playing:
             return Progress.PLAYED_OUT
-        self.out.set_timer(Timer.LAST_WORDS, now + self.config.playout_timeout_ms)
+        self._bound_last_words(now)
         return Progress.NOTHING
 
     def caller_over_last_words(self) -> None:
@@ -274,4 +273,4 @@ def tool_reason(arguments: str | None) -> str | None:
     except Exception:  # untrusted text: whatever parsing it raises means bad arguments
         return None
     reason = parsed.get("reason") if type(parsed) is dict else None
-    return reason[:200] if type(reason) is str and reason else "unspecified"
+    return text_or(reason, "", 200) or "unspecified"

@@ -31,7 +31,8 @@ logger = logging.getLogger("app.call")
 #: After the caller talks over the time-limit wrap-up (or a goodbye was pending when the
 #: limit came), the limit comes back this much later; the second wrap-up is final.
 MAX_DURATION_GRACE_MS: Final = 60_000
-_DIGITS: Final = frozenset("0123456789*#ABCD")
+#: Every key a `dtmf` message can report.
+DTMF_KEYS: Final = frozenset("0123456789*#ABCD")
 #: What the model is told for a key press (the recorder redacts the digit in it).
 DTMF_MESSAGE: Final = "The caller pressed {digit} on their keypad."
 
@@ -138,7 +139,7 @@ class Nudges:
     def dtmf(self, digit: object, committed: bool) -> bool:
         """A key press; True when it was passed to the model (which should then answer).
         `committed`: the call is ending, too late to act on keys."""
-        if not isinstance(digit, str) or digit not in _DIGITS:
+        if not isinstance(digit, str) or digit not in DTMF_KEYS:
             self.out.bad("twilio", "malformed_dtmf")
             return False
         self.caller_active()

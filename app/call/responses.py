@@ -161,7 +161,8 @@ class Responses:
         return req.closing
 
     def refused(self, error: dict[str, Any]) -> Refusal | None:
-        """An `error` event: what it means if it refused our in-flight `response.create`
+        """An `error` event's `error` (its fields of the types `app.call.inbound` lists: the
+        session checks): what it means if it refused our in-flight `response.create`
         (None: it didn't)."""
         req = self._in_flight
         if req is None or error.get("event_id") != req.event_id:
@@ -185,7 +186,8 @@ class Responses:
         return True
 
     def done(self, response: dict[str, Any]) -> Finished:
-        """`response.done` of the response `response["id"]` (a string: the session checks)."""
+        """`response.done` of the response `response["id"]` (its fields of the types
+        `app.call.inbound` lists: the session checks)."""
         response_id: str = response["id"]
         status = response.get("status")
         if response_id == self.active:
@@ -199,9 +201,8 @@ class Responses:
         self._with_audio.discard(response_id)
         failing = False
         if status == "failed":
-            details = response.get("status_details")
-            error = details.get("error") if isinstance(details, dict) else None
-            error = error if isinstance(error, dict) else {}
+            details = response.get("status_details") or {}
+            error = details.get("error") or {}
             log_event(
                 logger,
                 logging.WARNING,
@@ -224,8 +225,7 @@ class Responses:
                 first = first.merge(req)
             self._send(first)
 
-    def _failed(self, code: object) -> bool:
+    def _failed(self, code: str | None) -> bool:
         """Count a failure; True when answers keep failing (fatal, or too many in a row)."""
         self.failed_in_row += 1
-        fatal = isinstance(code, str) and code in rt.FATAL_RESPONSE_CODES
-        return fatal or self.failed_in_row >= MAX_FAILED_IN_ROW
+        return code in rt.FATAL_RESPONSE_CODES or self.failed_in_row >= MAX_FAILED_IN_ROW

@@ -61,7 +61,7 @@ from app.call.outbox import Outbox, Timer, logged, tally
 from app.call.playback import Echo, PlaybackTracker
 from app.call.responses import Refusal, Responses
 from app.call.setup import session_update
-from app.call.state import PHASES, Input, Machine, Phase, Stage
+from app.call.state import PHASES, WORDS_STAGES, Input, Machine, Phase, Stage
 from app.call.transcript import Transcript
 from app.call.turns import Start, Stop, TurnPolicy
 from app.observability import log_event
@@ -106,7 +106,7 @@ _ERROR = logging.ERROR
 
 def _frame_reason(reason: object) -> str:
     """The bad-input kind of a frame the driver could not parse (its reason, if sane)."""
-    return reason[:40] if type(reason) is str and reason else "frame_error"
+    return text_or(reason, "", 40) or "frame_error"
 
 
 def _audio_ok(text: object) -> bool:
@@ -517,7 +517,7 @@ class CallSession:
         log_event(logger, _ERROR, "realtime.responses_failing", failed_in_row=failed)
         self._end(now, Input.RESPONSES_FAILING, "failure", detail="responses_failing")
 
-    def _function_call(self, now: float, item: dict[str, Any], response_id: object) -> None:
+    def _function_call(self, now: float, item: dict[str, Any], response_id: str | None) -> None:
         """A function-call item of the model's finished (`response.output_item.done`)."""
         name: str | None = item.get("name")
         call_id: str = item["call_id"]
@@ -538,8 +538,7 @@ class CallSession:
             self.out.bad("realtime", "bad_tool_arguments")  # the model's intent is its name
             reason = "unspecified"
         log_event(logger, _INFO, "tool.called", tool=name, reason=reason)
-        rid = response_id if isinstance(response_id, str) else None
-        self.ending.from_tool(now, kind, reason, rid)
+        self.ending.from_tool(now, kind, reason, response_id)
         self.out.realtime(rt.function_output(call_id, json.dumps(TOOL_RESULT[kind])))
 
     # -- the caller's speech ------------------------------------------------------------------
@@ -656,7 +655,7 @@ class CallSession:
         stage = self.ending.stage
         if stage is Stage.WAITING_FOR_CALLER:
             self._call_off(now)  # the caller is still talking over the last words
-        elif stage in (Stage.SPEAKING, Stage.CLOSING, Stage.PLAYING_OUT):
+        elif stage in WORDS_STAGES:
             log_event(
                 logger,
                 _WARNING,

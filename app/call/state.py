@@ -30,7 +30,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Final, Generic, TypeVar
 
 from app.observability import log_event
 
@@ -151,10 +151,11 @@ PHASES: tuple[Transition[Phase], ...] = (
 )
 
 _S = Stage
-#: The stages the last-words timer bounds; only a time-limit ending, which starts in
-#: CLOSING, can hit the limit a second time.
-_TIMED = (_S.SPEAKING, _S.CLOSING, _S.PLAYING_OUT)
-_OPEN = (*_TIMED, _S.WAITING_FOR_CALLER)
+#: The stages in which the last words are still being generated or played: the ones the
+#: last-words timer bounds. Only a time-limit ending, which starts in CLOSING, can hit the
+#: limit a second time.
+WORDS_STAGES: Final = (_S.SPEAKING, _S.CLOSING, _S.PLAYING_OUT)
+_OPEN = (*WORDS_STAGES, _S.WAITING_FOR_CALLER)
 _ACT = ("(RestRequest)", "(CloseTwilio)")  # CloseTwilio when there are no REST credentials
 _CALLED_OFF = ("ToRealtime:conversation.item.create",)
 
@@ -183,7 +184,7 @@ ENDINGS: tuple[Transition[Stage], ...] = (
     Transition(_S.PLAYING_OUT, _I.PLAYED_OUT, _S.REST, _ACT),
     Transition(_S.PLAYING_OUT, _I.CALLER_OVER_LAST_WORDS, _S.WAITING_FOR_CALLER),
     Transition(_S.WAITING_FOR_CALLER, _I.NOISE, _S.REST, _ACT),
-    *(Transition(s, _I.PLAYOUT_TIMEOUT, _S.REST, _ACT) for s in _TIMED),
+    *(Transition(s, _I.PLAYOUT_TIMEOUT, _S.REST, _ACT) for s in WORDS_STAGES),
     *(Transition(s, _I.CALLED_OFF, _S.NONE, _CALLED_OFF) for s in _OPEN),
     *(Transition(s, _I.HARD_LIMIT, _S.REST, _ACT) for s in _OPEN if s is not _S.SPEAKING),
     Transition(_S.REST, _I.REST_OK, _S.DONE, ("CloseRealtime", "timer:stop_grace")),

@@ -11,6 +11,7 @@ once per call.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 from xml.sax.saxutils import escape
 
@@ -20,10 +21,6 @@ Message = dict[str, Any]
 
 #: Events Twilio sends on a bidirectional stream.
 INBOUND_EVENTS: Final = frozenset({"connected", "start", "media", "dtmf", "mark", "stop"})
-
-#: A Twilio frame carries 20 ms of audio (about 300 characters of JSON). Anything far larger
-#: is not a Twilio frame; refusing it early bounds the work a hostile peer can cause.
-MAX_INBOUND_CHARS: Final = 64 * 1024
 
 #: mu-law at 8 kHz: one byte per sample.
 BYTES_PER_MS: Final = 8
@@ -74,10 +71,13 @@ def encode(msg: Message) -> str:
 MAX_MEDIA_CHARS: Final = 16 * 1024
 
 
-def media_parts(payload: str) -> list[str]:
+def media_parts(payload: str) -> Sequence[str]:
     """`payload` cut into frames of at most MAX_MEDIA_CHARS (base64 stays aligned: the
-    cuts fall on 4-character boundaries, so each part decodes on its own)."""
+    cuts fall on 4-character boundaries, so each part decodes on its own). A payload that
+    fits, as every real one does, is returned as it is, nothing copied."""
     step = MAX_MEDIA_CHARS
+    if len(payload) <= step:
+        return (payload,)
     return [payload[i : i + step] for i in range(0, len(payload), step)]
 
 
