@@ -1,0 +1,1 @@
+"""Alembic migrations of the call store (env.py, versions/); run by `app.store.migrate`."""

@@ -1,0 +1,509 @@
+"""The call store on SQLite and on a real PostgreSQL: URLs, schema, records in and out.
+
+Every store test runs on both databases (`db_url` is parametrised); the writer's
+behaviour under outages is in test_store_writer.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from app.observability import scrub
+from app.store import (
+    DEFAULT_DATABASE_URL,
+    BadCursor,
+    CallStore,
+    StoreStats,
+    database_url,
+    migrate,
+    redacted,
+)
+from app.store.engine import make_engine
+from app.store.schema import calls, metadata
+from tests.store_support import (
+    BASE_TIME,
+    StoreLog,
+    capture_store_log,
+    eventually,
+    make_record,
+    sqlite_url,
+)
+
+OpenStore = Callable[..., Awaitable[CallStore]]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database: a SQLite file, or a database on the session's server."""
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path)
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def store_log() -> Iterator[StoreLog]:
+    with capture_store_log() as log:
+        yield log
+
+
+@pytest.fixture
+async def open_store(db_url: str) -> AsyncIterator[OpenStore]:
+    """Start stores on `db_url` (each must come up); all are closed at the end."""
+    stores: list[CallStore] = []
+
+    async def start(**options: Any) -> CallStore:
+        store = CallStore(db_url, **options)
+        stores.append(store)
+        assert await store.start(timeout_s=10)
+        assert store.available
+        return store
+
+    yield start
+    for store in stores:
+        await store.close()
+
+
+async def submit_all(store: CallStore, records: list[dict[str, Any]]) -> None:
+    """Submit `records` and wait until the writer has stored them all."""
+    before = store.stats.written
+    for record in records:
+        assert store.submit(record)
+    await eventually(lambda: store.stats.written == before + len(records), what="written")
+
+
+async def read_columns(url: str, call_sid: str) -> dict[str, Any]:
+    """The query columns of one stored row, read past the store."""
+    engine = make_engine(database_url(url), connect_timeout_s=5)
+    try:
+        async with engine.connect() as conn:
+            query = sa.select(calls).where(calls.c.call_sid == call_sid)
+            return dict((await conn.execute(query)).mappings().one())
+    finally:
+        await engine.dispose()
+
+
+def as_stored(record: dict[str, Any]) -> dict[str, Any]:
+    """What a record reads back as: its JSON round trip."""
+    result: dict[str, Any] = json.loads(json.dumps(record))
+    return result
+
+
+# --- DATABASE_URL ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            "postgresql://u:pw@db.example:5432/calls",
+            "postgresql+asyncpg://u:pw@db.example:5432/calls",
+        ),
+        ("postgres://u:pw@db.example/calls", "postgresql+asyncpg://u:pw@db.example/calls"),
+        ("postgresql+asyncpg://u@db.example/calls", "postgresql+asyncpg://u@db.example/calls"),
+        (
+            "postgres://u@db.example/calls?sslmode=require",
+            "postgresql+asyncpg://u@db.example/calls?ssl=require",
+        ),
+    ],
+)
+def test_database_url_postgres_forms(raw: str, expected: str) -> None:
+    assert database_url(raw) == expected
+
+
+def test_database_url_sqlite_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert database_url(None) == DEFAULT_DATABASE_URL == "sqlite+aiosqlite:///./data/calls.db"
+    assert (tmp_path / "data").is_dir()  # created, relative to the working directory
+    assert database_url("  ") == DEFAULT_DATABASE_URL
+    absolute = tmp_path / "a" / "b" / "calls.db"
+    assert database_url(f"sqlite:///{absolute}") == f"sqlite+aiosqlite:///{absolute}"
+    assert absolute.parent.is_dir()
+    assert database_url("sqlite+aiosqlite:///rel/x.db") == "sqlite+aiosqlite:///rel/x.db"
+    assert (tmp_path / "rel").is_dir()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "mysql://root:hunter2-secret@db/calls",
+        "mongodb://db/calls",
+        "calls.db",
+        "sqlite://",
+        "sqlite:///:memory:",
+        "postgresql:///calls",
+    ],
+)
+def test_database_url_refuses(raw: str) -> None:
+    with pytest.raises(ValueError, match="DATABASE_URL") as refused:
+        database_url(raw)
+    assert "hunter2-secret" not in str(refused.value)
+
+
+def test_database_url_refuses_a_directory_it_cannot_make(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(ValueError, match="DATABASE_URL: cannot create the SQLite directory"):
+        database_url(f"sqlite:///{tmp_path}/file/calls.db")
+
+
+def test_redacted_hides_the_password() -> None:
+    url = database_url("postgres://bridge:hunter2-secret@db.example:5432/calls")
+    shown = redacted(url)
+    assert shown == "postgresql+asyncpg://bridge:***@db.example:5432/calls"
+    assert redacted("sqlite+aiosqlite:///./data/calls.db") == "sqlite+aiosqlite:///./data/calls.db"
+    assert "hunter2" not in redacted("::::hunter2-secret")
+    # database_url() also registered the password with the log scrubber.
+    assert scrub("error: hunter2-secret refused") == "error: *** refused"
+
+
+# --- Schema ------------------------------------------------------------------------------
+
+
+def _schema_report(conn: sa.Connection) -> tuple[list[str], set[str], list[Any]]:
+    inspector = sa.inspect(conn)
+    columns = [column["name"] for column in inspector.get_columns("calls")]
+    indexes = {index["name"] for index in inspector.get_indexes("calls") if index["name"]}
+    context = MigrationContext.configure(conn, opts={"compare_type": True})
+    diff = [d for d in compare_metadata(context, metadata) if "alembic_version" not in str(d)]
+    return columns, indexes, diff
+
+
+async def test_migrations_create_the_schema_and_are_idempotent(
+    db_url: str, open_store: OpenStore
+) -> None:
+    store = await open_store()
+    await submit_all(store, [make_record("CA-before-restart")])
+    await store.close()
+    again = await open_store()  # a restart: migrating at head is a no-op
+    assert await again.get("CA-before-restart") == as_stored(make_record("CA-before-restart"))
+
+    engine = make_engine(database_url(db_url), connect_timeout_s=5)
+    try:
+        assert await migrate.current_revision(engine) == migrate.head_revision() == "0001"
+        await migrate.upgrade(engine)  # and once more, directly
+        async with engine.connect() as conn:
+            columns, indexes, diff = await conn.run_sync(_schema_report)
+    finally:
+        await engine.dispose()
+    assert columns == [column.name for column in metadata.tables["calls"].c]
+    assert {
+        "ix_calls_started_at_call_sid",
+        "ix_calls_outcome",
+        "ix_calls_from_number",
+        "ix_calls_to_number",
+        "ix_calls_direction",
+        "ix_calls_agent",
+    } <= indexes
+    assert diff == []  # the migrations build exactly what schema.py describes
+
+
+# --- Records in and out ------------------------------------------------------------------
+
+
+async def test_submit_get_round_trip(
+    db_url: str, open_store: OpenStore, store_log: StoreLog
+) -> None:
+    store = await open_store()
+    record = make_record("CA-round-trip", recording="RE123", extra={"nested": [1, 2.5, None]})
+    await submit_all(store, [record])
+
+    assert await store.get("CA-round-trip") == as_stored(record)
+    assert await store.get("CA-unknown") is None
+    columns = await read_columns(db_url, "CA-round-trip")
+    started = columns.pop("started_at")
+    ended = columns.pop("ended_at")
+    assert started == BASE_TIME and started.tzinfo is UTC
+    assert ended == BASE_TIME + timedelta(seconds=42.5)
+    assert columns.pop("record") == as_stored(record)
+    assert columns == {
+        "call_sid": "CA-round-trip",
+        "direction": "inbound",
+        "from_number": "+15550001111",
+        "to_number": "+15550002222",
+        "agent": "default",
+        "duration_s": 42.5,
+        "outcome": "completed",
+        "barge_ins": 2,
+        "heard_latency_ms": 710,
+        "recording": "RE123",
+    }
+    written = store_log.events("store.written")
+    assert [line.call_sid for line in written] == ["CA-round-trip"]
+    assert store.stats == StoreStats(written=1)
+
+
+async def test_odd_secondary_fields_leave_columns_empty(db_url: str, open_store: OpenStore) -> None:
+    """Only the key and the start time are strict: the record is kept whole regardless."""
+    store = await open_store()
+    record = make_record(
+        "CA-odd",
+        direction=None,
+        agent=["not", "text"],
+        duration_s="long",
+        barge_ins=True,
+        heard_latency_ms=None,
+        ended_at=None,
+    )
+    record["from"] = "x" * 400
+    odd_end = make_record("CA-odd-end", ended_at="when it was over")
+    await submit_all(store, [record, odd_end])
+    assert await store.get("CA-odd") == record
+    assert await store.get("CA-odd-end") == odd_end
+    columns = await read_columns(db_url, "CA-odd")
+    assert columns["from_number"] == "x" * 255  # cut for the index; the record has it all
+    assert [columns[k] for k in ("direction", "agent", "duration_s", "barge_ins")] == [None] * 4
+    assert columns["heard_latency_ms"] is None and columns["ended_at"] is None
+    assert (await read_columns(db_url, "CA-odd-end"))["ended_at"] is None
+
+
+async def test_a_duplicate_call_sid_is_stored_once_first_wins(
+    open_store: OpenStore, store_log: StoreLog
+) -> None:
+    store = await open_store()
+    first = make_record("CA-dup", outcome="completed")
+    await submit_all(store, [first])
+    assert store.submit(make_record("CA-dup", outcome="failed"))
+    await eventually(lambda: store.stats.duplicates == 1)
+
+    assert await store.get("CA-dup") == first
+    assert store.stats == StoreStats(written=1, duplicates=1)
+    duplicate = store_log.events("store.duplicate")
+    assert [(line.call_sid, line.fields) for line in duplicate] == [("CA-dup", {})]
+    assert store_log.events("store.write_failed") == []  # not an error, not retried
+
+
+async def test_duplicates_queued_together_first_wins(db_url: str) -> None:
+    """Two records of one CallSid waiting in the same queue: the first submitted wins."""
+    store = CallStore(db_url)
+    assert store.submit(make_record("CA-twice", outcome="first"))
+    assert store.submit(make_record("CA-other"))
+    assert store.submit(make_record("CA-twice", outcome="second"))
+    try:
+        assert await store.start(timeout_s=10)
+        await eventually(lambda: store.stats.written + store.stats.duplicates == 3)
+        assert await store.get("CA-twice") == make_record("CA-twice", outcome="first")
+        assert store.stats == StoreStats(written=2, duplicates=1)
+    finally:
+        await store.close()
+
+
+# --- Listing -----------------------------------------------------------------------------
+
+
+async def test_list_pages_newest_first_without_duplicates_or_gaps(open_store: OpenStore) -> None:
+    store = await open_store()
+    records = []
+    for n in range(23):
+        # Groups of three share a start time (the CallSid breaks the tie); 1 ms apart.
+        started = BASE_TIME + timedelta(milliseconds=n // 3)
+        records.append(make_record(f"CA{n:03d}", started=started))
+    await submit_all(store, records)
+    expected = [
+        r["call_sid"] for r in sorted(records, key=lambda r: (r["started_at"], r["call_sid"]))
+    ][::-1]
+
+    seen: list[str] = []
+    pages = 0
+    cursor: str | None = None
+    while True:
+        page, cursor = await store.list_calls(limit=5, before=cursor)
+        pages += 1
+        seen += [record["call_sid"] for record in page]
+        if pages == 1:  # a call ending meanwhile lands on top, not in the pages to come
+            await submit_all(store, [make_record("CA-new", started=BASE_TIME + timedelta(1))])
+        if cursor is None:
+            break
+    assert seen == expected
+    assert pages == 5
+    assert (await store.list_calls(limit=1))[0][0]["call_sid"] == "CA-new"
+
+    everything, end = await store.list_calls(limit=500)
+    assert [r["call_sid"] for r in everything] == ["CA-new", *expected] and end is None
+    assert everything[1] == as_stored(records[-1])
+
+    # A last page that is exactly full says so (no cursor to an empty page).
+    page, cursor = await store.list_calls(limit=12)
+    assert cursor is not None
+    page, cursor = await store.list_calls(limit=12, before=cursor)
+    assert len(page) == 12 and cursor is None
+
+
+def _filter_records() -> dict[str, dict[str, Any]]:
+    hour = timedelta(hours=1)
+    specs = {
+        "CA-A": ("inbound", "+1", "+9", "sales", "completed", 0),
+        "CA-B": ("outbound", "+9", "+2", "support", "no_answer", 1),
+        "CA-C": ("inbound", "+3", "+9", "sales", "failed", 2),
+        "CA-D": ("outbound", "+9", "+1", "support", "completed", 3),
+    }
+    records = {}
+    for sid, (direction, from_number, to_number, agent, outcome, hours) in specs.items():
+        record = make_record(
+            sid,
+            started=BASE_TIME + hours * hour,
+            direction=direction,
+            agent=agent,
+            outcome=outcome,
+        )
+        record.update({"from": from_number, "to": to_number})
+        records[sid] = record
+    return records
+
+
+async def test_list_filters(open_store: OpenStore) -> None:
+    store = await open_store()
+    records = _filter_records()
+    await submit_all(store, list(records.values()))
+    hour = timedelta(hours=1)
+
+    async def sids(**filters: Any) -> list[str]:
+        page, cursor = await store.list_calls(**filters)
+        assert cursor is None
+        return [record["call_sid"] for record in page]
+
+    assert await sids() == ["CA-D", "CA-C", "CA-B", "CA-A"]
+    assert await sids(outcome="completed") == ["CA-D", "CA-A"]
+    assert await sids(number="+1") == ["CA-D", "CA-A"]  # to +1, from +1
+    assert await sids(number="+9") == ["CA-D", "CA-C", "CA-B", "CA-A"]
+    assert await sids(from_number="+9") == ["CA-D", "CA-B"]
+    assert await sids(to_number="+9") == ["CA-C", "CA-A"]
+    assert await sids(from_number="+9", to_number="+1") == ["CA-D"]
+    assert await sids(since=BASE_TIME + hour) == ["CA-D", "CA-C", "CA-B"]  # inclusive
+    assert await sids(until=BASE_TIME + 2 * hour) == ["CA-B", "CA-A"]  # exclusive
+    assert await sids(since=BASE_TIME + hour, until=BASE_TIME + 3 * hour) == ["CA-C", "CA-B"]
+    # Another zone, or none (taken as UTC), names the same instant.
+    plus_two = timezone(timedelta(hours=2))
+    assert await sids(since=(BASE_TIME + 3 * hour).astimezone(plus_two)) == ["CA-D"]
+    assert await sids(until=(BASE_TIME + hour).replace(tzinfo=None)) == ["CA-A"]
+    assert await sids(direction="outbound") == ["CA-D", "CA-B"]
+    assert await sids(agent="sales") == ["CA-C", "CA-A"]
+    assert await sids(direction="inbound", agent="sales", outcome="failed") == ["CA-C"]
+    assert await sids(outcome="busy") == []
+
+    first, cursor = await store.list_calls(limit=1, outcome="completed")
+    assert [r["call_sid"] for r in first] == ["CA-D"] and cursor is not None
+    second, cursor = await store.list_calls(limit=1, outcome="completed", before=cursor)
+    assert second == [as_stored(records["CA-A"])] and cursor is None
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+async def test_list_refuses_a_bad_cursor_or_limit(open_store: OpenStore) -> None:
+    store = await open_store()
+    bad_cursors = [
+        "",
+        "not a cursor!",
+        _b64(b"\xff\xfe"),
+        _b64(b"{}"),
+        _b64(b'["2026-12-02T01:21:17+00:00"]'),
+        _b64(b'["yesterday", "CA1"]'),
+        _b64(b'["2026-12-02T01:21:17", "CA1"]'),  # no zone: not one of ours
+        _b64(b'["2026-12-02T01:21:17+00:00", ""]'),
+        _b64(b'{"2026-12-02T01:21:17+00:00": 1, "CA1": 2}'),
+    ]
+    for cursor in bad_cursors:
+        with pytest.raises(BadCursor):
+            await store.list_calls(before=cursor)
+    assert issubclass(BadCursor, ValueError)
+    bad_limits: list[Any] = [0, -1, 501, True, 2.5, "10"]
+    for limit in bad_limits:
+        with pytest.raises(ValueError, match="limit"):
+            await store.list_calls(limit=limit)
+    assert (await store.list_calls(limit=500)) == ([], None)
+    assert (await store.list_calls(limit=1)) == ([], None)
+
+
+# --- Retention ---------------------------------------------------------------------------
+
+
+async def test_prune_deletes_only_what_is_older_than_the_retention(
+    open_store: OpenStore, store_log: StoreLog
+) -> None:
+    now = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
+    store = await open_store(retention_days=30)
+    ages = {"CA-40d": 40, "CA-31d": 31, "CA-29d": 29, "CA-1d": 1}
+    await submit_all(
+        store, [make_record(sid, started=now - timedelta(days=d)) for sid, d in ages.items()]
+    )
+    assert await store.prune(now=now) == 2
+    assert await store.prune(now=now) == 0
+    left, _ = await store.list_calls()
+    assert [r["call_sid"] for r in left] == ["CA-1d", "CA-29d"]
+    assert store.stats.pruned == 2
+    assert [line.fields["count"] for line in store_log.events("store.pruned")] == [2]
+
+
+async def test_retention_zero_keeps_everything(open_store: OpenStore) -> None:
+    store = await open_store(retention_days=0)
+    ancient = make_record("CA-ancient", started=datetime(2001, 1, 1, tzinfo=UTC))
+    await submit_all(store, [ancient])
+    assert await store.prune(now=datetime(2100, 1, 1, tzinfo=UTC)) == 0
+    assert await store.get("CA-ancient") == as_stored(ancient)
+    assert store.stats.pruned == 0
+
+
+async def test_the_pruner_runs_at_start(open_store: OpenStore) -> None:
+    now = datetime.now(UTC)
+    keeper = await open_store()
+    await submit_all(
+        keeper,
+        [
+            make_record("CA-old", started=now - timedelta(days=8)),
+            make_record("CA-recent", started=now - timedelta(days=6)),
+        ],
+    )
+    pruning = await open_store(retention_days=7, prune_interval_s=3600)
+    await eventually(lambda: pruning.stats.pruned == 1, what="pruned at start")
+    assert await pruning.get("CA-old") is None
+    assert await pruning.get("CA-recent") is not None
+
+
+# --- Secrets -----------------------------------------------------------------------------
+
+
+async def test_the_password_never_reaches_a_log_line(pg_url: str, store_log: StoreLog) -> None:
+    """Trust auth takes any password: the URL can carry one the logs must hide."""
+    with_password = pg_url.replace("postgres@", "postgres:hunter2-secret-pw@")
+    assert with_password != pg_url
+    store = CallStore(with_password)
+    try:
+        assert await store.start(timeout_s=10)
+        await submit_all(store, [make_record("CA-pw")])
+    finally:
+        await store.close()
+    ready = store_log.events("store.ready")
+    assert len(ready) == 1 and "***" in str(ready[0].fields["url"])
+    assert "hunter2-secret-pw" not in store_log.text()
+
+
+# --- Layering ----------------------------------------------------------------------------
+
+
+def test_the_store_imports_nothing_of_the_call_layer() -> None:
+    """Checked in a fresh interpreter, so modules imported by other tests don't count."""
+    probe = (
+        "import sys, app.store; "
+        "print(sorted(m for m in sys.modules if m.split('.')[:2] in "
+        "(['app', 'call'], ['app', 'bridge'], ['app', 'main'])))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == "[]"
