@@ -67,12 +67,15 @@ ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
     LANG=C.UTF-8 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    PORT=8000
+    PORT=8000 \
+    DATABASE_URL=sqlite:////data/calls.db
 
-# /data is the one place the app user may write: mount a volume there and set
+# /data is the one place the app user may write: mount a volume there. Call records
+# go to the SQLite file /data/calls.db unless DATABASE_URL names a PostgreSQL server
+# (do that with more than one replica: they then share one history). Set
 # RECORD_DIR=/data/recordings to record every call as a call fixture (a new named
-# volume takes its owner). Recordings hold transcripts, and the caller's audio too
-# with RECORD_AUDIO=true: personal data.
+# volume takes its owner). Records and recordings hold transcripts, and recordings the
+# caller's audio too with RECORD_AUDIO=true: personal data.
 RUN groupadd --system --gid 10001 app \
  && useradd --system --uid 10001 --gid app --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin app \

@@ -4,7 +4,6 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
-PORT   ?= 8000
 
 .PHONY: run test lint bench load fixtures clean tools
 
@@ -23,16 +22,24 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP) $(RUN_STAMP)
 
-# Test audio is real speech made with espeak-ng + sox; install them when missing.
+# Test audio is real speech made with espeak-ng + sox, and the call store's tests need
+# PostgreSQL's server binaries; install them when missing.
 tools:
 	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || { \
 	  echo "installing espeak-ng and sox (test speech)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng sox >/dev/null; }
+	@# The call store's tests run a real PostgreSQL server (tests/pg.py).
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing postgresql (call store tests)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
+# The server on HOST:PORT from the environment or .env (default 0.0.0.0:8000; app/__main__.py):
+# `make run PORT=9000` works too, as make passes command-line variables to the recipe.
 run: $(RUN_STAMP)
-	$(BIN)/uvicorn app.main:app --host 0.0.0.0 --port $(PORT) --ws-per-message-deflate false \
-	  $(if $(wildcard .env),--env-file .env,)
+	$(BIN)/python -m app
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests bench

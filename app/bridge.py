@@ -33,6 +33,7 @@ import contextvars
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
@@ -42,6 +43,7 @@ from app.call.actions import (
     CloseRealtime,
     CloseTwilio,
     ConnectRealtime,
+    Measure,
     RestRequest,
     ToRealtime,
     ToTwilio,
@@ -122,10 +124,14 @@ class Bridge:
         recorder: CallRecorder | None = None,
         log_transcripts: bool = True,
         limits: BridgeLimits | None = None,
+        meter: Callable[[Measure], None] | None = None,
+        call_facts: dict[str, object] | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        """`clock` (seconds, default the event loop's) is a seam for tests; timers are
-        always armed on the event loop."""
+        """`meter` takes the core's metric observations (`app.metrics`); `call_facts`
+        (the model, the agent) go into the call's summary line. `clock` (seconds,
+        default the event loop's) is a seam for tests; timers are always armed on the
+        event loop."""
         self.twilio = twilio
         self.session = session
         self.transport = transport
@@ -133,6 +139,10 @@ class Bridge:
         self.verify_start = verify_start
         self.recorder = recorder
         self.log_transcripts = log_transcripts
+        self.meter = meter
+        self.call_facts = call_facts or {}
+        #: The end-of-call summary (`call.summary`), once the call is over.
+        self.summary: dict[str, Any] | None = None
         self.link: RealtimeLink | None = None
         self.limits = limits = limits or BridgeLimits.from_settings()
         #: Caller audio frames dropped because the Realtime peer wasn't reading.
@@ -143,6 +153,8 @@ class Bridge:
         self._loop = asyncio.get_running_loop()
         self._clock = clock or self._loop.time
         self._t0 = self._clock()
+        #: Wall-clock time of call time 0 (the stream opening), for the call's record.
+        self.opened_at = datetime.now(UTC)
         #: When the last Twilio frame arrived (clock seconds).
         self._heard = self._t0
         self._idle: asyncio.TimerHandle | None = None
@@ -476,6 +488,8 @@ class Bridge:
                         self.link.close()
                 elif kind is RestRequest:
                     self._spawn(self._rest(action))  # type: ignore[arg-type]
+                elif kind is Measure and self.meter is not None:
+                    self.meter(action)  # type: ignore[arg-type]
             if self.session.done:
                 self._over()
         self._rearm()
@@ -544,11 +558,20 @@ class Bridge:
         session = self.session
         if not session.ended_ms:
             session.ended_ms = self.now()
-        summary = session.summary(self.log_transcripts)
+        params = session.parameters
+        started = self.opened_at.timestamp() + session.started_ms / 1000
+        summary: dict[str, Any] = {
+            "from": params.get("From") or None,
+            "to": params.get("To") or None,
+            "started_at": datetime.fromtimestamp(started, UTC).isoformat(timespec="milliseconds"),
+            **self.call_facts,
+        }
+        summary.update(session.summary(self.log_transcripts))
         summary["audio_dropped"] = self.audio_dropped
         summary["audio_flooded"] = self.audio_flooded
         if self.recorder is not None:
             summary.update(self.recorder.summary())
+        self.summary = summary
         log_event(logger, logging.INFO, "call.summary", **summary)
         if self.recorder is not None:
             self.recorder.close()

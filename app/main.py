@@ -1,9 +1,10 @@
 """The ASGI application: Twilio's webhook, the media stream, health and readiness.
 
-`uvicorn app.main:app` serves the product; `app` is built on first access from the
+`uvicorn app.main:app` serves the product (and `python -m app`, `app/__main__.py`, which
+also takes HOST and PORT from the settings); `app` is built on first access from the
 environment (and `.env`), so importing this module has no side effects and tests build
 their own apps with `create_app(settings)`. A wrong setting stops the process at start
-with a message naming it.
+with a message naming it. `startup.ready` is logged once uvicorn listens.
 
 The application is a thin ASGI dispatcher (`BridgeApp`): the media-stream websocket goes
 straight to its handler, with no framework object or middleware wrapped around each of
@@ -13,7 +14,9 @@ its 60-odd frames a second; everything else (webhook, health, lifespan) is a Fas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import importlib.metadata
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -33,9 +36,17 @@ from app.call.session import CallSession
 from app.forms import FormRefused, read_form
 from app.lifecycle import Drain
 from app.limits import LimitHits
+from app.metrics import CONTENT_TYPE, Metrics
 from app.observability import bind_call, configure_logging, log_event, register_secret
+from app.operator_api import (
+    OperatorAuth,
+    docs_routes,
+    install_error_handlers,
+    operator_router,
+)
 from app.realtime_socket import RealtimeEndpoint, RealtimeTransport, WebsocketTransport
-from app.recording import CallRecorder, RecordingWriter
+from app.recording import CallRecorder, RecordingWriter, directory_problem
+from app.records import DEFAULT_AGENT, call_record, model_of
 from app.security import (
     MEDIA_STREAM_PATH,
     STREAM_TOKEN_PARAMETER,
@@ -46,6 +57,7 @@ from app.security import (
     stream_url,
 )
 from app.settings import Settings, SettingsError, load_settings
+from app.store import CallStore, database_url, redacted
 from app.telephony import Telephony
 from app.twilio_socket import Receive, Send, TwilioSocket
 
@@ -54,6 +66,11 @@ logger = logging.getLogger("app.main")
 #: Call data passed to the media stream as `<Parameter>`s (never in the URL).
 _STREAM_PARAMETERS = ("CallSid", "From", "To")
 _XML = "application/xml"
+#: On shutdown, how long pending call records may take to reach the database.
+STORE_FLUSH_SECONDS = 10.0
+#: At start, how long the call store may take to be reached and migrated.
+STORE_START_SECONDS = 5.0
+_TITLE = "Twilio <-> OpenAI Realtime bridge"
 
 
 @dataclass(slots=True)
@@ -68,6 +85,9 @@ class AppState:
     telephony: Telephony | None
     recordings: RecordingWriter | None
     admission: Admission
+    #: Where finished calls are kept (README "Operating it").
+    store: CallStore
+    metrics: Metrics
     #: Refusals by limit (README "Security").
     hits: LimitHits = field(default_factory=LimitHits)
     calls: set[Bridge] = field(default_factory=set)
@@ -131,6 +151,10 @@ def create_app(
     )
     for secret in settings.secret_values():
         register_secret(secret)
+    if settings.record_dir is not None and (problem := directory_problem(settings.record_dir)):
+        # Refused at start, like a bad value: otherwise every call's recording would fail.
+        got = str(settings.record_dir)
+        raise SettingsError([f"invalid setting RECORD_DIR: {problem} (got {got!r})"])
     key = settings.openai_api_key
     if transport is None and key is not None:
         endpoint = RealtimeEndpoint(
@@ -139,6 +163,11 @@ def create_app(
             max_message_bytes=settings.realtime_max_frame_bytes,
         )
         transport = WebsocketTransport(endpoint)
+    raw_url = settings.database_url.get_secret_value() if settings.database_url else None
+    try:
+        store_url = database_url(raw_url)
+    except ValueError as exc:
+        raise SettingsError([f"invalid setting DATABASE_URL: {exc}"]) from None
     state = AppState(
         settings=settings,
         call_config=CallConfig.from_settings(settings),
@@ -152,35 +181,77 @@ def create_app(
             account_sid=settings.twilio_account_sid,
             require_token=settings.stream_token_enforced,
         ),
+        store=CallStore(
+            store_url,
+            retry_seconds=settings.call_records_retry_seconds,
+            retention_days=settings.call_records_retention_days,
+        ),
+        metrics=Metrics(_version()),
     )
+    metrics = state.metrics
+    metrics.read_limit_hits(state.hits.counts)
+    metrics.read_calls(
+        lambda: len(state.calls), lambda: len(state.admission.calls), settings.max_concurrent_calls
+    )
+    metrics.read_ready(lambda: state.ready and not state.draining and not state.admission.full)
+    metrics.read_store(lambda: state.store)
+    operator_key = settings.operator_api_key
+    auth = OperatorAuth(operator_key.get_secret_value() if operator_key else None)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        log_event(logger, logging.INFO, "store.opening", url=redacted(store_url))
+        # Migrations before the first call, but a database that is down must not keep the
+        # process from taking calls: past the wait, the writer retries in the background.
+        await state.store.start(STORE_START_SECONDS)
         for warning in settings.warnings():
             log_event(logger, logging.WARNING, "startup.warning", detail=warning)
-        log_event(
-            logger,
-            logging.INFO,
-            "startup.ready",
-            tools=",".join(state.call_config.tools) or "none",
-            signatures="on" if state.checker.enabled else "off",
-        )
+        server = server_guard.uvicorn_server()  # before the drain takes its SIGTERM handler
         drain = Drain(state, settings.shutdown_drain_seconds)
         drain.install()
         state.ready = True
         state.idle.set()
+        announce = None
+        if server is None:
+            _log_ready(state)
+        else:
+            announce = asyncio.create_task(_ready_when_listening(state, server))
         yield
+        if announce is not None:
+            announce.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await announce
         drain.uninstall()
         state.ready = False
         if state.recordings is not None:
             state.recordings.stop()
+        await state.store.close(STORE_FLUSH_SECONDS)  # a rolling deploy loses no record
 
     # No redirect from `/incoming-call/`: its `Location` would be built from the Host
     # header, and Twilio doesn't follow a POST redirect anyway.
+    # The docs describe the operator API only, and only to whoever has its key.
     app = FastAPI(
-        title="Twilio <-> OpenAI Realtime bridge", lifespan=lifespan, redirect_slashes=False
+        title=_TITLE,
+        version=_version(),
+        lifespan=lifespan,
+        redirect_slashes=False,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.bridge = state
+    install_error_handlers(app)
+    if auth.enabled:
+        router = operator_router(state.store, auth)
+        app.include_router(router)
+        docs_routes(app, router, auth, _TITLE)
+
+    @app.get("/metrics")
+    async def metrics_page(request: Request) -> Response:
+        """Prometheus' scrape (the operator key when one is set)."""
+        if auth.enabled:
+            auth.check(request)
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -205,26 +276,31 @@ def create_app(
             )
         except FormRefused as refused:
             state.hits.hit("webhook_body", reason=refused.reason)
+            metrics.webhooks.labels("refused_body").inc()
             return Response(status_code=refused.status)
         bind_call(call_sid=params.get("CallSid") or None)
         try:
             base = public_base_url(settings.public_base_url, request.headers, request.url.scheme)
         except ValueError as exc:
             log_event(logger, logging.WARNING, "webhook.bad_request", reason=str(exc))
+            metrics.webhooks.labels("bad_request").inc()
             return Response(status_code=400)
         url = public_url(base, request.url.path, request.url.query)
         if not state.checker.check_webhook(url, params, request.headers.get("x-twilio-signature")):
             log_event(logger, logging.WARNING, "webhook.bad_signature", url=url)
+            metrics.webhooks.labels("bad_signature").inc()
             return Response(status_code=403)
         if not params.get("CallSid"):
             log_event(logger, logging.WARNING, "webhook.missing_call_sid")
         if state.transport is None:
             log_event(logger, logging.WARNING, "webhook.apology", reason="no OPENAI_API_KEY")
+            metrics.webhooks.labels("apology").inc()
             return Response(twiml.apology(settings.apology_message), media_type=_XML)
         if state.admission.full:
             state.hits.hit("calls", limit_value=settings.max_concurrent_calls)
             log_event(logger, logging.WARNING, "webhook.busy", calls=len(state.admission.calls))
             document = twiml.busy(settings.fallback_message, settings.fallback_number)
+            metrics.webhooks.labels("busy").inc()
             return Response(document, media_type=_XML)
         log_event(logger, logging.INFO, "webhook.incoming_call", caller=params.get("From"))
         parameters = {name: params.get(name, "") for name in _STREAM_PARAMETERS}
@@ -239,6 +315,7 @@ def create_app(
             settings.fallback_message,
             settings.fallback_number,
         )
+        metrics.webhooks.labels("connect").inc()
         return Response(document, media_type=_XML)
 
     return BridgeApp(app, MediaStream(state))
@@ -263,17 +340,20 @@ class MediaStream:
         url = stream_url(base)
         if not state.checker.check_websocket(url, headers.get("x-twilio-signature")):
             log_event(logger, logging.WARNING, "stream.bad_signature", url=url)
+            state.metrics.streams_refused.labels("bad_signature").inc()
             await socket.refuse()  # before accept: the upgrade is refused (403)
             return
         ticket = state.admission.open_stream()
         if ticket is None:
             state.hits.hit("calls", limit_value=settings.max_concurrent_calls)
             log_event(logger, logging.WARNING, "stream.refused", reason="at_capacity")
+            state.metrics.streams_refused.labels("at_capacity").inc()
             await socket.refuse()
             return
         await socket.accept()
         if state.transport is None:
             log_event(logger, logging.WARNING, "stream.refused", reason="no OPENAI_API_KEY")
+            state.metrics.streams_refused.labels("no_openai_key").inc()
             await socket.aclose()
             return
         recorder = None
@@ -293,6 +373,8 @@ class MediaStream:
             recorder=recorder,
             log_transcripts=settings.log_transcripts,
             limits=BridgeLimits.from_settings(settings),
+            meter=state.metrics.observe,
+            call_facts={"agent": DEFAULT_AGENT, "model": model_of(settings.openai_realtime_url)},
         )
         state.calls.add(bridge)
         state.idle.clear()
@@ -300,10 +382,47 @@ class MediaStream:
             await bridge.run()
         finally:
             state.calls.discard(bridge)
+            admitted = ticket.call_sid is not None
             ticket.release()  # the CallSid it took, before anyone waiting for idle looks
             _count_limits(state.hits, bridge, socket.close_code)
+            _call_over(state, bridge, admitted)
             if not state.calls:
-                state.idle.set()
+                state.idle.set()  # after the record is queued: the drain flushes it
+
+
+def _call_over(state: AppState, bridge: Bridge, admitted: bool) -> None:
+    """Count a finished stream and queue its call's record (never raises, never waits).
+
+    Only an admitted stream is a call: one refused at its `start` (a forged token, a second
+    stream for a live CallSid) must not write, or overwrite, the real call's record."""
+    session, summary = bridge.session, bridge.summary
+    if not admitted or summary is None:
+        reason = session.end_detail or "no_start"
+        state.metrics.streams_refused.labels(reason).inc()
+        return
+    dropped = {"realtime_not_reading": bridge.audio_dropped, "flood": bridge.audio_flooded}
+    state.metrics.call_ended(
+        summary["ended"],
+        summary["duration_s"],
+        dropped=dropped,
+        bad_input=summary["bad_input"],
+        detail=summary["end_detail"],
+        usage=summary["usage"],
+    )
+    try:
+        record = call_record(
+            session,
+            bridge.opened_at,
+            summary=summary,
+            model=model_of(state.settings.openai_realtime_url),
+            recording=summary.get("recording"),
+            with_text=state.settings.store_transcripts,
+            extra={"audio_dropped": bridge.audio_dropped, "audio_flooded": bridge.audio_flooded},
+        )
+    except Exception:  # a bug of ours must not take the stream's teardown with it
+        logger.exception("store.record_failed")
+        return
+    state.store.submit(record)
 
 
 def _count_limits(hits: LimitHits, bridge: Bridge, close_code: int | None) -> None:
@@ -321,6 +440,33 @@ def _count_limits(hits: LimitHits, bridge: Bridge, close_code: int | None) -> No
         hits.hit("recording_bytes")
 
 
+def _log_ready(state: AppState, **where: object) -> None:
+    log_event(
+        logger,
+        logging.INFO,
+        "startup.ready",
+        **where,
+        tools=",".join(state.call_config.tools) or "none",
+        signatures="on" if state.checker.enabled else "off",
+    )
+
+
+async def _ready_when_listening(state: AppState, server: Any) -> None:
+    """Log `startup.ready` once uvicorn listens, with the address it bound.
+
+    uvicorn runs the lifespan's startup before it binds its sockets: logged at the end of
+    the startup, `startup.ready` would come before an `Errno 98` (port in use) and an exit.
+    On a bind failure this task is cancelled by the lifespan's shutdown, never logging."""
+    _log_ready(state, **await server_guard.wait_listening(server))
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("twilio-realtime-bridge")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
+
+
 def _telephony(settings: Settings) -> Telephony | None:
     if settings.twilio_account_sid is None or settings.twilio_auth_token is None:
         return None
@@ -331,7 +477,10 @@ def _telephony(settings: Settings) -> Telephony | None:
     )
 
 
-def _default_app() -> BridgeApp:
+def default_app() -> BridgeApp:
+    """The product's app, from the environment and `.env` (read once, here): what
+    `uvicorn app.main:app` and `python -m app` serve. A bad setting (a RECORD_DIR that
+    can't take files included) exits with code 2 and a message naming it."""
     try:
         application = create_app()
     except SettingsError as exc:
@@ -349,7 +498,7 @@ def _default_app() -> BridgeApp:
 def __getattr__(name: str) -> BridgeApp:
     """`app.main:app` is created on first access (PEP 562), not at import."""
     if name == "app":
-        application = _default_app()
+        application = default_app()
         globals()["app"] = application
         return application
     raise AttributeError(name)

@@ -4,9 +4,16 @@ Why: a phone bridge is debugged from its logs after the fact, so every line must
 call it belongs to and be easy to grep (`key=value`) or ship to a log store (JSON).
 
 - `configure_logging()` installs one handler on the root logger (idempotent) and routes
-  uvicorn's loggers through it. Websocket protocol debug output never gets through: the
-  websockets library logs every frame and handshake header at DEBUG (caller audio, key
-  presses, `X-Twilio-Signature`), and uvicorn hands it the `uvicorn.error` logger.
+  uvicorn's loggers through it, taking over from the dictConfig uvicorn's CLI applied
+  before the app was imported: with LOG_FORMAT=json every line the process logs is JSON.
+  uvicorn's lines become events too: an access line's arguments are fields
+  (`event=http.access client method path http_version status`), its other lines are
+  `event=server.log` with their `msg` (a websocket handshake line also gets `client`,
+  `path`, `status`, as `event=ws.access`). Health and readiness probes' access lines are
+  logged at DEBUG (`ProbeAccessFilter`), so a probe a second costs no line at INFO.
+  Websocket protocol debug output never gets through: the websockets library logs every
+  frame and handshake header at DEBUG (caller audio, key presses, `X-Twilio-Signature`),
+  and uvicorn hands it the `uvicorn.error` logger.
 - `bind_call()` stores the call's identifiers in context variables; every record created
   afterwards in that task (and in tasks it creates later) carries `call_sid`/`stream_sid`.
 - `log_event()` logs an event name plus fields, cheaply skipped when the level is off.
@@ -55,6 +62,22 @@ _TRACEBACK_FACTOR: Final = 16
 _TRACEBACK_FIELDS: Final = frozenset({"exc", "stack"})
 _OWN_FIELDS: Final = frozenset({"ts", "level"})
 """Written by the formatter itself, short and fixed: never cut, so a line always parses."""
+
+PROBE_PATHS: Final = frozenset({"/healthz", "/readyz"})
+"""Paths whose `GET` access lines are logged at DEBUG: load balancers and orchestrators
+poll them every few seconds, and at INFO they would drown every other line."""
+_ACCESS_LOGGER = "uvicorn.access"
+_ACCESS_FORMAT: Final = '%s - "%s %s HTTP/%s" %d'
+"""uvicorn's access line (h11 and httptools alike): client, method, path with its query
+string, HTTP version, status."""
+_ACCESS_FIELDS: Final = ("client", "method", "path", "http_version", "status")
+_SERVER_LOGGERS: Final = frozenset({"uvicorn", "uvicorn.error", "uvicorn.asgi"})
+_WS_HANDSHAKE: Final = {
+    '%s - "WebSocket %s" [accepted]': "accepted",
+    '%s - "WebSocket %s" 403': 403,
+    '%s - "WebSocket %s" %d': None,  # the status is the record's third argument
+}
+"""uvicorn's websocket handshake lines (logged on `uvicorn.error`) and their outcome."""
 
 
 # --- Call context ------------------------------------------------------------------------
@@ -212,6 +235,43 @@ def _escape_unprintable(text: str) -> str:
     return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
 
 
+def _access_args(record: logging.LogRecord) -> tuple[Any, ...] | None:
+    """The arguments of one of uvicorn's access lines (see `_ACCESS_FORMAT`), else None."""
+    args = record.args
+    if record.name != _ACCESS_LOGGER or record.msg != _ACCESS_FORMAT:
+        return None
+    if not isinstance(args, tuple) or len(args) != len(_ACCESS_FIELDS):
+        return None
+    return args
+
+
+def server_fields(record: logging.LogRecord) -> dict[str, object] | None:
+    """uvicorn's own record as event fields, or None when it is not one of uvicorn's.
+
+    An access line becomes `event=http.access` with its arguments as fields (and no `msg`:
+    it would repeat them); a websocket handshake line `event=ws.access` with `client`,
+    `path` and `status` beside its `msg`; any other line of uvicorn's `event=server.log`
+    and its `msg` (`Uvicorn running on ...`, a bind error, a traceback's headline). A path's
+    query string is logged as uvicorn gives it: the registered secrets are masked in the
+    rendered line like anywhere else."""
+    name = record.name
+    if name == _ACCESS_LOGGER:
+        access = _access_args(record)
+        if access is None:  # a line of another shape: keep its text
+            return {"event": "http.access", "msg": record.getMessage()}
+        return {"event": "http.access", **dict(zip(_ACCESS_FIELDS, access, strict=True))}
+    if name not in _SERVER_LOGGERS:
+        return None
+    fields: dict[str, object] = {"event": "server.log", "msg": record.getMessage()}
+    args = record.args
+    if isinstance(record.msg, str) and record.msg in _WS_HANDSHAKE and isinstance(args, tuple):
+        outcome = _WS_HANDSHAKE[record.msg]
+        if len(args) == (2 if outcome is not None else 3):
+            status = args[2] if outcome is None else outcome
+            fields.update(event="ws.access", client=args[0], path=args[1], status=status)
+    return fields
+
+
 def _kv_value(value: object) -> str:
     """Render one value for a key=value line; quote it when it would be ambiguous."""
     if value is None:
@@ -251,6 +311,8 @@ class StructuredFormatter(logging.Formatter):
         }
         if getattr(record, "is_event", False):
             out["event"] = record.msg
+        elif (server := server_fields(record)) is not None:
+            out.update(server)
         else:
             out["msg"] = record.getMessage()
         for key in ("call_sid", "stream_sid"):
@@ -330,6 +392,30 @@ class WireDebugFilter(logging.Filter):
         return not (origin and record.pathname.startswith(origin))
 
 
+class ProbeAccessFilter(logging.Filter):
+    """Log health and readiness probes' access lines at DEBUG (on `uvicorn.access`).
+
+    A load balancer or an orchestrator polls `/healthz` and `/readyz` every second or so:
+    at INFO each poll would be a line, thousands an hour that bury the calls' own. So the
+    access line of a `GET` of one of `PROBE_PATHS` (any status, any query string) is
+    demoted to DEBUG and only passes when the logger is enabled for DEBUG (LOG_LEVEL=DEBUG);
+    every other access line keeps its level. A filter on the logger runs after the logger's
+    own level check (INFO), before any handler, so this is where the demotion must be.
+    """
+
+    def __init__(self, paths: frozenset[str] = PROBE_PATHS) -> None:
+        super().__init__()
+        self.paths = paths
+        self._logger = logging.getLogger(_ACCESS_LOGGER)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = _access_args(record)
+        if args is None or args[1] != "GET" or str(args[2]).split("?", 1)[0] not in self.paths:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return self._logger.isEnabledFor(logging.DEBUG)
+
+
 def configure_logging(
     fmt: str = "kv",
     level: str = "INFO",
@@ -341,7 +427,9 @@ def configure_logging(
 
     Safe to call more than once (each call replaces our handler instead of adding one).
     uvicorn's loggers lose their own handlers and propagate to the root, so access and
-    error lines share the format. The websocket wire loggers stay at INFO or above even at
+    error lines share the format (and become events, `server_fields`); the access logger
+    stays off if uvicorn's `--no-access-log` turned it off, and gets `ProbeAccessFilter`
+    (probes at DEBUG). The websocket wire loggers stay at INFO or above even at
     DEBUG, and `WireDebugFilter` drops their debug lines (see there): frames and headers
     would leak caller audio, key presses and signatures. `stream` defaults to stderr;
     tests pass a StringIO. `max_field_chars` (LOG_MAX_FIELD_CHARS) caps every field.
@@ -363,11 +451,18 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(numeric)
 
+    access = logging.getLogger(_ACCESS_LOGGER)
+    # uvicorn's `--no-access-log` leaves the access logger without handlers and not
+    # propagating (its dictConfig otherwise gives it a handler): honour that, don't revive it.
+    access_off = not access.propagate and not access.handlers
     for name in _UVICORN_LOGGERS:
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers.clear()
-        uvicorn_logger.propagate = True
+        uvicorn_logger.propagate = not (access_off and name == _ACCESS_LOGGER)
         uvicorn_logger.setLevel(logging.NOTSET)
+    for old_filter in [f for f in access.filters if isinstance(f, ProbeAccessFilter)]:
+        access.removeFilter(old_filter)
+    access.addFilter(ProbeAccessFilter())
     # Not below INFO, and not below the chosen level either: a logger's own level decides
     # what it emits, so pinning INFO under LOG_LEVEL=WARNING would let INFO lines through.
     for name in _WIRE_LOGGERS:

@@ -30,7 +30,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import queue
+import secrets
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,6 +76,28 @@ _MAX_SECRETS: Final = 4
 
 
 # -- the writer -------------------------------------------------------------------------
+
+
+def directory_problem(directory: Path) -> str | None:
+    """Why `directory` can't take recordings, or None when it can: checked at start.
+
+    Creates it when missing (with its parents), then writes and removes a probe file, so a
+    RECORD_DIR that can't be created, is not a directory or is not writable stops the
+    process before it takes a call, instead of failing every call's recording (logged,
+    and the call unrecorded) from the first one on."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file (or a link to one) is in the way
+        return "exists but is not a directory"
+    except OSError as exc:
+        return f"cannot be created ({exc.strerror or exc})"
+    probe = directory / f".write-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        probe.open("x").close()
+        probe.unlink()
+    except OSError as exc:
+        return f"is not writable ({exc.strerror or exc})"
+    return None
 
 
 class RecordingWriter:

@@ -19,6 +19,11 @@ holds it) before any connection is accepted, and:
 - raises the soft open-files limit to the hard one (each call holds two sockets).
 
 Under another ASGI server none of this applies, and a start-up warning says so.
+
+It also finds the uvicorn `Server` itself (`uvicorn_server`, through the SIGTERM handler it
+installs) so that the app can say it is ready only once the port is bound
+(`wait_listening`): uvicorn runs the lifespan's startup before it binds, and a port in use
+would otherwise give `startup.ready` followed by `Errno 98` and an exit.
 """
 
 from __future__ import annotations
@@ -60,6 +65,44 @@ def uvicorn_config(receive: Any) -> Any | None:
         if config is not None and type(config).__module__ == "uvicorn.config":
             return config
     return None
+
+
+def uvicorn_server() -> Any | None:
+    """The `uvicorn.Server` the app runs in, or None (another server, not the main thread).
+
+    uvicorn installs a bound method of its `Server` as the SIGTERM handler before it starts
+    the lifespan. Call this before `app.lifecycle.Drain.install` replaces that handler."""
+    owner = _signal_owner()
+    if type(owner).__module__ == "uvicorn.server" and hasattr(owner, "started"):
+        return owner
+    return None
+
+
+#: `wait_listening` polls `Server.started` (uvicorn has no event for it) from this delay,
+#: doubling up to the next: a few checks in the milliseconds the bind takes, then 20 a second.
+_FIRST_POLL_S = 0.002
+_MAX_POLL_S = 0.05
+
+
+async def wait_listening(server: Any) -> dict[str, object]:
+    """Return once `server` (a `uvicorn.Server`) listens, with where: `host` and `port` of
+    its first socket (the port actually bound, also for `--port 0` or `--fd`), `socket` for
+    a Unix socket, nothing if it has none.
+
+    uvicorn sets `started` right after its sockets are listening and it has logged
+    `Uvicorn running on ...`; when the bind fails it never does (it shuts the lifespan down
+    and exits), so the caller's task is cancelled and never returns."""
+    delay = _FIRST_POLL_S
+    while not server.started:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _MAX_POLL_S)
+    for listener in getattr(server, "servers", None) or ():
+        for sock in listener.sockets or ():
+            name = sock.getsockname()
+            if isinstance(name, tuple) and len(name) >= 2:
+                return {"host": name[0], "port": name[1]}
+            return {"socket": name if isinstance(name, str) else repr(name)}
+    return {}
 
 
 def _signal_owner() -> object:

@@ -33,7 +33,9 @@ BUILTIN_VOICES: frozenset[str] = frozenset(
 )
 """Voices the Realtime API ships with; any other voice must be a custom `voice_...` id."""
 
-SECRET_FIELDS: frozenset[str] = frozenset({"openai_api_key", "twilio_auth_token"})
+SECRET_FIELDS: frozenset[str] = frozenset(
+    {"openai_api_key", "twilio_auth_token", "operator_api_key", "database_url"}
+)
 """Fields whose values must never appear in logs or error messages."""
 
 KEEP_EMPTY_FIELDS: frozenset[str] = frozenset({"bot_greeting", "transcription_model"})
@@ -173,6 +175,10 @@ class Settings(BaseSettings):
     fallback_number: str | None = None
     apology_message: str = DEFAULT_APOLOGY_MESSAGE
 
+    # --- Serving: where `python -m app` (`make run`) listens; the uvicorn CLI has its own --
+    host: str = Field(default="0.0.0.0", min_length=1)
+    port: int = Field(default=8000, ge=1, le=65535)
+
     # --- Recording and operations -------------------------------------------------------
     record_dir: Path | None = None
     record_audio: bool = False
@@ -194,6 +200,13 @@ class Settings(BaseSettings):
     stream_idle_seconds: float = Field(default=10.0, ge=1, le=600)
     caller_audio_burst_seconds: float = Field(default=2.0, ge=0.1, le=60)
     record_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+
+    # --- Operating it: call records, the operator API (README "Operating it") ----------
+    operator_api_key: SecretStr | None = None
+    database_url: SecretStr | None = None  # unset: sqlite under ./data/ (`app.store`)
+    call_records_retention_days: int = Field(default=0, ge=0, le=36_500)
+    call_records_retry_seconds: float = Field(default=120.0, ge=1, le=86_400)
+    store_transcripts: bool = True
 
     _file_instructions: str | None = PrivateAttr(default=None)
 
@@ -251,7 +264,7 @@ class Settings(BaseSettings):
             f"must be one of {', '.join(sorted(BUILTIN_VOICES))}, or a custom voice_... id"
         )
 
-    @field_validator("transcription_model", "bot_greeting")
+    @field_validator("transcription_model", "bot_greeting", "host")
     @classmethod
     def _strip(cls, value: str) -> str:
         return value.strip()
@@ -356,7 +369,7 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """The configured secret values, for registration with the log scrubber."""
-        secrets = (self.openai_api_key, self.twilio_auth_token)
+        secrets = (self.openai_api_key, self.twilio_auth_token, self.operator_api_key)
         return [s.get_secret_value() for s in secrets if s is not None]
 
     def warnings(self) -> list[str]:
@@ -419,6 +432,11 @@ class Settings(BaseSettings):
             )
         if self.bot_instructions_file is not None and not self.instructions:
             found.append("BOT_INSTRUCTIONS_FILE is empty: the model gets no instructions.")
+        if self.operator_api_key is None:
+            found.append(
+                "OPERATOR_API_KEY is not set: the operator API (/calls) and its docs (/docs) "
+                "are off, and /metrics answers anyone who can reach this port."
+            )
         if self.record_dir is not None:
             found.append(
                 f"RECORD_DIR is set: every call is recorded to {self.record_dir} "

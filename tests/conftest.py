@@ -7,12 +7,16 @@ client that connects early simply waits in the kernel's backlog: no polling for 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import secrets
+import shutil
 import socket
-from collections.abc import AsyncIterator, Callable
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,15 +28,23 @@ from app.security import STREAM_TOKEN_PARAMETER, stream_token
 from app.settings import Settings, load_settings
 from tests.fakes.realtime_server import FakeRealtime
 from tests.fakes.twilio_caller import FakeTwilioCall
+from tests.pg import PgServer, PgUnavailable
 
 AUTH_TOKEN = "test-auth-token-0123456789"
 ACCOUNT_SID = "AC" + "a" * 32
 API_KEY = "sk-test-key-0123456789"
 
 
+#: Each test app's own SQLite call store (never the developer's `./data/`).
+_STORES = Path(tempfile.mkdtemp(prefix="bridge-test-stores-"))
+atexit.register(shutil.rmtree, _STORES, ignore_errors=True)
+
+
 def make_settings(**overrides: Any) -> Settings:
-    """Settings for a test app: nothing read from the environment or a `.env`."""
+    """Settings for a test app: nothing read from the environment or a `.env`; a call
+    store of its own (a fresh SQLite file) unless `database_url` is given."""
     values: dict[str, Any] = {"_env_file": None, "log_level": "DEBUG"}
+    values["database_url"] = f"sqlite:///{_STORES / secrets.token_hex(8)}.db"
     values.update(overrides)
     return load_settings(**values)
 
@@ -151,3 +163,30 @@ def _no_secrets_in_logs(caplog: pytest.LogCaptureFixture) -> Any:
     )
     for secret in (AUTH_TOKEN, API_KEY):
         assert secret not in text
+
+
+# --- PostgreSQL (the call store's tests) ---------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One real PostgreSQL server for the session (tests/pg.py), stopped by PID at the end.
+
+    Never skipped: without the server binaries the tests fail, saying how to get them."""
+    try:
+        server = PgServer()
+    except PgUnavailable as exc:
+        pytest.fail(f"{exc}\n(`make test` installs PostgreSQL when it is missing)")
+    try:
+        server.start()
+    except PgUnavailable as exc:
+        server.close()
+        pytest.fail(str(exc))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> str:
+    """A fresh, empty database on the session's server: `postgresql://postgres@.../test_N`."""
+    return pg_server.create_database()

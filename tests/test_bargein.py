@@ -41,7 +41,7 @@ def test_clear_then_cancel_then_truncate_at_the_heard_position() -> None:
     marks = send(playback, 0, "item_a", 30)
     at = echo(playback, marks[:15], 0)  # 1.5 s played, the last echo at 1500
     result = barge.interrupt(at + 50, STREAM)  # interpolated: 50 ms into the next chunk
-    assert result == Interruption(audible=True, heard=Heard("item_a", 1550))
+    assert result == Interruption(audible=True, heard=Heard("item_a", 1550), unheard_ms=1450)
     assert out.take() == [
         ToTwilio(tw.clear(STREAM)),
         ToRealtime(rt.response_cancel()),

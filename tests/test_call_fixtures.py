@@ -151,8 +151,7 @@ async def test_recordings_can_keep_the_audio_and_still_replay(tmp_path: Path) ->
 async def test_a_recording_that_cannot_be_written_never_stops_the_call(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    blocker = tmp_path / "not-a-directory"
-    blocker.write_text("a file where the recordings directory should be")
+    recordings = tmp_path / "recordings"
     hello = speech("Hello, how can I help?")
     async with FakeRealtime([ScriptedResponse(audio=hello, transcript="Hello")]) as rt:
         app_settings = make_settings(
@@ -160,9 +159,13 @@ async def test_a_recording_that_cannot_be_written_never_stops_the_call(
             openai_realtime_url=rt.url,
             public_base_url="https://bridge.example.com",
             twilio_auth_token=AUTH_TOKEN,
-            record_dir=str(blocker / "recordings"),
+            record_dir=str(recordings),
         )
         async with serve(app_settings) as app:
+            # Usable at start (checked then), gone by the time a call comes: a file now
+            # stands where the directory was (a volume unmounted, a disk replaced).
+            recordings.rmdir()
+            recordings.write_text("a file where the recordings directory should be")
             async with app.call() as call:
                 await call.start()
                 await call.wait_for_heard(len(hello), timeout=20)  # the call goes on

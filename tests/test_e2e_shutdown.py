@@ -13,7 +13,7 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,16 @@ class ServerProcess:
             return next((e for e in self.events if e.get("event") == name), None)
 
         return await self._watch.wait(find, within, f"log event {name}")  # type: ignore[no-any-return]
+
+    async def wait_for(
+        self, match: Callable[[dict[str, Any]], bool], within: float = 15.0
+    ) -> dict[str, Any]:
+        """The first log line `match` accepts, once it has been written."""
+
+        def find() -> dict[str, Any] | None:
+            return next((e for e in self.events if match(e)), None)
+
+        return await self._watch.wait(find, within, "a matching log line")  # type: ignore[no-any-return]
 
     def names(self) -> list[str]:
         return [e.get("event", "") for e in self.events]

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from app.call.actions import Action, CloseRealtime, CloseTwilio, RestRequest
+from app.call.actions import Action, CloseRealtime, CloseTwilio, Measure, Metric, RestRequest
 from app.call.ending import MAX_ARGUMENTS_CHARS, REST_BACKOFF_MS, STOP_GRACE_MS, tool_reason
 from app.call.nudges import MAX_DURATION_GRACE_MS
 from app.call.outbox import Timer
@@ -103,7 +103,8 @@ def test_a_tool_call_without_words_asks_for_closing_words_first() -> None:
 
 def test_an_interrupted_function_call_is_not_run() -> None:
     s = live(TOOLS)
-    assert realtime(s, 100, function_call("end_call", status="incomplete")) == []
+    cancelled = Measure(Metric.TOOL_CALL, labels=("end_call", "cancelled"))
+    assert realtime(s, 100, function_call("end_call", status="incomplete")) == [cancelled]
     assert not s.ending.active
 
 
@@ -287,7 +288,8 @@ def test_a_refused_response_request_is_retried_after_the_active_one() -> None:
     }
     vad = {"id": "resp_vad", "metadata": None}  # the service's own response (server VAD)
     realtime(s, 210, {"type": "response.created", "response": vad})
-    assert realtime(s, 211, busy) == []
+    refused = Measure(Metric.REALTIME_ERROR, labels=("conversation_already_has_active_response",))
+    assert realtime(s, 211, busy) == [refused]  # counted, nothing sent
     again = to_realtime(realtime(s, 300, response_done("resp_vad")))
     assert [e["type"] for e in again] == ["response.create"]
     ours = {"id": "resp_2", "metadata": again[0]["response"]["metadata"]}

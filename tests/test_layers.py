@@ -29,6 +29,10 @@ OURS_IO = (
     "app.forms",
     "app.limits",
     "app.server_guard",
+    "app.metrics",
+    "app.records",
+    "app.operator_api",
+    "app.store",
 )
 
 

@@ -80,10 +80,138 @@ def test_kv_quotes_ambiguous_values(out: io.StringIO) -> None:
 
 
 def test_plain_log_calls_render_msg(out: io.StringIO) -> None:
-    logging.getLogger("uvicorn.error").warning("Started %s on %d", "server", 8000)
+    logging.getLogger("some.library").warning("Started %s on %d", "server", 8000)
     [line] = lines(out)
-    assert 'logger=uvicorn.error msg="Started server on 8000"' in line
+    assert 'logger=some.library msg="Started server on 8000"' in line
     assert "event=" not in line
+
+
+# -- uvicorn's own lines -------------------------------------------------------------------
+
+ACCESS = '%s - "%s %s HTTP/%s" %d'  # uvicorn's access line (h11 and httptools)
+
+
+def access_line(method: str, path: str, status: int = 200) -> None:
+    logging.getLogger("uvicorn.access").info(ACCESS, "127.0.0.1:5000", method, path, "1.1", status)
+
+
+def test_uvicorns_other_lines_are_server_log_events(out: io.StringIO) -> None:
+    buffer = io.StringIO()
+    configure_logging("json", "INFO", stream=buffer)
+    error = logging.getLogger("uvicorn.error")
+    error.info("Uvicorn running on %s://%s:%d (Press CTRL+C to quit)", "http", "0.0.0.0", 80)
+    error.error(OSError(98, "address already in use"))  # how uvicorn logs a bind failure
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        error.exception("Exception in ASGI application\n")
+    running, bind, crash = map(json.loads, lines(buffer))
+    assert running["event"] == "server.log" and running["logger"] == "uvicorn.error"
+    assert running["msg"] == "Uvicorn running on http://0.0.0.0:80 (Press CTRL+C to quit)"
+    assert (bind["event"], bind["level"]) == ("server.log", "error")
+    assert bind["msg"] == "[Errno 98] address already in use"
+    assert crash["event"] == "server.log" and "RuntimeError: boom" in crash["exc"]
+    configure_logging("kv", "INFO", stream=out)
+    logging.getLogger("uvicorn").warning("Started %s on %d", "server", 8000)
+    [line] = lines(out)
+    assert 'logger=uvicorn event=server.log msg="Started server on 8000"' in line
+
+
+def test_access_lines_become_http_access_events_in_both_formats(out: io.StringIO) -> None:
+    access_line("POST", "/incoming-call?x=1", 403)
+    [line] = lines(out)
+    assert line.endswith(
+        " level=info logger=uvicorn.access event=http.access client=127.0.0.1:5000 "
+        'method=POST path="/incoming-call?x=1" http_version=1.1 status=403'
+    ), line
+    buffer = io.StringIO()
+    configure_logging("json", "INFO", stream=buffer)
+    access_line("GET", "/a b", 404)
+    logging.getLogger("uvicorn.access").info("an access line of %s shape", "another")
+    fielded, other = map(json.loads, lines(buffer))
+    assert {k: v for k, v in fielded.items() if k != "ts"} == {
+        "level": "info",
+        "logger": "uvicorn.access",
+        "event": "http.access",
+        "client": "127.0.0.1:5000",
+        "method": "GET",
+        "path": "/a b",
+        "http_version": "1.1",
+        "status": 404,
+    }
+    assert other["event"] == "http.access" and other["msg"] == "an access line of another shape"
+
+
+def test_websocket_handshake_lines_carry_their_fields(out: io.StringIO) -> None:
+    error = logging.getLogger("uvicorn.error")
+    error.info('%s - "WebSocket %s" [accepted]', "10.0.0.1:7", "/media-stream")
+    error.info('%s - "WebSocket %s" 403', "10.0.0.1:8", "/media-stream")
+    error.info('%s - "WebSocket %s" %d', "10.0.0.1:9", "/media-stream", 503)
+    error.info("connection open")
+    accepted, refused, answered, opened = lines(out)
+    assert "event=ws.access" in accepted and " status=accepted" in accepted
+    assert 'msg="10.0.0.1:7 - \\"WebSocket /media-stream\\" [accepted]"' in accepted
+    assert " client=10.0.0.1:8 path=/media-stream status=403" in refused
+    assert " status=503" in answered
+    assert opened.endswith('event=server.log msg="connection open"')
+
+
+def test_a_secret_in_a_query_string_is_masked_in_access_lines(out: io.StringIO) -> None:
+    register_secret("query-secret-123456")
+    access_line("GET", "/incoming-call?token=query-secret-123456")
+    logging.getLogger("uvicorn.error").info(
+        '%s - "WebSocket %s" [accepted]', "1.2.3.4:5", "/media-stream?t=query-secret-123456"
+    )
+    text = out.getvalue()
+    assert "query-secret" not in text
+    assert 'path="/incoming-call?token=***" ' in text and 'path="/media-stream?t=***" ' in text
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/healthz?probe=lb"])
+def test_probe_access_lines_are_debug(out: io.StringIO, path: str) -> None:
+    configure_logging("kv", "INFO", stream=out)
+    access_line("GET", path, 200)
+    access_line("GET", path, 503)
+    assert lines(out) == []  # a probe a second adds no line at INFO
+    configure_logging("kv", "DEBUG", stream=out)
+    access_line("GET", path, 503)
+    [line] = lines(out)
+    assert " level=debug logger=uvicorn.access event=http.access " in line
+    shown = f'"{path}"' if "=" in path else path  # kv quotes a value holding `=`
+    assert f" path={shown} " in line and line.endswith(" status=503")
+
+
+def test_other_access_lines_stay_info(out: io.StringIO) -> None:
+    configure_logging("kv", "INFO", stream=out)
+    access_line("POST", "/healthz", 405)  # not a probe: a probe is a GET
+    access_line("GET", "/healthzz")
+    access_line("GET", "/incoming-call/healthz")
+    access_line("GET", "/")
+    assert [line.split(" path=")[1].split()[0] for line in lines(out)] == [
+        "/healthz",
+        "/healthzz",
+        "/incoming-call/healthz",
+        "/",
+    ]
+    assert all(" level=info " in line for line in lines(out))
+
+
+def test_the_probe_filter_is_installed_once(out: io.StringIO) -> None:
+    configure_logging("kv", "INFO", stream=out)
+    configure_logging("json", "INFO", stream=out)
+    filters = logging.getLogger("uvicorn.access").filters
+    assert len([f for f in filters if isinstance(f, observability.ProbeAccessFilter)]) == 1
+
+
+def test_uvicorns_no_access_log_is_honoured(out: io.StringIO) -> None:
+    access = logging.getLogger("uvicorn.access")
+    access.propagate = False  # what `uvicorn --no-access-log` leaves: no handler, no propagation
+    try:
+        configure_logging("kv", "DEBUG", stream=out)
+        access_line("GET", "/incoming-call")
+        assert not access.propagate and lines(out) == []
+    finally:
+        access.propagate = True
 
 
 def test_json_format(out: io.StringIO) -> None:

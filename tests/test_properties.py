@@ -51,7 +51,8 @@ from app.call.state import Input, Machine, Phase, Transition
 from app.protocol import realtime as rt
 from app.protocol import twilio as tw
 from app.protocol.b64 import decoded_len, is_b64
-from app.replay import FixtureError, main, parse, replay, report, timeline
+from app.replay import FixtureError, parse, replay, report, timeline
+from app.replay.__main__ import main
 from tests.core import (
     STREAM,
     b64,

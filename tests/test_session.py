@@ -7,7 +7,14 @@ import logging
 
 import pytest
 
-from app.call.actions import CloseRealtime, CloseTwilio, ConnectRealtime, RestRequest
+from app.call.actions import (
+    CloseRealtime,
+    CloseTwilio,
+    ConnectRealtime,
+    Measure,
+    Metric,
+    RestRequest,
+)
 from app.call.outbox import Timer
 from app.call.session import START_TIMEOUT_MS, CallSession
 from app.call.state import Stage
@@ -569,7 +576,8 @@ def test_a_rest_answer_out_of_shape_counts_as_no_answer_and_is_retried(answer: o
     play(s, 110, "item_bye", 1)
     realtime(s, 120, response_done("resp_1"))
     assert any(isinstance(a, RestRequest) for a in fire(s, Timer.LAST_WORDS))
-    assert s.feed(200, "rest", {"response": answer}) == []
+    unreachable = Measure(Metric.REST, labels=("hangup", "unreachable"))
+    assert s.feed(200, "rest", {"response": answer}) == [unreachable]
     assert s.bad_input == {"rest.malformed_answer": 1}
     assert s.out.timers[Timer.REST_RETRY] == 700  # retried, as if no answer came
     assert any(isinstance(a, RestRequest) for a in fire(s, Timer.REST_RETRY))

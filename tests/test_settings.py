@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from app.main import create_app
+from app.recording import directory_problem
 from app.settings import (
     DEFAULT_GREETING,
     SECRET_FIELDS,
@@ -449,6 +451,44 @@ def test_record_dir_must_not_be_a_file(tmp_path: Path) -> None:
     assert load_settings(_env_file=None, record_dir=str(later)).record_dir == later
 
 
+def test_an_unusable_record_dir_is_refused_when_the_app_is_built(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(SettingsError) as info:
+        create_app(load_settings(_env_file=None, record_dir=str(afile / "rec")))
+    assert str(info.value) == (
+        "invalid setting RECORD_DIR: cannot be created (Not a directory) "
+        f"(got {str(afile / 'rec')!r})"
+    )
+    deeper = tmp_path / "new" / "deeper"  # created at start, not at the first call
+    create_app(load_settings(_env_file=None, record_dir=str(deeper)))
+    assert deeper.is_dir() and list(deeper.iterdir()) == []  # the probe file is gone
+
+
+def test_why_a_record_dir_cannot_take_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert directory_problem(afile) == "exists but is not a directory"
+    assert directory_problem(tmp_path) is None
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> object:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "open", refuse)  # a read-only directory (this may run as root)
+    assert directory_problem(tmp_path) == "is not writable (Permission denied)"
+
+
+def test_host_and_port_for_the_launcher() -> None:
+    settings = load_settings(_env_file=None)
+    assert (settings.host, settings.port) == ("0.0.0.0", 8000)
+    settings = load_settings(_env_file=None, host=" 127.0.0.1 ", port="9000")
+    assert (settings.host, settings.port) == ("127.0.0.1", 9000)
+    assert "invalid setting PORT:" in problems(port=0)
+    assert "invalid setting PORT:" in problems(port=65536)
+
+
 def test_secrets_hidden_in_repr() -> None:
     settings = load_settings(
         _env_file=None, openai_api_key="sk-hidden-123", twilio_auth_token="tok-hidden-456"
@@ -479,9 +519,23 @@ def test_fully_configured_has_no_warnings_and_offers_transfer() -> None:
         twilio_account_sid="AC" + "a" * 32,
         twilio_auth_token="secret-token",
         transfer_number="+14155550100",
+        operator_api_key="operator-key-0123",
     )
     assert settings.warnings() == []
     assert settings.rest_enabled and settings.transfer_enabled and settings.signatures_enabled
+
+
+def test_without_an_operator_key_a_warning_says_what_is_off_and_what_is_open() -> None:
+    text = "\n".join(load_settings(_env_file=None).warnings())
+    assert "OPERATOR_API_KEY is not set" in text and "/metrics answers anyone" in text
+
+
+def test_the_operator_key_and_the_database_url_are_secrets() -> None:
+    url = "postgresql://bridge:db-password-123@db.internal/calls"
+    settings = load_settings(_env_file=None, operator_api_key="op-key-123456", database_url=url)
+    assert set(settings.secret_values()) >= {"op-key-123456"}
+    assert "db-password-123" not in repr(settings)
+    assert "database_url" in SECRET_FIELDS and "operator_api_key" in SECRET_FIELDS
 
 
 def test_warnings_mention_http_public_url_and_missing_sid() -> None:

@@ -9,6 +9,7 @@ actions: the core keeps them and tells its driver when to wake it (`app.call.out
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 
@@ -56,4 +57,30 @@ class RestRequest:
     params: dict[str, str]
 
 
-Action = ToTwilio | ToRealtime | ConnectRealtime | CloseTwilio | CloseRealtime | RestRequest
+class Metric(Enum):
+    """What a call reports to the operator's metrics (`app.metrics` names the series)."""
+
+    BARGE_IN = "barge_in"  # value: reaction s, `speech_started` received -> `clear` sent
+    RESPONSE_LATENCY = "response_latency"  # value: s, `speech_stopped` -> first mark echo
+    TRUNCATED_AUDIO = "truncated_audio"  # value: s of bot audio sent, cut before heard
+    REPROMPT = "reprompt"  # the caller was silent: the bot asked again
+    ENDING_CALLED_OFF = "ending_called_off"  # labels: (kind,) goodbye/transfer cut by the caller
+    REALTIME_ERROR = "realtime_error"  # labels: (code,) an `error` event from the service
+    TOOL_CALL = "tool_call"  # labels: (tool, result)
+    REST = "rest"  # labels: (action, result) a Twilio REST answer (or none)
+
+
+@dataclass(frozen=True, slots=True)
+class Measure:
+    """An observation for the operator's metrics, emitted once when its event happens
+    (never per audio frame): `value` is a duration in seconds, or 1 for a count. Not
+    recorded in call fixtures: it is derived from the messages around it."""
+
+    metric: Metric
+    value: float = 1.0
+    labels: tuple[str, ...] = ()
+
+
+Action = (
+    ToTwilio | ToRealtime | ConnectRealtime | CloseTwilio | CloseRealtime | RestRequest | Measure
+)

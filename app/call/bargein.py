@@ -30,6 +30,7 @@ class Interruption:
 
     audible: bool  # the caller was hearing the bot: a barge-in
     heard: Heard | None  # where the caller was, if anywhere
+    unheard_ms: int = 0  # bot audio sent that the caller will now never hear
 
 
 class BargeIn:
@@ -54,6 +55,7 @@ class BargeIn:
         heard = playback.heard(now)
         audible = playback.playing
         queued: list[str] = []
+        unheard_ms = 0
         if audible:
             self.count += 1
             queued = playback.clear()
@@ -65,6 +67,7 @@ class BargeIn:
             sent_ms = playback.items[item_id].sent_ms
             heard_ms = min(heard.ms, sent_ms) if heard and heard.item_id == item_id else 0
             turn.heard_ms = heard_ms
+            unheard_ms += sent_ms - heard_ms
             if heard_ms > 0:
                 self.out.realtime(rt.item_truncate(item_id, heard_ms))
             else:
@@ -76,4 +79,4 @@ class BargeIn:
             item_id=short(heard.item_id) if heard else None,
             heard_ms=heard.ms if heard else 0,
         )
-        return Interruption(audible, heard)
+        return Interruption(audible, heard, unheard_ms)

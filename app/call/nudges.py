@@ -67,6 +67,7 @@ class Nudges:
         self.config = config
         self.reprompts = 0  # unanswered in a row
         self.reprompts_total = 0
+        self.key_presses = 0  # counted, never kept: digits are the caller's secrets
         self._armed = False
         self._grace_used = False
 
@@ -142,6 +143,7 @@ class Nudges:
         if not isinstance(digit, str) or digit not in DTMF_KEYS:
             self.out.bad("twilio", "malformed_dtmf")
             return False
+        self.key_presses += 1
         self.caller_active()
         if not self.config.dtmf_to_model or committed:
             log_event(logger, logging.INFO, "twilio.dtmf", forwarded=False)

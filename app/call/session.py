@@ -56,6 +56,7 @@ from app.call.inbound import (
     short,
     text_or,
 )
+from app.call.measures import Measures
 from app.call.nudges import SILENCE_GOODBYE, WRAP_UP, Nudges, Silence
 from app.call.outbox import Outbox, Timer, logged, tally
 from app.call.playback import Echo, PlaybackTracker
@@ -140,6 +141,7 @@ class CallSession:
         self.barge_in = BargeIn(self.out, self.playback, self.transcript)
         self.ending = Ending(self.out, config)
         self.nudges = Nudges(self.out, config)
+        self.measures = Measures(self.out)
         self.usage: dict[str, int] = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
         self.caller_audio_bytes = 0
         #: `error` events from the service by code (refusals of our requests excluded).
@@ -268,6 +270,7 @@ class CallSession:
             return None  # audio of a response the caller cut off is never played
         if new_item:
             self.transcript.assistant(item_id)  # the bot's turn starts with its first audio
+            self.measures.audio_sent(item_id)
         self.nudges.disarm()
         return self.playback.sent(now, item_id, decoded_len(delta))  # type: ignore[arg-type]
 
@@ -355,9 +358,11 @@ class CallSession:
     def _on_mark(self, now: float, msg: dict[str, Any]) -> None:
         name: str = msg["mark"]["name"]
         result = self.playback.echo(now, name)
-        if result is Echo.PLAYED and not self.playback.playing:
-            self._ending_played_out(now)
-            self._maybe_arm(now)
+        if result is Echo.PLAYED:
+            self.measures.played(now, self.playback.items)
+            if not self.playback.playing:
+                self._ending_played_out(now)
+                self._maybe_arm(now)
         elif result is Echo.UNKNOWN:
             self.out.bad("twilio", "unknown_mark")
         elif result is Echo.CLEARED:
@@ -489,6 +494,8 @@ class CallSession:
 
     def _on_error(self, now: float, ev: dict[str, Any]) -> None:
         err: dict[str, Any] = ev["error"]
+        code: str | None = err.get("code")
+        self.measures.realtime_error(str(code)[:60])
         refusal = self.responses.refused(err)
         if refusal is not None:
             log_event(logger, _WARNING, "realtime.response_refused", code=short(err.get("code")))
@@ -497,7 +504,6 @@ class CallSession:
             elif refusal is Refusal.FAILED:
                 self.responses.send_waiting()  # what waited behind it is still wanted
             return
-        code: str | None = err.get("code")
         n = tally(self.realtime_errors, str(code)[:60])
         if logged(n):  # a bad frame every 20 ms would be a line every 20 ms
             log_event(
@@ -523,14 +529,17 @@ class CallSession:
         call_id: str = item["call_id"]
         if item.get("status") != "completed":
             log_event(logger, _INFO, "tool.ignored_incomplete", tool=short(name))
+            self.measures.tool_call(short(name) or "?", "cancelled")
             return
         kind = TOOL_ENDINGS.get(name) if name is not None else None
         if kind is None or name not in self.config.tools:
             log_event(logger, _WARNING, "tool.unknown", tool=short(name))
+            self.measures.tool_call(short(name) or "?", "error")
             self.out.realtime(rt.function_output(call_id, '{"error": "unknown tool"}'))
             self.responses.request()
             return
         if self.ending.stage is not Stage.NONE:
+            self.measures.tool_call(name, "ok")
             self.out.realtime(rt.function_output(call_id, '{"result": "already ending"}'))
             return
         reason = tool_reason(item.get("arguments"))
@@ -538,6 +547,7 @@ class CallSession:
             self.out.bad("realtime", "bad_tool_arguments")  # the model's intent is its name
             reason = "unspecified"
         log_event(logger, _INFO, "tool.called", tool=name, reason=reason)
+        self.measures.tool_call(name, "ok")
         self.ending.from_tool(now, kind, reason, response_id)
         self.out.realtime(rt.function_output(call_id, json.dumps(TOOL_RESULT[kind])))
 
@@ -545,6 +555,7 @@ class CallSession:
 
     def _speech_started(self, now: float, ev: dict[str, Any]) -> None:
         start_ms: int = ev.get("audio_start_ms") or 0
+        self.measures.speech_started(now)
         self.nudges.disarm()
         decision = self.turns.speech_started(ev.get("item_id"), start_ms, self.playback.playing)
         if decision is Start.INTERRUPT:
@@ -570,6 +581,7 @@ class CallSession:
             log_event(logger, _INFO, "turn.noise_ignored")
         if outcome is not Stop.NOISE:
             self.nudges.caller_active()
+            self.measures.turn_ended(now)
         if self.ending.waiting_for_caller:
             # The last words have played while the caller was talking over them: noise
             # lets the ending go ahead; a real turn calls it off.
@@ -608,6 +620,8 @@ class CallSession:
         """Stop the bot (`BargeIn`); its answer's late audio is dropped, never played, and a
         pending hang-up or transfer is called off once the model's memory is right."""
         interruption = self.barge_in.interrupt(now, self.stream_sid)
+        if interruption.audible:
+            self.measures.barged_in(now, interruption.unheard_ms)
         self.responses.cut_off()
         if interruption.audible or self.ending.active:
             self._call_off(now)  # the caller spoke up: no hang-up on top of them
@@ -649,6 +663,7 @@ class CallSession:
             self._act(now, Input.HARD_LIMIT)
             return
         self.responses.withdraw_closing()
+        self.measures.ending_called_off(ending.kind)
         ending.call_off()
 
     def _last_words_timeout(self, now: float) -> None:
@@ -680,6 +695,8 @@ class CallSession:
     def _rest_result(self, now: float, status: int, code: int | None, error: str) -> None:
         """The answer to a `RestRequest` (status 0: no answer at all)."""
         verdict = self.ending.rest_result(now, status, code, error)
+        if verdict is not RestVerdict.IGNORED:
+            self.measures.rest_answer(now, self.ending.kind, status, code)
         if verdict is RestVerdict.DONE:
             self.end_reason = self.ending.intended_reason()
         elif verdict is RestVerdict.FAILED:
@@ -716,6 +733,7 @@ class CallSession:
             ending = self.ending.stage is not Stage.NONE
             silence = self.nudges.silence(ending or self.playback.playing or self.responding)
             if silence is Silence.REPROMPT:
+                self.measures.reprompted()
                 self.responses.request(droppable=True)
             elif silence is Silence.GOODBYE:
                 self._begin_ending(now, "silence", "bot_hung_up", SILENCE_GOODBYE)
@@ -774,6 +792,9 @@ class CallSession:
             "duration_s": round(max(0.0, self.ended_ms - self.started_ms) / 1000, 3),
             "barge_ins": self.barge_ins,
             "reprompts": self.nudges.reprompts_total,
+            "heard_latency_ms": self.measures.median_latency_ms(),
+            "unheard_audio_ms": self.measures.unheard_ms,
+            "key_presses": self.nudges.key_presses,
             "caller_audio_ms": self.caller_audio_bytes // tw.BYTES_PER_MS,
             "bot_audio_ms": sum(i.sent_ms for i in self.playback.items.values()),
             "usage": dict(self.usage),

@@ -1,6 +1,7 @@
 """Replay a call fixture through the call core on a virtual clock, and compare.
 
-    python -m app.replay FILE        # the call's timeline, then the replay verdict
+    python -m app.replay FILE            # the call's timeline, then the replay verdict
+    python -m app.replay --store FILE... # store each as a call record (`app.replay.store`)
 
 The recorded *inputs* (from Twilio, from OpenAI, REST answers) are fed to a fresh
 `CallSession` at their recorded times; the core's timers fire on a virtual clock, through
@@ -23,7 +24,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -36,7 +36,6 @@ from app.call.actions import Action
 from app.call.config import CallConfig
 from app.call.inbound import lookup, preview
 from app.call.session import CallSession
-from app.observability import configure_logging
 from app.recording_lines import (
     AUDIO,
     DIRECTIONS,
@@ -483,27 +482,3 @@ def report(result: Result) -> str:
     if result.unconsumed_inputs:
         out.append(f"- the call ended {result.unconsumed_inputs} recorded input(s) early")
     return "\n".join(out)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    configure_logging("kv", "WARNING")  # the core's own warnings, structured, on stderr
-    if len(args) != 1:
-        print("usage: python -m app.replay FIXTURE.jsonl", file=sys.stderr)
-        return 2
-    try:
-        fixture = load(args[0])
-    except (OSError, FixtureError) as exc:
-        print(f"not a call fixture: {exc}", file=sys.stderr)
-        return 2
-    h = fixture.header
-    print(f"call {h.get('call_sid')} recorded {h.get('recorded_at')} ({h.get('audio')} audio)")
-    print("\n".join(timeline(fixture.entries)))
-    result = replay(fixture)
-    print()
-    print(report(result))
-    return 0 if result.ok else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
