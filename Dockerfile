@@ -14,15 +14,15 @@
 # its venv module: --build-arg BASE_IMAGE=local/py-base (README, "Docker").
 #
 # Run (PID 1 is uvicorn itself, so the SIGTERM of `docker stop` reaches the app):
-#   docker run --stop-timeout 610 --env-file .env -p 8000:8000 twilio-realtime-bridge
+#   docker run --stop-timeout 630 --env-file .env -p 8000:8000 twilio-realtime-bridge
 # On SIGTERM the app turns /readyz to 503, lets live calls finish for up to
 # SHUTDOWN_DRAIN_SECONDS (default 600), ends the calls still open through their
 # media stream (a few seconds of teardown) and exits 0 (app/lifecycle.py). Docker
 # sends SIGKILL 10 s after SIGTERM unless told otherwise, which would cut every
 # live call with no fallback, so the stop timeout must be at least
-# SHUTDOWN_DRAIN_SECONDS plus about 10 s: `docker run --stop-timeout 610`,
-# `docker stop -t 610`, compose `stop_grace_period: 610s`, Kubernetes
-# `terminationGracePeriodSeconds: 610` (adjust to your SHUTDOWN_DRAIN_SECONDS).
+# SHUTDOWN_DRAIN_SECONDS plus about 10 s: `docker run --stop-timeout 630`,
+# `docker stop -t 630`, compose `stop_grace_period: 630s`, Kubernetes
+# `terminationGracePeriodSeconds: 630` (adjust to your SHUTDOWN_DRAIN_SECONDS).
 
 ARG BASE_IMAGE=python:3.12-slim
 

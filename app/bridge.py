@@ -44,6 +44,7 @@ from app.call.actions import (
     CloseTwilio,
     ConnectRealtime,
     Measure,
+    Metric,
     RestRequest,
     ToRealtime,
     ToTwilio,
@@ -55,6 +56,7 @@ from app.protocol import realtime as rt
 from app.protocol import twilio as tw
 from app.realtime_socket import RealtimeLink, RealtimeTransport, RealtimeUnavailable
 from app.recording import CallRecorder
+from app.records import iso
 from app.settings import Settings
 from app.telephony import RestOutcome, Telephony
 from app.twilio_socket import TwilioSocket
@@ -369,19 +371,19 @@ class Bridge:
             self._context = contextvars.copy_context()
         refused = self.verify_start(msg) if self.verify_start is not None else None
         if refused is not None:
-            self._refuse(refused)
+            self._refuse(refused, msg)
             return
         self._input("from_twilio", msg)
         if session.call_sid:
             self._encoder = tw.StreamEncoder(session.stream_sid)
 
-    def _refuse(self, reason: str) -> None:
+    def _refuse(self, reason: str, start: dict[str, Any]) -> None:
         log_event(logger, logging.WARNING, "stream.refused", reason=reason)
         if self.recorder is not None:
             self.recorder.discard()  # not a call: nothing to replay
             self.recorder = None
         now = self._time_for_input()
-        self._actions(now, self.session.refuse(now, reason))
+        self._actions(now, self.session.refuse(now, reason, start))
 
     def _input(self, direction: str, msg: dict[str, Any]) -> None:
         """Any input but the audio path's: recorded, fed to the core, its actions done."""
@@ -489,12 +491,22 @@ class Bridge:
                 elif kind is RestRequest:
                     self._spawn(self._rest(action))  # type: ignore[arg-type]
                 elif kind is Measure and self.meter is not None:
-                    self.meter(action)  # type: ignore[arg-type]
+                    self._measure(now, action)  # type: ignore[arg-type]
             if self.session.done:
                 self._over()
         self._rearm()
         if self._stall:
             self._twilio_stalled()
+
+    def _measure(self, now: float, measure: Measure) -> None:
+        """Hand an observation to the metrics. A barge-in's reaction is the core's (call
+        time from `speech_started` to the `clear`) plus this input's handling so far, off
+        the clock: the `clear` has just been handed to the media stream."""
+        assert self.meter is not None
+        if measure.metric is Metric.BARGE_IN:
+            spent_s = max(0.0, self._clock() - self._t0 - now / 1000.0)
+            measure = Measure(Metric.BARGE_IN, measure.value + spent_s)
+        self.meter(measure)
 
     def _over(self) -> None:
         """The call is over: close the media stream (after what is queued) and make sure
@@ -563,7 +575,7 @@ class Bridge:
         summary: dict[str, Any] = {
             "from": params.get("From") or None,
             "to": params.get("To") or None,
-            "started_at": datetime.fromtimestamp(started, UTC).isoformat(timespec="milliseconds"),
+            "started_at": iso(datetime.fromtimestamp(started, UTC)),
             **self.call_facts,
         }
         summary.update(session.summary(self.log_transcripts))

@@ -22,6 +22,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -46,7 +47,7 @@ from app.operator_api import (
 )
 from app.realtime_socket import RealtimeEndpoint, RealtimeTransport, WebsocketTransport
 from app.recording import CallRecorder, RecordingWriter, directory_problem
-from app.records import DEFAULT_AGENT, call_record, model_of
+from app.records import DEFAULT_AGENT, call_record, model_of, unanswered_record
 from app.security import (
     MEDIA_STREAM_PATH,
     STREAM_TOKEN_PARAMETER,
@@ -295,12 +296,15 @@ def create_app(
         if state.transport is None:
             log_event(logger, logging.WARNING, "webhook.apology", reason="no OPENAI_API_KEY")
             metrics.webhooks.labels("apology").inc()
+            _turned_away(state, params, "failure", "no_openai_key")
             return Response(twiml.apology(settings.apology_message), media_type=_XML)
         if state.admission.full:
             state.hits.hit("calls", limit_value=settings.max_concurrent_calls)
             log_event(logger, logging.WARNING, "webhook.busy", calls=len(state.admission.calls))
             document = twiml.busy(settings.fallback_message, settings.fallback_number)
             metrics.webhooks.labels("busy").inc()
+            detail = "fallback_number" if settings.fallback_number else "at_capacity"
+            _turned_away(state, params, "busy", detail)
             return Response(document, media_type=_XML)
         log_event(logger, logging.INFO, "webhook.incoming_call", caller=params.get("From"))
         parameters = {name: params.get(name, "") for name in _STREAM_PARAMETERS}
@@ -384,10 +388,24 @@ class MediaStream:
             state.calls.discard(bridge)
             admitted = ticket.call_sid is not None
             ticket.release()  # the CallSid it took, before anyone waiting for idle looks
-            _count_limits(state.hits, bridge, socket.close_code)
-            _call_over(state, bridge, admitted)
-            if not state.calls:
-                state.idle.set()  # after the record is queued: the drain flushes it
+            try:
+                _count_limits(state.hits, bridge, socket.close_code)
+                _call_over(state, bridge, admitted)
+            finally:  # whatever happened: a drain waiting for idle must not wait in vain
+                if not state.calls:
+                    state.idle.set()  # after the record is queued: the drain flushes it
+
+
+def _turned_away(state: AppState, params: dict[str, str], outcome: str, detail: str) -> None:
+    """A webhook for a call the process won't bridge: its record (and its count). Only
+    when signatures are checked: else anyone could fill the store with made-up calls."""
+    if params.get("CallSid") and state.checker.enabled:
+        state.metrics.calls.labels(outcome).inc()
+        if outcome == "failure":
+            state.metrics.failures.labels(detail).inc()
+        state.store.submit(
+            unanswered_record(params, datetime.now(UTC), outcome=outcome, detail=detail)
+        )
 
 
 def _call_over(state: AppState, bridge: Bridge, admitted: bool) -> None:
@@ -396,10 +414,16 @@ def _call_over(state: AppState, bridge: Bridge, admitted: bool) -> None:
     Only an admitted stream is a call: one refused at its `start` (a forged token, a second
     stream for a live CallSid) must not write, or overwrite, the real call's record."""
     session, summary = bridge.session, bridge.summary
-    if not admitted or summary is None:
+    if summary is None:
+        return  # torn down before its summary: an error of ours, logged as such
+    if not admitted:
         reason = session.end_detail or "no_start"
         state.metrics.streams_refused.labels(reason).inc()
-        return
+        # A real call (its stream token checked) that lost the last slot to another since
+        # its webhook: it heard the fallback, and has a record. Other refusals are no call.
+        real = reason == "at_capacity" and state.settings.stream_token_enforced
+        if not (real and session.call_sid):
+            return
     dropped = {"realtime_not_reading": bridge.audio_dropped, "flood": bridge.audio_flooded}
     state.metrics.call_ended(
         summary["ended"],

@@ -40,6 +40,7 @@ from prometheus_client.registry import Collector
 
 from app.call.actions import Measure
 from app.call.actions import Metric as CallMetric
+from app.protocol import realtime as rt
 
 #: Telephony latencies: tens of ms (a barge-in's clear) to seconds (a slow answer).
 TELEPHONY_BUCKETS: Final = (
@@ -55,7 +56,7 @@ CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 # them has data before the first event (an alert on "no data" is an alert on nothing).
 OUTCOMES: Final = (
     "caller_hung_up", "bot_hung_up", "transferred", "max_duration", "shutdown", "failure",
-    "bridge_error",
+    "bridge_error", "busy",
 )  # fmt: skip
 WEBHOOK_RESULTS: Final = (
     "connect", "busy", "apology", "bad_signature", "bad_request", "refused_body",
@@ -68,6 +69,17 @@ REST_ACTIONS: Final = ("hangup", "transfer")
 REST_RESULTS: Final = ("ok", "error", "unreachable")
 DROP_REASONS: Final = ("realtime_not_reading", "flood")
 INPUT_SOURCES: Final = ("twilio", "realtime", "rest")
+#: Realtime error codes an operator must always see by name (README "Metrics").
+KNOWN_REALTIME_CODES: Final = frozenset(
+    {
+        *rt.BENIGN_ERROR_CODES,
+        *rt.FATAL_RESPONSE_CODES,
+        "conversation_already_has_active_response",
+        "rate_limit_exceeded",
+        "server_error",
+        "None",  # an error event without a code
+    }
+)
 LIMITS: Final = (
     "webhook_body", "connections", "request_timeout", "calls", "twilio_frame",
     "twilio_stalled", "twilio_idle", "duplicate_call", "caller_audio", "recording_bytes",
@@ -75,14 +87,16 @@ LIMITS: Final = (
 
 
 class _Bounded:
-    """Label values from peers, bounded in number (the rest become `other`)."""
+    """Label values from peers, bounded in number (the rest become `other`). `known`
+    values are always kept, outside the bound: junk can't push them into `other`."""
 
-    def __init__(self, limit: int = MAX_LABEL_VALUES) -> None:
+    def __init__(self, limit: int = MAX_LABEL_VALUES, known: frozenset[str] = frozenset()) -> None:
         self.limit = limit
+        self.known = known
         self.seen: set[tuple[str, ...]] = set()
 
     def __call__(self, labels: tuple[str, ...]) -> tuple[str, ...]:
-        if labels in self.seen:
+        if labels in self.seen or (len(labels) == 1 and labels[0] in self.known):
             return labels
         if len(self.seen) < self.limit:
             self.seen.add(labels)
@@ -215,7 +229,7 @@ class Metrics:
             ["source"],
             registry=r,
         )
-        self._codes = _Bounded()
+        self._codes = _Bounded(known=KNOWN_REALTIME_CODES)
         self._tools = _Bounded()
         self._details = _Bounded()
         for series, values in (

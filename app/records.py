@@ -40,13 +40,15 @@ def model_of(realtime_url: str) -> str | None:
 def heard_text(text: str, sent_ms: int, heard_ms: int) -> str:
     """The part of `text` the caller heard, estimated from the heard share of its audio
     and cut back to a word boundary (all of it when all was heard)."""
-    if heard_ms >= sent_ms or not text:
-        return text
     if heard_ms <= 0 or sent_ms <= 0:
-        return ""
+        return ""  # nothing of it was played (an answer cut off before its audio)
+    if heard_ms >= sent_ms:
+        return text
     cut = round(len(text) * heard_ms / sent_ms)
-    space = text.rfind(" ", 0, cut + 1)
-    return text[: space if space > 0 else cut].rstrip()
+    if cut < len(text) and text[cut : cut + 1] == " ":
+        return text[:cut].rstrip()
+    space = text.rfind(" ", 0, cut)
+    return text[:space].rstrip() if space > 0 else ""  # not even its first word
 
 
 def _turns(session: CallSession, with_text: bool) -> list[dict[str, Any]]:
@@ -123,3 +125,36 @@ def call_record(
     if extra:
         record.update(extra)
     return record
+
+
+def unanswered_record(
+    params: dict[str, str], at: datetime, *, outcome: str, detail: str, agent: str = DEFAULT_AGENT
+) -> dict[str, Any]:
+    """The record of an inbound call the webhook turned away before any media stream (the
+    process full: `busy`; no OpenAI key: the apology), so that it can be looked up too."""
+    moment = iso(at)
+    return {
+        "call_sid": params.get("CallSid", ""),
+        "stream_sid": None,
+        "direction": "inbound",
+        "from": params.get("From") or None,
+        "to": params.get("To") or None,
+        "agent": agent,
+        "model": None,
+        "started_at": moment,
+        "ended_at": moment,
+        "duration_s": 0.0,
+        "outcome": outcome,
+        "end_detail": detail,
+        "barge_ins": 0,
+        "barge_in_reaction_ms": [],
+        "response_latency_ms": [],
+        "heard_latency_ms": None,
+        "reprompts": 0,
+        "turns": [],
+        "usage": {},
+        "tool_calls": [],
+        "rest_actions": [],
+        "answered_by": None,
+        "recording": None,
+    }

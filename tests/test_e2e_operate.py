@@ -21,10 +21,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import AppFactory, RunningApp
+from tests.conftest import AUTH_TOKEN, AppFactory, RunningApp
 from tests.fakes.audio import speech
 from tests.fakes.realtime_server import FakeRealtime, ScriptedResponse
 from tests.pg import PgServer
+from tests.test_e2e_call import twilio_post
 
 pytestmark = pytest.mark.e2e
 
@@ -183,9 +184,11 @@ async def test_the_operator_api_wants_its_key_and_answers_in_json(
             assert reply.status_code == 401, (path, headers)
             assert reply.json()["error"] == "unauthorized"
             assert "www-authenticate" in reply.headers
+    # Without the key nothing is said about the request, not even that it is malformed.
+    assert (await get(app, "/calls", params={"limit": 0})).status_code == 401
     missing = await get(app, "/calls/CA" + "0" * 32, headers=BEARER)
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
-    bad = await get(app, "/calls", params={"limit": 0, "since": "yesterday"}, headers=BEARER)
+    bad = await get(app, "/calls", params={"limit": 201, "since": "yesterday"}, headers=BEARER)
     assert bad.status_code == 422
     assert {f["field"] for f in bad.json()["fields"]} == {"limit", "since"}
     cursor = await get(app, "/calls", params={"before": "not-a-cursor"}, headers=BEARER)
@@ -258,43 +261,52 @@ async def test_without_transcripts_a_record_keeps_only_timings(
 
 
 async def test_a_database_down_mid_call_leaves_the_call_unharmed_and_the_record_arrives(
-    app_with: AppFactory, realtime: FakeRealtime, tmp_path: Any
+    app_with: AppFactory, realtime: FakeRealtime
 ) -> None:
     pg = PgServer()
-    pg.start()
+    await asyncio.to_thread(pg.start)
     try:
         realtime.add_responses(*script(LONG, SHORT))
         app = await app_with(operator_api_key=KEY, database_url=pg.url)
         assert (await get(app, "/calls", headers=BEARER)).status_code == 200
-        async with app.call() as call:
-            await call.start()
-            conn = await realtime.wait_connection()
-            await call.wait_for_heard(500 * 8, timeout=30)
-            pg.stop()  # the database goes away while the bot talks
-            await call.wait_for_heard(len(speech(LONG)), timeout=30)
-            await call.wait_for_playout_idle(timeout=10)
-            await call.hangup()
-            await conn.wait_closed()
+        long = speech(LONG)
+        async with app.call() as first:
+            await first.start()
+            await realtime.wait_connection()
+            await first.wait_for_heard(500 * 8, timeout=30)
+            await asyncio.to_thread(pg.stop)  # the database goes away while the bot talks
+            async with app.call() as second:  # a call that ends while it is away
+                await second.start()
+                await second.wait_for_heard(len(speech(SHORT)), timeout=30)
+                await second.hangup()
+            await eventually(
+                lambda: scrape_value(app, "bridge_call_record_write_errors_total"), what="a retry"
+            )
+            # The writer failed and retried while the first call was still being heard...
+            assert len(first.heard) < len(long)
+            unavailable = await get(app, "/calls", headers=BEARER)
+            assert unavailable.status_code == 503
+            assert unavailable.json()["error"] == "store_unavailable"
+            # ...and the first call never noticed: every byte of its answer was heard.
+            await first.wait_for_heard(len(long), timeout=30)
+            await first.wait_for_playout_idle(timeout=10)
+            assert bytes(first.heard[: len(long)]) == long
+            await first.hangup()
         await app.wait_idle()
-        # The call was untouched: every byte of the answer was heard, nothing broke.
-        assert bytes(call.heard[: len(speech(LONG))]) == speech(LONG)
-        assert call.violations == [] and realtime.invalid_events == []
-        unavailable = await get(app, "/calls", headers=BEARER)
-        assert unavailable.status_code == 503
-        assert unavailable.json()["error"] == "store_unavailable"
-        await eventually(
-            lambda: scrape_value(app, "bridge_call_record_write_errors_total"), what="a retry"
-        )
-        assert value(await scrape(app), "bridge_call_records_pending") == 1
+        assert first.violations == [] and second.violations == []
+        assert realtime.invalid_events == []
+        assert value(await scrape(app), "bridge_call_records_pending") == 2
 
-        pg.start()  # back: the record arrives, once
-        record = await record_of(app, call.call_sid, within=30)
-        assert record["outcome"] == "caller_hung_up"
+        await asyncio.to_thread(pg.start)  # back: both records arrive, once each
+        for call in (first, second):
+            record = await record_of(app, call.call_sid, within=30)
+            assert record["outcome"] == "caller_hung_up"
         samples = await scrape(app)
-        assert value(samples, "bridge_call_records_written_total") == 1
+        assert value(samples, "bridge_call_records_written_total") == 2
         assert value(samples, "bridge_call_records_failed_total") == 0
+        assert value(samples, "bridge_call_records_pending") == 0
     finally:
-        pg.close()
+        await asyncio.to_thread(pg.close)
 
 
 async def scrape_value(app: RunningApp, name: str) -> float:
@@ -308,13 +320,13 @@ async def test_a_record_that_cannot_be_written_in_time_is_logged_lost_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     pg = PgServer()
-    pg.start()
+    await asyncio.to_thread(pg.start)
     try:
         app = await app_with(
             operator_api_key=KEY, database_url=pg.url, call_records_retry_seconds=1
         )
         assert (await get(app, "/calls", headers=BEARER)).status_code == 200  # migrated
-        pg.stop()
+        await asyncio.to_thread(pg.stop)
         async with app.call() as call:
             await call.start()
             conn = await realtime.wait_connection()
@@ -328,7 +340,7 @@ async def test_a_record_that_cannot_be_written_in_time_is_logged_lost_once(
         assert lost[0].call_sid == call.call_sid  # type: ignore[attr-defined]
         assert value(await scrape(app), "bridge_call_records_pending") == 0
     finally:
-        pg.close()
+        await asyncio.to_thread(pg.close)
 
 
 async def test_the_start_and_summary_lines_carry_what_ops_search_by(
@@ -352,3 +364,46 @@ async def test_the_start_and_summary_lines_carry_what_ops_search_by(
     assert fields["agent"] == "default" and fields["model"] == "gpt-realtime"
     opened = datetime.fromisoformat(fields["started_at"])
     assert opened.tzinfo is not None and abs(datetime.now(UTC) - opened) < timedelta(minutes=1)
+
+
+async def test_a_call_turned_away_as_busy_has_a_record_too(
+    app_with: AppFactory, realtime: FakeRealtime
+) -> None:
+    app = await app_with(operator_api_key=KEY, max_concurrent_calls=1, bot_greeting="")
+    async with app.call() as live:
+        await live.start()
+        conn = await realtime.wait_connection()
+        await conn.wait_for("session.update", timeout=10)
+        params = {"CallSid": "CA" + "7" * 32, "From": "+15550003", "To": "+15559999"}
+        request = twilio_post(app.http_url, app.public_base, params, AUTH_TOKEN)
+        async with httpx.AsyncClient() as client:
+            busy = await client.send(request)
+        assert "<Reject" in busy.text
+        record = await record_of(app, params["CallSid"])
+        assert (record["outcome"], record["end_detail"]) == ("busy", "at_capacity")
+        assert (record["from"], record["to"], record["turns"]) == ("+15550003", "+15559999", [])
+        samples = await scrape(app)
+        assert value(samples, "bridge_calls_total", outcome="busy") == 1
+        assert value(samples, "bridge_webhook_requests_total", result="busy") == 1
+        await live.hangup()
+        await conn.wait_closed()
+
+
+async def test_a_real_call_that_lost_the_last_slot_at_its_start_has_a_record(
+    app_with: AppFactory, realtime: FakeRealtime
+) -> None:
+    """Both upgrades came while a slot was free; the second `start` finds it taken. That
+    call is real (its stream token checks out) and heard the fallback: it is on record."""
+    app = await app_with(operator_api_key=KEY, max_concurrent_calls=1, bot_greeting="")
+    async with app.call() as first, app.call() as second:
+        await first.start()
+        conn = await realtime.wait_connection()
+        await conn.wait_for("session.update", timeout=10)
+        await second.start()
+        await second.wait_closed(timeout=10)
+        record = await record_of(app, second.call_sid)
+        assert (record["outcome"], record["end_detail"]) == ("failure", "at_capacity")
+        samples = await scrape(app)
+        assert value(samples, "bridge_streams_refused_total", reason="at_capacity") == 1
+        assert value(samples, "bridge_call_failures_total", detail="at_capacity") == 1
+        await first.hangup()

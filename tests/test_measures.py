@@ -6,6 +6,7 @@ from app.call.actions import Action, Measure, Metric
 from app.call.outbox import Timer
 from app.call.session import CallSession
 from tests.core import (
+    dtmf_msg,
     fire,
     function_call,
     hear,
@@ -36,24 +37,48 @@ def test_heard_latency_runs_from_the_turns_end_to_the_answers_first_echo() -> No
     assert s.measures.latencies_ms == []
     out = twilio(s, 2450, mark_msg(marks[0]))  # the first chunk has played
     assert measures(out) == [Measure(Metric.RESPONSE_LATENCY, 0.45)]
-    assert measures(hear(s, 2450, marks[1:]) and []) == []
+    later = [m for name in marks[1:] for m in measures(twilio(s, 2600, mark_msg(name)))]
+    assert later == []  # once per turn
     assert s.measures.latencies_ms == [450]
     assert s.summary()["heard_latency_ms"] == 450
 
 
-def test_later_echoes_and_audio_before_the_turn_measure_nothing() -> None:
+def test_the_greeting_answers_no_turn_and_the_answer_is_the_next_response() -> None:
     s = live(quiet())
-    greeting = play(s, 100, "item_greeting", 2)  # sent before any caller turn
-    realtime(s, 150, speech_started())
-    realtime(s, 400, speech_stopped())  # the caller spoke over it without cutting it off
-    out = [m for name in greeting for m in measures(twilio(s, 500, mark_msg(name)))]
-    assert all(m.metric is not Metric.RESPONSE_LATENCY for m in out)
-    realtime(s, 600, response_done("resp_1"))
-    realtime(s, 700, response_created("resp_2"))
-    answer = play(s, 800, "item_answer", 2, response="resp_2")
-    first = measures(twilio(s, 900, mark_msg(answer[0])))
-    assert first == [Measure(Metric.RESPONSE_LATENCY, 0.5)]
-    assert measures(twilio(s, 1000, mark_msg(answer[1]))) == []  # once per turn
+    greeting = play(s, 100, "item_greeting", 2)  # the greeting, before any caller turn
+    assert measures(hear(s, 100, greeting) and s.out.take()) == []
+    realtime(s, 400, response_done("resp_1"))
+    realtime(s, 500, speech_started())
+    realtime(s, 900, speech_stopped())
+    realtime(s, 950, response_created("resp_2"))
+    answer = play(s, 1000, "item_answer", 2, response="resp_2")
+    first = measures(twilio(s, 1100, mark_msg(answer[0])))
+    assert first == [Measure(Metric.RESPONSE_LATENCY, 0.2)]
+    assert measures(twilio(s, 1200, mark_msg(answer[1]))) == []  # once per turn
+
+
+def test_a_turn_whose_answer_fails_is_unanswered_and_a_reprompt_answers_nothing() -> None:
+    s = live(quiet(silence_reprompt_ms=1000))
+    realtime(s, 80, response_done("resp_1"))
+    realtime(s, 100, speech_started())
+    realtime(s, 500, speech_stopped())
+    realtime(s, 550, response_created("resp_2"))
+    realtime(s, 600, response_done("resp_2", status="failed"))  # no audio: no answer
+    assert measures(fire(s, Timer.SILENCE)) == [Measure(Metric.REPROMPT)]
+    realtime(s, 2000, response_created("resp_3"))
+    reprompt = play(s, 2100, "item_reprompt", 1, response="resp_3")
+    assert measures(twilio(s, 2300, mark_msg(reprompt[0]))) == []
+    assert s.measures.latencies_ms == [] and s.summary()["heard_latency_ms"] is None
+
+
+def test_an_answer_to_a_key_press_is_not_an_answer_to_speech() -> None:
+    s = live(quiet())
+    realtime(s, 100, speech_started())
+    realtime(s, 500, speech_stopped())
+    twilio(s, 520, dtmf_msg("5"))  # the caller pressed a key before any answer came
+    realtime(s, 550, response_created("resp_2"))
+    answer = play(s, 600, "item_a", 1, response="resp_2")
+    assert measures(twilio(s, 800, mark_msg(answer[0]))) == []
 
 
 def test_an_answer_cut_before_it_was_heard_answers_nothing() -> None:
@@ -81,6 +106,7 @@ def test_a_barge_in_reports_its_reaction_and_the_audio_never_heard() -> None:
         Measure(Metric.TRUNCATED_AUDIO, 1.5),
     ]
     assert s.measures.reactions_ms == [0] and s.measures.unheard_ms == 1500
+    assert s.transcript.turns[0].heard_ms == 500  # type: ignore[union-attr]
     assert s.summary()["unheard_audio_ms"] == 1500
 
 
@@ -137,3 +163,28 @@ def test_audio_frames_never_produce_a_measure() -> None:
     for _ in range(50):
         assert s.bot_audio(200, {"delta": "AAAA", "item_id": "i", "response_id": "resp_1"})
     assert measures(s.out.take()) == []
+
+
+def test_turns_are_in_spoken_order_though_the_transcription_comes_after_the_answer() -> None:
+    s = live(quiet())
+    realtime(s, 100, speech_started("u1"))
+    realtime(s, 500, speech_stopped("u1"))
+    realtime(s, 510, {"type": "input_audio_buffer.committed", "item_id": "u1"})
+    realtime(s, 550, response_created("resp_2"))
+    play(s, 600, "item_answer", 1, response="resp_2")
+    done = {"type": "response.output_audio_transcript.done", "item_id": "item_answer"}
+    realtime(s, 650, {**done, "response_id": "resp_2", "transcript": "Nine to five."})
+    transcribed = {
+        "type": "conversation.item.input_audio_transcription.completed",
+        "item_id": "u1",
+        "content_index": 0,
+        "transcript": "When are you open?",
+    }
+    realtime(s, 900, transcribed)  # after the answer's audio began
+    committed = {"type": "input_audio_buffer.committed", "item_id": "u2"}
+    realtime(s, 1000, committed)  # a turn never transcribed is left out
+    turns = s.summary()["turns"]
+    assert [(t["who"], t["text"]) for t in turns] == [
+        ("caller", "When are you open?"),
+        ("bot", "Nine to five."),
+    ]

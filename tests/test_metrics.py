@@ -57,9 +57,11 @@ def test_peer_given_label_values_are_bounded() -> None:
     m = Metrics()
     for n in range(MAX_LABEL_VALUES + 25):
         m.observe(Measure(Metric.REALTIME_ERROR, labels=(f"code_{n}",)))
+    m.observe(Measure(Metric.REALTIME_ERROR, labels=("insufficient_quota",)))  # known: kept
     codes = {labels for name, labels in samples(m) if name == "bridge_realtime_errors_total"}
-    assert len(codes) == MAX_LABEL_VALUES + 1
+    assert len(codes) == MAX_LABEL_VALUES + 2
     assert samples(m)[("bridge_realtime_errors_total", (("code", "other"),))] == 25
+    assert samples(m)[("bridge_realtime_errors_total", (("code", "insufficient_quota"),))] == 1
 
 
 def test_a_finished_call_counts_its_outcome_duration_drops_and_bad_input() -> None:

@@ -6,8 +6,13 @@ behaviour under outages is in test_store_writer.py.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import errno
 import json
+import logging
+import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -18,6 +23,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
+from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 
 from app.observability import scrub
@@ -30,8 +36,9 @@ from app.store import (
     migrate,
     redacted,
 )
-from app.store.engine import make_engine
+from app.store.engine import SQLITE_BUSY_TIMEOUT_S, make_engine, writing
 from app.store.schema import calls, metadata
+from app.store.store import SQLITE_MIGRATE_WAIT_S
 from tests.store_support import (
     BASE_TIME,
     StoreLog,
@@ -132,6 +139,7 @@ def test_database_url_sqlite_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert absolute.parent.is_dir()
     assert database_url("sqlite+aiosqlite:///rel/x.db") == "sqlite+aiosqlite:///rel/x.db"
     assert (tmp_path / "rel").is_dir()
+    assert list((tmp_path / "rel").iterdir()) == []  # the write probe is gone again
 
 
 @pytest.mark.parametrize(
@@ -151,10 +159,40 @@ def test_database_url_refuses(raw: str) -> None:
     assert "hunter2-secret" not in str(refused.value)
 
 
-def test_database_url_refuses_a_directory_it_cannot_make(tmp_path: Path) -> None:
+def test_database_url_refuses_a_path_under_a_regular_file(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory")
-    with pytest.raises(ValueError, match="DATABASE_URL: cannot create the SQLite directory"):
+    with pytest.raises(
+        ValueError, match=r"DATABASE_URL: the SQLite directory .*file' exists but is not a dir"
+    ):
         database_url(f"sqlite:///{tmp_path}/file/calls.db")
+    with pytest.raises(
+        ValueError, match=r"DATABASE_URL: the SQLite directory .* cannot be created \(Not a dir"
+    ):
+        database_url(f"sqlite:///{tmp_path}/file/sub/calls.db")
+
+
+def test_database_url_refuses_a_directory_it_cannot_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WAL needs to create files beside the database: a directory that takes none is a
+    start-up error, not a store that fails every write. (Refused as the kernel refuses
+    it: the tests run as root, whom a read-only mode doesn't stop.)"""
+    real_open = os.open
+    tried: list[str] = []
+
+    def read_only(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if Path(path).parent == tmp_path and flags & os.O_CREAT:
+            tried.append(str(path))
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(ValueError, match="DATABASE_URL") as refused:
+        database_url(f"sqlite:///{tmp_path}/calls.db")
+    assert str(refused.value) == (
+        f"DATABASE_URL: the SQLite directory {str(tmp_path)!r} is not writable (Permission denied)"
+    )
+    assert len(tried) == 1 and list(tmp_path.iterdir()) == []
 
 
 def test_redacted_hides_the_password() -> None:
@@ -208,6 +246,132 @@ async def test_migrations_create_the_schema_and_are_idempotent(
     assert diff == []  # the migrations build exactly what schema.py describes
 
 
+async def test_ddl_rolls_back_with_its_transaction(db_url: str) -> None:
+    """On SQLite too (the driver's own transaction handling would commit before DDL)."""
+    engine = make_engine(database_url(db_url), connect_timeout_s=5)
+    try:
+        with pytest.raises(RuntimeError, match="cut short"):
+            async with engine.begin() as conn:
+                await conn.execute(sa.text("CREATE TABLE half_made (x INTEGER)"))
+                raise RuntimeError("cut short")
+        async with engine.connect() as conn:
+            tables = await conn.run_sync(lambda sync: sa.inspect(sync).get_table_names())
+        assert "half_made" not in tables
+    finally:
+        await engine.dispose()
+
+
+async def test_a_migration_cut_short_leaves_nothing_half_made(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash (here: an error) after the table and before its indexes: the next start
+    migrates from scratch instead of failing on "table calls already exists" forever."""
+    engine = make_engine(database_url(db_url), connect_timeout_s=5)
+    real_create_index = Operations.create_index
+    made: list[str] = []
+
+    def create_index(self: Operations, name: str, *args: Any, **kwargs: Any) -> Any:
+        if len(made) == 2:
+            raise RuntimeError("the process died here")
+        made.append(name)
+        return real_create_index(self, name, *args, **kwargs)
+
+    try:
+        monkeypatch.setattr(Operations, "create_index", create_index)
+        with pytest.raises(RuntimeError, match="died"):
+            await migrate.upgrade(engine)
+        assert len(made) == 2  # the table and two indexes were made, in the transaction
+        monkeypatch.undo()
+        async with engine.connect() as conn:
+            tables = await conn.run_sync(lambda sync: sa.inspect(sync).get_table_names())
+        assert "calls" not in tables
+        assert await migrate.current_revision(engine) is None
+    finally:
+        await engine.dispose()
+    store = CallStore(db_url)
+    try:
+        assert await store.start(timeout_s=10)
+        await submit_all(store, [make_record("CA-after-the-crash")])
+    finally:
+        await store.close()
+
+
+async def test_writing_takes_the_sqlite_write_lock_at_begin(tmp_path: Path) -> None:
+    """What the writer reads before it writes can't be changed by another writer."""
+    url = database_url(sqlite_url(tmp_path))
+    engine = make_engine(url, connect_timeout_s=5)
+    other = sqlite3.connect(tmp_path / "calls.db", timeout=0, isolation_level=None)
+    try:
+        async with writing(engine):
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+        other.execute("BEGIN IMMEDIATE")  # released with the transaction
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+        await engine.dispose()
+
+
+async def test_the_start_waits_for_a_busy_sqlite_at_least_its_busy_timeout(
+    tmp_path: Path, store_log: StoreLog
+) -> None:
+    """Another process holds the write lock for longer than the start was asked to wait:
+    the migration waits for it (as SQLite's busy timeout does) and the store comes up."""
+    assert SQLITE_MIGRATE_WAIT_S > SQLITE_BUSY_TIMEOUT_S
+    other = sqlite3.connect(tmp_path / "calls.db", isolation_level=None)
+    other.execute("PRAGMA journal_mode=WAL")
+    other.execute("BEGIN IMMEDIATE")
+    store = CallStore(sqlite_url(tmp_path))
+    try:
+        starting = asyncio.create_task(store.start(timeout_s=0.05))
+        done, _ = await asyncio.wait({starting}, timeout=0.5)  # held 10x the asked wait
+        assert not done
+        other.execute("ROLLBACK")
+        assert await starting is True
+        assert store_log.events("store.unavailable") == []
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_a_database_migrated_by_a_newer_release_is_used_as_it_is(
+    db_url: str, store_log: StoreLog
+) -> None:
+    """A rollback to this release after a newer one migrated: records are still written
+    and read (the columns this code uses are there), and the mismatch is logged once."""
+    first = CallStore(db_url)
+    try:
+        assert await first.start(timeout_s=10)
+    finally:
+        await first.close()
+    engine = make_engine(database_url(db_url), connect_timeout_s=5)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("UPDATE alembic_version SET version_num = '0002_future'"))
+    finally:
+        await engine.dispose()
+
+    store = CallStore(db_url)
+    try:
+        assert await store.start(timeout_s=10)
+        assert store.available
+        await submit_all(store, [make_record("CA-after-rollback")])
+        assert await store.get("CA-after-rollback") == make_record("CA-after-rollback")
+        assert [r["call_sid"] for r in (await store.list_calls())[0]] == ["CA-after-rollback"]
+    finally:
+        await store.close()
+    newer = store_log.events("store.schema_newer")
+    assert [(line.level, line.fields) for line in newer] == [
+        (logging.WARNING, {"database_revision": "0002_future", "code_revision": "0001"})
+    ]
+    assert store_log.events("store.ready")[-1].fields["revision"] == "0002_future"
+    engine = make_engine(database_url(db_url), connect_timeout_s=5)
+    try:
+        assert await migrate.current_revision(engine) == "0002_future"  # left as it was
+    finally:
+        await engine.dispose()
+
+
 # --- Records in and out ------------------------------------------------------------------
 
 
@@ -243,6 +407,54 @@ async def test_submit_get_round_trip(
     assert store.stats == StoreStats(written=1)
 
 
+async def test_records_are_read_without_the_standard_json_module(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page of 200 large records is decoded by orjson, on the event loop of the live
+    calls, and reads back equal to what was submitted."""
+    real_loads = json.loads
+    decoded: list[int] = []
+
+    def counting_loads(text: Any, *args: Any, **kwargs: Any) -> Any:
+        decoded.append(len(text))
+        return real_loads(text, *args, **kwargs)
+
+    # Before the engine exists: SQLAlchemy looks the decoder up when it sets one up.
+    monkeypatch.setattr(json, "loads", counting_loads)
+    turns = [{"role": "user", "text": f"turn {n} " + "ü✓ " * 60, "at_ms": n} for n in range(100)]
+    records = [
+        make_record(f"CA-big-{n:03d}", started=BASE_TIME + timedelta(seconds=n), turns=turns)
+        for n in range(200)
+    ]
+    store = CallStore(db_url, queue_max=200)
+    try:
+        assert await store.start(timeout_s=10)
+        await submit_all(store, records)
+        expected = [as_stored(record) for record in reversed(records)]
+        decoded.clear()  # submit's snapshot is the standard library's: not the read path
+        page, cursor = await store.list_calls(limit=200)
+        one = await store.get("CA-big-007")
+        assert decoded == []
+        assert cursor is None
+        assert page == expected
+        assert one == expected[-8]
+    finally:
+        await store.close()
+
+
+async def test_what_orjson_cannot_hold_is_refused_at_submit(open_store: OpenStore) -> None:
+    """Integers past 64 bits (orjson would refuse them at the write, and read them back as
+    floats) and lone surrogates: refused at once; the 64-bit edges round-trip exactly."""
+    store = await open_store()
+    assert store.submit(make_record("CA-huge", usage={"n": 2**64})) is False
+    assert store.submit(make_record("CA-tiny", usage={"n": -(2**63) - 1})) is False
+    assert store.submit(make_record("CA-half", turns=[{"text": "half \ud800 a pair"}])) is False
+    edges = make_record("CA-edges", usage={"max": 2**64 - 1, "min": -(2**63), "f": 1e-320})
+    await submit_all(store, [edges])
+    assert await store.get("CA-edges") == edges
+    assert store.stats == StoreStats(written=1, lost=3)
+
+
 async def test_odd_secondary_fields_leave_columns_empty(db_url: str, open_store: OpenStore) -> None:
     """Only the key and the start time are strict: the record is kept whole regardless."""
     store = await open_store()
@@ -267,9 +479,10 @@ async def test_odd_secondary_fields_leave_columns_empty(db_url: str, open_store:
     assert (await read_columns(db_url, "CA-odd-end"))["ended_at"] is None
 
 
-async def test_a_duplicate_call_sid_is_stored_once_first_wins(
+async def test_a_duplicate_of_the_same_start_is_stored_once_first_wins(
     open_store: OpenStore, store_log: StoreLog
 ) -> None:
+    """The same call's record twice (an import run twice): the first stays, noted at INFO."""
     store = await open_store()
     first = make_record("CA-dup", outcome="completed")
     await submit_all(store, [first])
@@ -279,21 +492,80 @@ async def test_a_duplicate_call_sid_is_stored_once_first_wins(
     assert await store.get("CA-dup") == first
     assert store.stats == StoreStats(written=1, duplicates=1)
     duplicate = store_log.events("store.duplicate")
-    assert [(line.call_sid, line.fields) for line in duplicate] == [("CA-dup", {})]
+    started = BASE_TIME.isoformat()
+    assert [(line.call_sid, line.level, line.fields) for line in duplicate] == [
+        ("CA-dup", logging.INFO, {"started_at": started, "stored_started_at": started})
+    ]
     assert store_log.events("store.write_failed") == []  # not an error, not retried
+    assert store_log.events("store.replaced") == []
 
 
-async def test_duplicates_queued_together_first_wins(db_url: str) -> None:
-    """Two records of one CallSid waiting in the same queue: the first submitted wins."""
+async def test_the_earliest_started_record_of_a_call_sid_wins(
+    db_url: str, open_store: OpenStore, store_log: StoreLog
+) -> None:
+    """A replayed `start` that ended and was written first is replaced by the real call's
+    record, which started earlier; a later one again is skipped. Both logged at WARNING."""
+    store = await open_store()
+    later = BASE_TIME + timedelta(seconds=30)
+    replayed = make_record("CA-race", started=later, outcome="replayed", agent="replay")
+    real = make_record("CA-race", outcome="completed")
+    await submit_all(store, [replayed])
+    await submit_all(store, [real])  # written: it replaced the replayed one
+    assert await store.get("CA-race") == real
+    columns = await read_columns(db_url, "CA-race")
+    assert (columns["started_at"], columns["outcome"], columns["agent"]) == (
+        BASE_TIME,
+        "completed",
+        "default",
+    )
+    assert store.stats == StoreStats(written=2)
+
+    assert store.submit(make_record("CA-race", started=later, outcome="replayed again"))
+    await eventually(lambda: store.stats.duplicates == 1)
+    assert await store.get("CA-race") == real
+    assert store.stats == StoreStats(written=2, duplicates=1)
+    (page, _) = await store.list_calls()
+    assert page == [real]  # one row, whatever the order the records came in
+
+    replaced = store_log.events("store.replaced")
+    assert [(line.call_sid, line.level, line.fields) for line in replaced] == [
+        (
+            "CA-race",
+            logging.WARNING,
+            {
+                "started_at": BASE_TIME.isoformat(),
+                "replaced_started_at": later.isoformat(),
+                "attempts": 0,
+            },
+        )
+    ]
+    duplicate = store_log.events("store.duplicate")
+    assert [(line.level, line.fields) for line in duplicate] == [
+        (
+            logging.WARNING,
+            {"started_at": later.isoformat(), "stored_started_at": BASE_TIME.isoformat()},
+        )
+    ]
+    written = store_log.events("store.written")
+    assert [line.call_sid for line in written] == ["CA-race"]  # the replayed one, first
+
+
+async def test_duplicates_queued_together_the_earliest_start_wins(db_url: str) -> None:
+    """Records of one CallSid waiting in the same queue: the earliest start wins, and of
+    the same start the first submitted."""
     store = CallStore(db_url)
+    later = BASE_TIME + timedelta(seconds=1)
     assert store.submit(make_record("CA-twice", outcome="first"))
     assert store.submit(make_record("CA-other"))
     assert store.submit(make_record("CA-twice", outcome="second"))
+    assert store.submit(make_record("CA-late", started=later, outcome="replayed"))
+    assert store.submit(make_record("CA-late", outcome="real"))
     try:
         assert await store.start(timeout_s=10)
-        await eventually(lambda: store.stats.written + store.stats.duplicates == 3)
+        await eventually(lambda: store.stats.written + store.stats.duplicates == 5)
         assert await store.get("CA-twice") == make_record("CA-twice", outcome="first")
-        assert store.stats == StoreStats(written=2, duplicates=1)
+        assert await store.get("CA-late") == make_record("CA-late", outcome="real")
+        assert store.stats == StoreStats(written=4, duplicates=1)
     finally:
         await store.close()
 

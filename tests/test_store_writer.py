@@ -23,9 +23,10 @@ from app.store import CallStore, StoreStats, StoreUnavailable, migrate
 from app.store.engine import make_engine
 from app.store.records import Row
 from app.store.urls import database_url
-from app.store.writer import BACKOFF_MAX_S, BACKOFF_START_S, Writer, next_backoff
+from app.store.writer import BACKOFF_MAX_S, BACKOFF_START_S, Outcome, Writer, next_backoff
 from tests.pg import PgServer
 from tests.store_support import (
+    BASE_TIME,
     PRIVATE_TEXT,
     StoreLog,
     capture_store_log,
@@ -62,6 +63,40 @@ def own_pg() -> Iterator[PgServer]:
 
 def powers_of_two(attempts: list[Any]) -> bool:
     return all(isinstance(n, int) and n > 0 and n & (n - 1) == 0 for n in attempts)
+
+
+class FakeClock:
+    """The writer's `time`: records' ages (their retry windows) move only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """A fake clock for record ages, and the shortest backoffs (those run on the loop)."""
+    fake = FakeClock()
+    monkeypatch.setattr(writer_module, "time", fake)
+    monkeypatch.setattr(writer_module, "BACKOFF_START_S", 0.001)
+    monkeypatch.setattr(writer_module, "BACKOFF_MAX_S", 0.002)
+    return fake
+
+
+def poison(monkeypatch: pytest.MonkeyPatch, *call_sids: str) -> None:
+    """The rows of `call_sids` fail to insert for a reason the writer doesn't know (the
+    driver can't bind a list): not "database away", not "refused for its content"."""
+    real_to_row = writer_module.to_row
+
+    def to_row(record: object) -> Row:
+        row = real_to_row(record)
+        if row.call_sid in call_sids:
+            row.values["direction"] = ["not", "text"]
+        return row
+
+    monkeypatch.setattr(writer_module, "to_row", to_row)
 
 
 # --- Intake ------------------------------------------------------------------------------
@@ -170,7 +205,7 @@ async def test_failed_writes_are_retried_and_logged_at_powers_of_two(
     failures = 20
     calls = 0
 
-    async def flaky_insert(self: Writer, batch: list[Any]) -> set[str]:
+    async def flaky_insert(self: Writer, batch: list[Any]) -> Outcome:
         nonlocal calls
         calls += 1
         if calls <= failures:
@@ -197,6 +232,87 @@ async def test_failed_writes_are_retried_and_logged_at_powers_of_two(
     assert [(line.call_sid, line.fields["attempts"]) for line in written] == [
         ("CA-flaky", failures)
     ]
+
+
+async def test_a_poison_record_fails_alone_and_holds_up_no_other(
+    db_url: str, store_log: StoreLog, monkeypatch: pytest.MonkeyPatch, clock: FakeClock
+) -> None:
+    """Its batch fails, the next attempt goes row by row: the others are written at once,
+    later ones too while it keeps failing on its own, and it is given up (once) when its
+    retry time is over."""
+    poison(monkeypatch, "CA-poison")
+    store = CallStore(db_url, retry_seconds=60)
+    for sid in ("CA-good-1", "CA-poison", "CA-good-2"):
+        assert store.submit(make_record(sid))  # queued together: one batch
+    try:
+        assert await store.start(timeout_s=10)
+        await eventually(lambda: store.stats.written == 2, what="the others, next attempt")
+        assert await store.get("CA-good-1") == make_record("CA-good-1")
+        assert await store.get("CA-good-2") == make_record("CA-good-2")
+        assert store.stats.pending == 1 and store.stats.lost == 0
+
+        errors = store.stats.write_errors
+        await eventually(lambda: store.stats.write_errors >= errors + 3, what="it, alone")
+        assert store.submit(make_record("CA-good-3"))  # not held up behind it
+        await eventually(lambda: store.stats.written == 3)
+        assert store.stats.pending == 1 and store.stats.lost == 0
+
+        clock.now += 60  # its time is over: given up at its next failure
+        await eventually(lambda: store.stats.lost == 1, what="given up")
+        assert store.stats.pending == 0
+        assert await store.get("CA-poison") is None
+        assert store.available
+    finally:
+        await store.close()
+    lost = store_log.events("store.record_lost")
+    assert [(line.call_sid, line.fields["reason"]) for line in lost] == [
+        ("CA-poison", "retry_time_over")
+    ]
+    assert lost[0].fields["error"] in ("ProgrammingError", "DBAPIError")
+    alone = [line for line in store_log.events("store.write_failed") if line.fields.get("alone")]
+    assert alone and {line.call_sid for line in alone} == {"CA-poison"}
+    assert powers_of_two([line.fields["attempt"] for line in alone])
+    written = store_log.events("store.written")
+    assert sorted(line.call_sid or "" for line in written) == [
+        "CA-good-1",
+        "CA-good-2",
+        "CA-good-3",
+    ]
+    assert PRIVATE_TEXT not in store_log.text()
+
+
+async def test_giving_a_record_up_gives_up_no_other_whose_time_is_not_over(
+    db_url: str, store_log: StoreLog, monkeypatch: pytest.MonkeyPatch, clock: FakeClock
+) -> None:
+    """Two records failing, submitted 50 s apart with 60 s each: at 61 s only the first
+    is given up, the second only at its own 60 s."""
+    poison(monkeypatch, "CA-old", "CA-young")
+    store = CallStore(db_url, retry_seconds=60)
+    try:
+        assert await store.start(timeout_s=10)
+        assert store.submit(make_record("CA-old"))
+        clock.now += 50
+        assert store.submit(make_record("CA-young"))
+        errors = store.stats.write_errors
+        await eventually(lambda: store.stats.write_errors >= errors + 2, what="both failing")
+
+        clock.now += 11
+        await eventually(lambda: store.stats.lost == 1, what="the old one given up")
+        errors = store.stats.write_errors
+        await eventually(lambda: store.stats.write_errors >= errors + 3, what="young, failing")
+        assert store.stats.lost == 1 and store.stats.pending == 1
+
+        clock.now += 49
+        await eventually(lambda: store.stats.lost == 2, what="the young one, in its turn")
+        assert store.stats.pending == 0
+    finally:
+        await store.close()
+    lost = store_log.events("store.record_lost")
+    assert [(line.call_sid, line.fields["reason"]) for line in lost] == [
+        ("CA-old", "retry_time_over"),
+        ("CA-young", "retry_time_over"),
+    ]
+    assert [line.fields["age_s"] for line in lost] == [61, 60]
 
 
 # --- Shutdown ----------------------------------------------------------------------------
@@ -284,6 +400,39 @@ async def test_stores_starting_at_once_on_a_fresh_database_both_come_up(pg_url: 
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_a_replayed_start_written_first_on_another_replica_loses(
+    pg_url: str, store_log: StoreLog
+) -> None:
+    """Replica B wrote a replayed `start` of a call live on replica A (it ended first);
+    A's record of the real call, started earlier, replaces it, whichever replica asks."""
+    replica_a, replica_b = CallStore(pg_url), CallStore(pg_url)
+    replayed_start = BASE_TIME + timedelta(seconds=20)
+    replayed = make_record("CA-live", started=replayed_start, outcome="replayed")
+    real = make_record("CA-live", outcome="completed")
+    try:
+        assert await replica_a.start(timeout_s=10) and await replica_b.start(timeout_s=10)
+        assert replica_b.submit(replayed)
+        await eventually(lambda: replica_b.stats.written == 1)
+        assert replica_a.submit(real)
+        await eventually(lambda: replica_a.stats.written == 1)
+        assert await replica_b.get("CA-live") == real
+        assert replica_b.submit(replayed)  # replayed again, later: skipped
+        await eventually(lambda: replica_b.stats.duplicates == 1)
+        assert await replica_a.get("CA-live") == real
+        assert replica_a.stats == StoreStats(written=1)
+        assert replica_b.stats == StoreStats(written=1, duplicates=1)
+    finally:
+        await replica_a.close()
+        await replica_b.close()
+    replaced = store_log.events("store.replaced")
+    assert [(line.call_sid, line.level) for line in replaced] == [("CA-live", logging.WARNING)]
+    assert replaced[0].fields["replaced_started_at"] == replayed_start.isoformat()
+    duplicate = store_log.events("store.duplicate")
+    assert [(line.level, line.fields["stored_started_at"]) for line in duplicate] == [
+        (logging.WARNING, BASE_TIME.isoformat())
+    ]
 
 
 # --- PostgreSQL down, then back ----------------------------------------------------------

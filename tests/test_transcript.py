@@ -66,8 +66,16 @@ def test_an_assistant_turn_is_one_per_item_in_first_seen_order() -> None:
     assert [getattr(turn, "item_id", None) for turn in t.turns] == ["item_1", "u1", "item_2"]
 
 
-def test_every_caller_turn_is_kept() -> None:
+def test_every_caller_turn_is_kept_in_the_place_it_was_committed() -> None:
     t = Transcript()
     t.caller("u1", "Yes")
-    t.caller("u1", "Yes")  # a second transcription is a second row
-    assert t.to_list(with_text=True) == [{"who": "caller", "text": "Yes"}] * 2
+    t.caller_committed("u2")
+    t.assistant("item_1").text = "Great."
+    t.caller("u2", "No, wait")  # transcribed after the answer began: still before it
+    t.caller("u2", "No, wait.")  # a second transcription of one turn corrects it
+    t.caller_committed("u3")  # never transcribed: left out
+    assert [(r["who"], r["text"]) for r in t.to_list(with_text=True)] == [
+        ("caller", "Yes"),
+        ("caller", "No, wait."),
+        ("bot", "Great."),
+    ]

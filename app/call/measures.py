@@ -7,13 +7,15 @@ once, which only the core has together:
   `speech_stopped`, as received) to the first mark echo of the answer's audio, i.e. the
   moment Twilio confirms the caller has *heard* its first chunk. Not the first audio
   generated or sent: those come seconds before the caller hears anything when audio is
-  queued, and peers that report them flatter themselves. The answer is the first bot item
-  whose audio is sent after the turn ended; a barge-in that cuts it before its first echo
-  leaves the turn unanswered (the caller's next turn starts a new measurement).
+  queued, and peers that report them flatter themselves. It includes the first chunk's own
+  playing time (one service delta). The answer is the audio of the first response created
+  after the turn ended; a turn whose response ends with no audio, or whose answer is cut
+  off before its first echo, is unanswered (nothing is observed), and so is one overtaken
+  by the bridge's own words (a reprompt, a goodbye, an answer to a key press).
 - **Barge-in reaction** (`BARGE_IN`): from `speech_started` received to the `clear` sent
-  that silences the bot. Zero ms of the core's own when speech interrupts at once (the
-  clear goes out in the same input's actions; the driver adds only its processing time);
-  the confirmation time under INTERRUPT_MIN_SPEECH_MS.
+  that silences the bot. Zero ms of call time when speech interrupts at once (the clear
+  goes out in the same input's actions: the live driver adds its own processing time, read
+  off its clock); the confirmation time under INTERRUPT_MIN_SPEECH_MS.
 
 Each figure is emitted once, as its event happens, as a `Measure` action (the driver
 feeds its metrics; call fixtures don't record it), and also kept for the call record. The
@@ -52,7 +54,10 @@ class Measures:
         self.rest: list[dict[str, Any]] = []
         self.tool_calls: list[dict[str, Any]] = []
         self._speech_at: float | None = None
+        #: A caller turn waiting for its answer to be heard: when it ended, the response
+        #: answering it (the first created after it), and that response's first item.
         self._turn_end: float | None = None
+        self._response: str | None = None
         self._answer: str | None = None
 
     # -- the caller's turns and the answer ----------------------------------------------------
@@ -63,12 +68,29 @@ class Measures:
     def turn_ended(self, now: float) -> None:
         """The caller's speech stopped and it was a turn (not noise): the clock starts."""
         self._turn_end = now
-        self._answer = None
+        self._response = self._answer = None
 
-    def audio_sent(self, item_id: str) -> None:
-        """The first chunk of a bot item was sent: the answer, if a turn awaits one."""
-        if self._turn_end is not None and self._answer is None:
+    def response_created(self, response_id: str) -> None:
+        """The first response created after a turn is its answer."""
+        if self._turn_end is not None and self._response is None:
+            self._response = response_id
+
+    def audio_sent(self, item_id: str, response_id: str) -> None:
+        """The first chunk of a bot item was sent: the answer, if it is the awaited
+        response's first item."""
+        if self._answer is None and self._response is not None and response_id == self._response:
             self._answer = item_id
+
+    def response_done(self, response_id: str | None) -> None:
+        """A response finished: if it was the awaited answer and had no audio, the turn
+        goes unanswered (a failed response, a tool call without words)."""
+        if response_id is not None and response_id == self._response and self._answer is None:
+            self.unanswered()
+
+    def unanswered(self) -> None:
+        """The turn gets no answer of its own: what the bot says next (a reprompt, a
+        goodbye, an answer to a key press) is not one."""
+        self._turn_end = self._response = self._answer = None
 
     def played(self, now: float, items: dict[str, ItemPlayback]) -> None:
         """A mark echo confirmed audio as played: the answer's first one stops the clock."""
@@ -80,7 +102,7 @@ class Measures:
             seconds = max(0.0, now - self._turn_end) / 1000
             self.latencies_ms.append(round(seconds * 1000))
             self.out.emit(Measure(Metric.RESPONSE_LATENCY, seconds))
-            self._turn_end = self._answer = None
+            self.unanswered()  # answered: nothing more awaits
 
     def barged_in(self, now: float, unheard_ms: int) -> None:
         """The caller cut the bot off: `clear` was sent now; `unheard_ms` of its audio
@@ -91,11 +113,12 @@ class Measures:
         if unheard_ms > 0:
             self.unheard_ms += unheard_ms
             self.out.emit(Measure(Metric.TRUNCATED_AUDIO, unheard_ms / 1000))
-        self._answer = None  # an answer cut before it was heard answers nothing
+        self.unanswered()  # an answer cut before it was heard answers nothing
 
     # -- counts ---------------------------------------------------------------------------
 
     def reprompted(self) -> None:
+        self.unanswered()
         self.out.emit(Measure(Metric.REPROMPT))
 
     def ending_called_off(self, kind: str) -> None:

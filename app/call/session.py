@@ -270,14 +270,19 @@ class CallSession:
             return None  # audio of a response the caller cut off is never played
         if new_item:
             self.transcript.assistant(item_id)  # the bot's turn starts with its first audio
-            self.measures.audio_sent(item_id)
+            self.measures.audio_sent(item_id, rid)
         self.nudges.disarm()
         return self.playback.sent(now, item_id, decoded_len(delta))  # type: ignore[arg-type]
 
-    def refuse(self, now: float, reason: str) -> list[Action]:
+    def refuse(self, now: float, reason: str, start: dict[str, Any] | None = None) -> list[Action]:
         """The stream's `start` failed the I/O layer's checks (a stream token or account
-        that doesn't match): close it before anything is opened for it."""
+        that doesn't match, no slot left): close it before anything is opened for it. The
+        `start`'s SIDs and parameters are kept, for the record of a real call refused."""
         if self.phase.state is Phase.WAITING_START:
+            fields = tw.start_fields(start) if start is not None else None
+            if fields is not None:
+                self.stream_sid, self.call_sid, _, self.parameters = fields
+                self.started_ms = now
             self._end(now, Input.START_REFUSED, "failure", detail=reason, close_realtime=False)
         return self.out.take()
 
@@ -332,6 +337,7 @@ class CallSession:
             log_event(logger, _DEBUG, "twilio.connected", protocol=preview(msg.get("protocol")))
         elif event == "dtmf":
             if self.nudges.dtmf(msg["dtmf"]["digit"], self.ending.committed):
+                self.measures.unanswered()  # the answer is to the key, not to speech
                 self.responses.request()
         else:
             self.out.bad("twilio", "unknown_event", event=preview(event))
@@ -435,6 +441,7 @@ class CallSession:
             self._committed(now, ev)
         elif kind == "response.created":
             response = ev["response"]
+            self.measures.response_created(response["id"])
             if self.responses.created(response):
                 self.ending.response_created(response["id"])
             self.nudges.disarm()
@@ -477,6 +484,7 @@ class CallSession:
             status=short(response.get("status")),
         )
         finished = self.responses.done(response)
+        self.measures.response_done(finished.response_id)
         if finished.failing and not self.ending.committed:
             self._responses_failing(now)
             return
@@ -592,10 +600,13 @@ class CallSession:
         self._maybe_arm(now)
 
     def _committed(self, now: float, ev: dict[str, Any]) -> None:
-        """Under the min-speech policy the bridge, not the service, answers real turns."""
+        """The caller's turn is in the conversation (its place in the transcript); under the
+        min-speech policy the bridge, not the service, answers real turns."""
+        item_id: str | None = ev.get("item_id")
+        if item_id is not None and item_id not in self.turns.noise_items:
+            self.transcript.caller_committed(item_id)
         if self.turns.automatic:
             return
-        item_id: str | None = ev.get("item_id")
         if item_id is not None and item_id in self.turns.noise_items:
             self.out.realtime(rt.item_delete(item_id))
             return
@@ -634,6 +645,7 @@ class CallSession:
         if self.ending.stage is not Stage.NONE:
             return
         self.ending.from_bridge(now, "hangup", reason, summary_reason)
+        self.measures.unanswered()  # the closing words answer no turn
         self.responses.request(self._instructions(words), closing=True)
 
     def _ending_played_out(self, now: float) -> None:

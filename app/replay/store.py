@@ -44,7 +44,7 @@ def _opened_at(fixture: Fixture, session: CallSession) -> datetime:
     return at - timedelta(milliseconds=session.started_ms)
 
 
-def record_of(fixture: Fixture) -> tuple[dict[str, Any] | None, str]:
+def record_of(fixture: Fixture, with_text: bool = True) -> tuple[dict[str, Any] | None, str]:
     """The call record of a fixture, or None and why it has none."""
     captured: list[CallSession] = []
 
@@ -66,6 +66,7 @@ def record_of(fixture: Fixture) -> tuple[dict[str, Any] | None, str]:
         summary=session.summary(),
         model=None,
         recording=name,
+        with_text=with_text,
         extra={"imported": True},
     )
     note = "" if result.ok else " (its replay differs from the recording: today's core decides)"
@@ -90,7 +91,7 @@ async def store_fixtures(paths: list[str]) -> int:
     try:
         for path in paths:
             try:
-                record, note = record_of(load(path))
+                record, note = record_of(load(path), settings.store_transcripts)
             except (OSError, FixtureError) as exc:
                 print(f"{path}: not a call fixture: {exc}", file=sys.stderr)
                 failed += 1

@@ -1,8 +1,10 @@
 """What went wrong talking to the database: worth retrying or not, and how to log it safely.
 
 Why: the writer retries a write that failed because the database was away (refused,
-reset, timed out, shutting down) and gives up at once on one the database rejected for
-its content; the query side turns the first kind into `StoreUnavailable` (HTTP 503).
+reset, timed out, shutting down), gives up at once on one the database rejected for its
+content, and tries a record alone when its batch failed for a reason of neither kind (so
+one record the driver chokes on fails by itself); the query side turns database errors
+into `StoreUnavailable` (HTTP 503).
 
 Logging an error safely matters as much: SQLAlchemy's text of a failed statement carries
 the statement's parameters, i.e. phone numbers and transcripts, and PostgreSQL's detail
@@ -47,7 +49,9 @@ class BadCursor(ValueError):
     """A `before` cursor that this store did not hand out."""
 
 
-def _connection_level(exc: BaseException) -> bool:
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether `exc` says the database is away (refused, reset, timed out, shutting down),
+    not that it refused or failed on what was sent."""
     if isinstance(exc, OSError | TimeoutError | asyncio.TimeoutError | ConnectionError):
         return True
     if isinstance(exc, sa_exc.DBAPIError):
@@ -66,7 +70,7 @@ def is_permanent(exc: BaseException) -> bool:
     Anything else (connection trouble, timeouts, errors we don't recognise) counts as
     transient: retried until the record's time is up, never dropped on a guess.
     """
-    if _connection_level(exc):
+    if is_connection_error(exc):
         return False
     if isinstance(exc, sa_exc.DataError | sa_exc.IntegrityError):
         return True
@@ -83,7 +87,7 @@ def describe(exc: BaseException) -> dict[str, object]:
         sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
         if isinstance(sqlstate, str):
             fields["sqlstate"] = sqlstate
-    if _connection_level(exc):
+    if is_connection_error(exc):
         # A StatementError's own text holds the statement and its parameters: never that.
         source = orig if isinstance(exc, sa_exc.StatementError) else exc
         text = str(source).strip() if source is not None else ""

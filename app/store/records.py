@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from app.store.schema import INDEXED_TEXT_CHARS, as_utc
 
 #: An escaped NUL in JSON text: `\u0000` not itself preceded by an escaped backslash.
@@ -79,7 +81,11 @@ def _float(value: object) -> float | None:
 
 
 def _snapshot(record: dict[str, Any]) -> dict[str, Any]:
-    """The record as it will read back: a JSON round trip (strict JSON: no NaN)."""
+    """The record as it will read back: a JSON round trip (strict JSON: no NaN).
+
+    The engine writes and reads the column with orjson (engine.py), which can't write
+    every value the standard library can (an integer outside 64 bits, a lone surrogate
+    in a text): such a record is refused here, at submit, rather than lost at its write."""
     try:
         text = json.dumps(record, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError, RecursionError) as exc:
@@ -87,6 +93,10 @@ def _snapshot(record: dict[str, Any]) -> dict[str, Any]:
     if _NUL.search(text):  # PostgreSQL's JSONB has no NUL; SQLite would take it
         raise InvalidRecord("contains a NUL character, which JSONB can't store")
     snapshot: dict[str, Any] = json.loads(text)
+    try:
+        orjson.dumps(snapshot)
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRecord(f"not storable as JSON ({exc})") from None
     return snapshot
 
 

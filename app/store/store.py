@@ -11,8 +11,10 @@ migrate.py (schema to head, under an advisory lock on PostgreSQL), records.py (r
 row), writer.py (the queue and its task), queries.py (get, list, prune).
 
 Life cycle: `CallStore(url)` connects to nothing; `await start()` migrates (waiting up to
-`timeout_s` for the database) and starts the writer and the pruner; `await close()`
-flushes what is pending for up to `flush_timeout_s`, then gives up the rest, each logged.
+`timeout_s` for the database, on SQLite at least its busy timeout and a second) and starts
+the writer and the pruner; `await close()` flushes what is pending for up to
+`flush_timeout_s`, then gives up the rest, each logged. A database migrated by a newer
+release is used as it is (`store.schema_newer`, see migrate.py).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import app.store.migrate as migrate
 import app.store.queries as queries
 from app.limits import power_of_two
 from app.observability import log_event
-from app.store.engine import make_engine
+from app.store.engine import SQLITE_BUSY_TIMEOUT_S, make_engine, writing
 from app.store.errors import DATABASE_ERRORS, StoreUnavailable, describe, logger
 from app.store.queries import CallFilter
 from app.store.stats import StoreStats
@@ -39,6 +41,12 @@ from app.store.urls import database_url, dialect_of, redacted
 from app.store.writer import BACKOFF_START_S, Writer, next_backoff
 
 T = TypeVar("T")
+
+SQLITE_MIGRATE_WAIT_S = SQLITE_BUSY_TIMEOUT_S + 1.0
+"""The shortest wait for the migration at start on SQLite: another process holding the
+write lock (migrating too, or writing) is waited for up to the busy timeout, and a start
+that gave up sooner would cut a migration off while it waits, only to report the database
+"unavailable" when it is merely busy; the second more is for the migration itself."""
 
 
 class CallStore:
@@ -80,6 +88,7 @@ class CallStore:
             report=self._report,
         )
         self._schema_ready = False
+        self._revision: str | None = None
         self._schema_lock = asyncio.Lock()
         self._available = False
         self._query_failures = 0
@@ -108,10 +117,12 @@ class CallStore:
     async def start(self, timeout_s: float = 15.0) -> bool:
         """Migrate and start the background tasks; False if the database could not be
         reached within `timeout_s` (logged; the writer keeps trying). Never raises for a
-        database that is down."""
+        database that is down. On SQLite the wait is at least `SQLITE_MIGRATE_WAIT_S`."""
         if self._started or self._closed:
             return self._available
         self._started = True
+        if self.dialect == "sqlite":
+            timeout_s = max(timeout_s, SQLITE_MIGRATE_WAIT_S)
         ready = await self._migrate_within(timeout_s)
         self._writer_task = asyncio.create_task(self._writer.run(), name="store.writer")
         if self._retention_days > 0:
@@ -135,7 +146,7 @@ class CallStore:
                     logging.INFO,
                     "store.ready",
                     url=redacted(self.url),
-                    revision=migrate.head_revision(),
+                    revision=self._revision,
                 )
                 return True
             await asyncio.sleep(max(0.0, min(backoff, deadline - loop.time())))
@@ -151,17 +162,31 @@ class CallStore:
         return False
 
     async def _ensure_schema(self) -> None:
-        """Migrate to head, once per store (concurrent callers wait for the one running)."""
+        """Migrate to head, once per store (concurrent callers wait for the one running).
+
+        A database at a revision this code doesn't know (a newer release migrated it) is
+        ready as it is, logged once: refusing it would turn every query into an error and
+        lose every record, while the columns this code uses are still there."""
         if self._schema_ready:
             return
         async with self._schema_lock:
             if self._schema_ready:
                 return
             try:
-                await migrate.upgrade(self._engine)
+                unknown = await migrate.upgrade(self._engine)
             except BaseException:
                 self._available = False
                 raise
+            code_revision = migrate.head_revision()
+            if unknown is not None:
+                log_event(
+                    logger,
+                    logging.WARNING,
+                    "store.schema_newer",
+                    database_revision=unknown,
+                    code_revision=code_revision,
+                )
+            self._revision = unknown if unknown is not None else code_revision
             self._schema_ready = True
             self._available = True
 
@@ -273,7 +298,7 @@ class CallStore:
         try:
             await self._ensure_schema()
             if write:
-                async with self._engine.begin() as conn:
+                async with writing(self._engine) as conn:
                     result = await run(conn)
             else:
                 async with self._engine.connect() as conn:

@@ -7,7 +7,9 @@ returns the one driver form, and refuses anything else at start-up with a messag
 names the setting, instead of failing on the first call record.
 
 - Unset -> `sqlite+aiosqlite:///./data/calls.db`, relative to the working directory; the
-  directory of a SQLite file is created here, so a typo'd path fails at start-up too.
+  directory of a SQLite file is created here and checked writable (SQLite makes its WAL
+  and lock files beside the database), so a typo'd or read-only path fails at start-up
+  too, instead of at every write.
 - `?sslmode=` (libpq's spelling, common in hosted URLs) becomes asyncpg's `?ssl=`.
 - A URL's password is registered with the log scrubber, and `redacted()` is the form for
   log lines: the password never reaches a log, even inside an error message.
@@ -16,6 +18,7 @@ names the setting, instead of failing on the first call record.
 from __future__ import annotations
 
 import os
+import secrets
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -53,7 +56,7 @@ def database_url(raw: str | None) -> str:
 
     Raises ValueError, naming DATABASE_URL, for an unsupported scheme, an in-memory or
     missing SQLite path, a PostgreSQL URL without a host, or a SQLite directory that can't
-    be created.
+    be created or written to.
     """
     if raw is None or not raw.strip():
         raw = DEFAULT_DATABASE_URL
@@ -78,14 +81,30 @@ def _prepare_sqlite(url: URL) -> None:
             "(sqlite:///path/to/calls.db)"
         )
     directory = os.path.dirname(path) or "."
+    problem = _directory_problem(directory)
+    if problem is not None:
+        raise ValueError(f"DATABASE_URL: the SQLite directory {directory!r} {problem}")
+
+
+def _directory_problem(directory: str) -> str | None:
+    """Why `directory` can't hold the database, or None when it can.
+
+    Creates it when missing (with its parents), then writes and removes a probe file. The
+    same check as `app.recording.directory_problem`, which the store can't import: that
+    module belongs with the call layer, which the store must not depend on."""
     try:
         os.makedirs(directory, exist_ok=True)
+    except FileExistsError:  # a file (or a link to one) is in the way
+        return "exists but is not a directory"
     except OSError as exc:
-        raise ValueError(
-            f"DATABASE_URL: cannot create the SQLite directory {directory!r}: {exc.strerror or exc}"
-        ) from exc
-    if not os.path.isdir(directory):  # pragma: no cover - makedirs raises first
-        raise ValueError(f"DATABASE_URL: {directory!r} is not a directory")
+        return f"cannot be created ({exc.strerror or exc})"
+    probe = os.path.join(directory, f".write-probe-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        return f"is not writable ({exc.strerror or exc})"
+    return None
 
 
 def _prepare_postgres(url: URL) -> URL:

@@ -21,6 +21,7 @@ def run_migrations(connection: Connection) -> None:
         target_metadata=metadata,
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite can't ALTER much
         compare_type=True,
+        transactional_ddl=True,  # SQLite's too, with the engine's BEGIN (engine.py)
     )
     with context.begin_transaction():
         context.run_migrations()
