@@ -29,12 +29,18 @@ tools:
 	  echo "installing espeak-ng and sox (test speech)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng sox >/dev/null; }
-	@# The call store's tests run a real PostgreSQL server (tests/pg.py).
+	@# The call store's tests run a real PostgreSQL server of their own (tests/pg.py): the
+	@# package must not create and start a system cluster of its own on port 5432.
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  echo "installing postgresql (call store tests)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  [ -e /etc/postgresql-common/createcluster.conf ] || { \
+	    $$SUDO mkdir -p /etc/postgresql-common && \
+	    echo "create_main_cluster = false" | $$SUDO tee /etc/postgresql-common/createcluster.conf >/dev/null; }; \
 	  $$SUDO apt-get update -qq && \
-	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+	    postgresql >/dev/null; }
 
 # The server on HOST:PORT from the environment or .env (default 0.0.0.0:8000; app/__main__.py):
 # `make run PORT=9000` works too, as make passes command-line variables to the recipe.

@@ -122,6 +122,9 @@ def measure(target: Target, n: int, args: argparse.Namespace, work: Path, tag: s
             raise RuntimeError(f"the fake Realtime server did not start ({line!r})")
         fake_port, port = int(line.split()[1]), procs.free_port()
         argv, env = target.command(port, fake_port)
+        # The call records of the simulated calls go to the run's own directory, never to
+        # the checkout's `./data/` (the floor relay ignores it).
+        env = {**env, "DATABASE_URL": f"sqlite:///{work / (tag + '.calls.db')}"}
         with open(target_log, "wb") as out:
             server = procs.spawn(
                 argv, cpu=TARGET_CPU, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT

@@ -21,10 +21,17 @@ from bench import frame_cost
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.e2e
+#: The SQLite call store `make run` uses: a benchmark's simulated calls must not land there.
+DEVELOPERS_STORE = ROOT / "data" / "calls.db"
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    return (path.stat().st_mtime_ns, path.stat().st_size) if path.exists() else None
 
 
 def test_bench_measures_both_targets(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
+    before = _stamp(DEVELOPERS_STORE)
     cmd = [sys.executable, "-m", "bench.run", "--calls", "2", "--seconds", "6", "--runs", "1"]
     proc = subprocess.run(
         [*cmd, "--targets", "product,floor", "--json-out", str(out)],
@@ -34,6 +41,7 @@ def test_bench_measures_both_targets(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _stamp(DEVELOPERS_STORE) == before, "the benchmark wrote to the checkout's ./data/"
     report = json.loads(out.read_text())
     rows = report["results"]["2"]
     assert set(rows) == {"product", "floor"}
