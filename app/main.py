@@ -22,14 +22,13 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import Headers
 
-from app import server_guard, twiml
+from app import ledger, server_guard, twiml
 from app.admission import Admission
 from app.bridge import Bridge, BridgeLimits
 from app.call.config import CallConfig
@@ -47,7 +46,7 @@ from app.operator_api import (
 )
 from app.realtime_socket import RealtimeEndpoint, RealtimeTransport, WebsocketTransport
 from app.recording import CallRecorder, RecordingWriter, directory_problem
-from app.records import DEFAULT_AGENT, call_record, model_of, unanswered_record
+from app.records import DEFAULT_AGENT, model_of
 from app.security import (
     MEDIA_STREAM_PATH,
     STREAM_TOKEN_PARAMETER,
@@ -96,6 +95,16 @@ class AppState:
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     ready: bool = False
     draining: bool = False
+
+    def books(self) -> dict[str, Any]:
+        """Where a finished stream is accounted for (`app.ledger`)."""
+        return {
+            "hits": self.hits,
+            "metrics": self.metrics,
+            "store": self.store,
+            "settings": self.settings,
+            "signed": self.checker.enabled,
+        }
 
 
 class BridgeApp:
@@ -296,7 +305,7 @@ def create_app(
         if state.transport is None:
             log_event(logger, logging.WARNING, "webhook.apology", reason="no OPENAI_API_KEY")
             metrics.webhooks.labels("apology").inc()
-            _turned_away(state, params, "failure", "no_openai_key")
+            ledger.turned_away(params, "failure", "no_openai_key", **state.books())
             return Response(twiml.apology(settings.apology_message), media_type=_XML)
         if state.admission.full:
             state.hits.hit("calls", limit_value=settings.max_concurrent_calls)
@@ -304,7 +313,7 @@ def create_app(
             document = twiml.busy(settings.fallback_message, settings.fallback_number)
             metrics.webhooks.labels("busy").inc()
             detail = "fallback_number" if settings.fallback_number else "at_capacity"
-            _turned_away(state, params, "busy", detail)
+            ledger.turned_away(params, "busy", detail, **state.books())
             return Response(document, media_type=_XML)
         log_event(logger, logging.INFO, "webhook.incoming_call", caller=params.get("From"))
         parameters = {name: params.get(name, "") for name in _STREAM_PARAMETERS}
@@ -389,79 +398,12 @@ class MediaStream:
             admitted = ticket.call_sid is not None
             ticket.release()  # the CallSid it took, before anyone waiting for idle looks
             try:
-                _count_limits(state.hits, bridge, socket.close_code)
-                _call_over(state, bridge, admitted)
+                ledger.stream_over(
+                    bridge, admitted=admitted, close_code=socket.close_code, **state.books()
+                )
             finally:  # whatever happened: a drain waiting for idle must not wait in vain
                 if not state.calls:
                     state.idle.set()  # after the record is queued: the drain flushes it
-
-
-def _turned_away(state: AppState, params: dict[str, str], outcome: str, detail: str) -> None:
-    """A webhook for a call the process won't bridge: its record (and its count). Only
-    when signatures are checked: else anyone could fill the store with made-up calls."""
-    if params.get("CallSid") and state.checker.enabled:
-        state.metrics.calls.labels(outcome).inc()
-        if outcome == "failure":
-            state.metrics.failures.labels(detail).inc()
-        state.store.submit(
-            unanswered_record(params, datetime.now(UTC), outcome=outcome, detail=detail)
-        )
-
-
-def _call_over(state: AppState, bridge: Bridge, admitted: bool) -> None:
-    """Count a finished stream and queue its call's record (never raises, never waits).
-
-    Only an admitted stream is a call: one refused at its `start` (a forged token, a second
-    stream for a live CallSid) must not write, or overwrite, the real call's record."""
-    session, summary = bridge.session, bridge.summary
-    if summary is None:
-        return  # torn down before its summary: an error of ours, logged as such
-    if not admitted:
-        reason = session.end_detail or "no_start"
-        state.metrics.streams_refused.labels(reason).inc()
-        # A real call (its stream token checked) that lost the last slot to another since
-        # its webhook: it heard the fallback, and has a record. Other refusals are no call.
-        real = reason == "at_capacity" and state.settings.stream_token_enforced
-        if not (real and session.call_sid):
-            return
-    dropped = {"realtime_not_reading": bridge.audio_dropped, "flood": bridge.audio_flooded}
-    state.metrics.call_ended(
-        summary["ended"],
-        summary["duration_s"],
-        dropped=dropped,
-        bad_input=summary["bad_input"],
-        detail=summary["end_detail"],
-        usage=summary["usage"],
-    )
-    try:
-        record = call_record(
-            session,
-            bridge.opened_at,
-            summary=summary,
-            model=model_of(state.settings.openai_realtime_url),
-            recording=summary.get("recording"),
-            with_text=state.settings.store_transcripts,
-            extra={"audio_dropped": bridge.audio_dropped, "audio_flooded": bridge.audio_flooded},
-        )
-    except Exception:  # a bug of ours must not take the stream's teardown with it
-        logger.exception("store.record_failed")
-        return
-    state.store.submit(record)
-
-
-def _count_limits(hits: LimitHits, bridge: Bridge, close_code: int | None) -> None:
-    """A finished call's own limits, into the process's tally (its summary has the rest)."""
-    session = bridge.session
-    if close_code == 1009:
-        hits.hit("twilio_frame")
-    if session.end_detail in ("twilio_stalled", "twilio_idle"):
-        hits.hit(session.end_detail)
-    if session.end_detail == "duplicate_call":
-        hits.hit("duplicate_call")
-    if bridge.audio_flooded:
-        hits.hit("caller_audio", dropped=bridge.audio_flooded)
-    if bridge.recorder is not None and bridge.recorder.truncated:
-        hits.hit("recording_bytes")
 
 
 def _log_ready(state: AppState, **where: object) -> None:

@@ -32,6 +32,7 @@ OURS_IO = (
     "app.metrics",
     "app.records",
     "app.operator_api",
+    "app.ledger",
     "app.store",
 )
 
