@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: run test lint bench load fixtures clean tools
+.PHONY: run test lint bench load fixtures clean tools demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP) $(RUN_STAMP)
 
-# Test audio is real speech made with espeak-ng + sox, and the call store's tests need
-# PostgreSQL's server binaries; install them when missing.
+# Test audio is real speech made with espeak-ng + sox, the call store's tests need
+# PostgreSQL's server binaries, the browser tests chromium; install them when missing.
 tools:
 	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || { \
 	  echo "installing espeak-ng and sox (test speech)"; \
@@ -41,11 +41,23 @@ tools:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
 	    postgresql >/dev/null; }
+	@# The call viewer's browser tests (tests/browser.py) drive Debian's chromium through
+	@# Playwright, which never downloads a browser of its own.
+	@command -v chromium >/dev/null || { \
+	  echo "installing chromium (browser tests)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 # The server on HOST:PORT from the environment or .env (default 0.0.0.0:8000; app/__main__.py):
 # `make run PORT=9000` works too, as make passes command-line variables to the recipe.
 run: $(RUN_STAMP)
 	$(BIN)/python -m app
+
+# The call viewer with the fixture library's calls in it (app/demo.py): a fresh operator
+# key printed here, a temporary SQLite store, http://127.0.0.1:PORT/ui/ (8000) until Ctrl-C.
+demo: $(RUN_STAMP)
+	$(BIN)/python -m app.demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests bench

@@ -60,6 +60,7 @@ from app.settings import Settings, SettingsError, load_settings
 from app.store import CallStore, database_url, redacted
 from app.telephony import Telephony
 from app.twilio_socket import Receive, Send, TwilioSocket
+from app.ui import mount_ui
 
 logger = logging.getLogger("app.main")
 
@@ -255,6 +256,16 @@ def create_app(
         router = operator_router(state.store, auth)
         app.include_router(router)
         docs_routes(app, router, auth, _TITLE)
+    if auth.enabled and operator_key is not None:  # the call viewer (README "Operating it")
+        mount_ui(
+            app,
+            state.store,
+            auth,
+            operator_key.get_secret_value(),
+            record_dir=settings.record_dir,
+            public_base_url=settings.public_base_url,
+            request_timeout_s=settings.request_timeout_seconds,
+        )
 
     @app.get("/metrics")
     async def metrics_page(request: Request) -> Response:

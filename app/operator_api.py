@@ -87,11 +87,9 @@ class OperatorAuth:
             return False
         return hmac.compare_digest(given, self._key)
 
-    def check(self, request: Request, *, browser: bool = False) -> None:
-        """Raise a 401 unless `request` carries the key. `browser`: ask for Basic auth,
-        so a browser prompts for it (the docs page)."""
-        if self.allowed(request.headers.get("authorization")):
-            return
+    def note_refusal(self, request: Request) -> None:
+        """Count a refused request and log it (the 1st, 2nd, 4th... one): shared with the
+        call viewer's login (`app.ui`), so a wrong key there is logged like one here."""
         self.refused += 1
         if power_of_two(self.refused):
             client = request.client.host if request.client else None
@@ -103,6 +101,13 @@ class OperatorAuth:
                 client=client,
                 count=self.refused,
             )
+
+    def check(self, request: Request, *, browser: bool = False) -> None:
+        """Raise a 401 unless `request` carries the key. `browser`: ask for Basic auth,
+        so a browser prompts for it (the docs page)."""
+        if self.allowed(request.headers.get("authorization")):
+            return
+        self.note_refusal(request)
         scheme = 'Basic realm="operator", charset="UTF-8"' if browser else 'Bearer realm="operator"'
         raise OperatorError(
             401, "unauthorized", "a valid operator key is required", {"WWW-Authenticate": scheme}

@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 import uvicorn
 from twilio.request_validator import RequestValidator
 
 from app.main import create_app
 from app.security import STREAM_TOKEN_PARAMETER, stream_token
 from app.settings import Settings, load_settings
+from tests.browser import BrowserMissing, Shots, chromium_path, launched, opened_page
 from tests.fakes.realtime_server import FakeRealtime
 from tests.fakes.twilio_caller import FakeTwilioCall
 from tests.pg import PgServer, PgUnavailable
@@ -190,3 +192,60 @@ def pg_server() -> Iterator[PgServer]:
 def pg_url(pg_server: PgServer) -> str:
     """A fresh, empty database on the session's server: `postgresql://postgres@.../test_N`."""
     return pg_server.create_database()
+
+
+# --- A real browser (the call viewer's tests; tests/browser.py) ----------------------------
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Each phase's report on the item (`item.rep_call`), for fixtures that act on failure."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def browser() -> AsyncIterator[Any]:
+    """One headless chromium for the session (Debian's, never a download).
+
+    Never skipped: without chromium the browser tests fail, saying how to get it."""
+    try:
+        path = chromium_path()
+    except BrowserMissing as exc:
+        missing = str(exc)
+    else:
+        missing = ""
+    if missing:
+        pytest.fail(missing, pytrace=False)
+    try:
+        async with launched() as instance:
+            yield instance
+    except BrowserMissing as exc:  # pragma: no cover - raced removal
+        pytest.fail(str(exc))
+    except Exception as exc:
+        if "Executable doesn't exist" in str(exc) or "Failed to launch" in str(exc):
+            pytest.fail(f"chromium at {path} did not start: {exc}")
+        raise
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def page(browser: Any, request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    """A page in a fresh browser context, desktop-sized unless parametrized indirectly
+    (`@pytest.mark.parametrize("page", ["phone"], indirect=True)`). A screenshot of where
+    the test left it lands in its `tmp_path` (`last.png`, or `failed.png`), besides the ones
+    the test takes with `page.shots.take(page, name)`; an uncaught script error fails it."""
+    viewport = getattr(request, "param", "desktop")
+    shots = Shots(tmp_path)
+    async with opened_page(browser, viewport, shots) as opened:
+        yield opened
+        report = getattr(request.node, "rep_call", None)
+        failed = report is None or report.failed
+        try:
+            await opened.screenshot(
+                path=str(tmp_path / ("failed.png" if failed else "last.png")), full_page=True
+            )
+        except Exception as exc:  # a page that crashed: the test's own failure says more
+            logging.getLogger(__name__).warning("no screenshot of %s: %s", request.node, exc)
+        if opened.errors and not failed:
+            pytest.fail(f"uncaught script errors on the page: {opened.errors}")

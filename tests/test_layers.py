@@ -33,6 +33,9 @@ OURS_IO = (
     "app.records",
     "app.operator_api",
     "app.ledger",
+    "app.ui",
+    "app.viewer",
+    "app.demo",
     "app.store",
 )
 
