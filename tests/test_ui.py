@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import re
 import shutil
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.requests import Request
 
 from app.ui.session import SESSION_SECONDS, SessionSigner, safe_next, same_origin
 from app.ui.views import turn_view, usage
@@ -174,7 +176,8 @@ async def test_every_response_carries_the_security_headers(viewer: Viewer) -> No
         headers = reply.headers
         csp = headers["content-security-policy"]
         assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
-        assert "script-src 'self'" in csp
+        assert "script-src 'none'" in csp and "media-src 'self'" in csp
+        assert "unsafe-inline" not in csp and "data:" not in csp
         assert headers["x-content-type-options"] == "nosniff"
         assert headers["referrer-policy"] == "same-origin"
         assert headers["cache-control"] == "no-store"
@@ -326,8 +329,6 @@ async def test_a_post_from_another_origin_is_refused(viewer: Viewer) -> None:
 
 
 def test_same_origin_accepts_the_public_base_url() -> None:
-    from starlette.requests import Request
-
     def request(**headers: str) -> Request:
         raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
         return Request({"type": "http", "method": "POST", "path": "/", "headers": raw})
@@ -336,6 +337,102 @@ def test_same_origin_accepts_the_public_base_url() -> None:
     assert not same_origin(behind_proxy)
     assert same_origin(behind_proxy, "https://bridge.example.com")
     assert not same_origin(request(Host="a.example", Origin="https://a.example.evil.com"))
+
+
+def _request(scheme: str = "http", client: str = "127.0.0.1", **headers: str) -> Request:
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/ui/login",
+        "scheme": scheme,
+        "headers": raw,
+        "client": (client, 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    return Request(scope)
+
+
+def test_secure_follows_public_base_url_and_loopback() -> None:
+    from app.ui.session import secure_wanted
+
+    demo = _request(Host="127.0.0.1:8000")
+    assert not secure_wanted(demo)
+    assert not secure_wanted(_request(client="::1", Host="[::1]:8000"))
+    assert not secure_wanted(_request(Host="localhost:8000"))
+    # PUBLIC_BASE_URL set: always Secure, even for a loopback request over plain http.
+    assert secure_wanted(demo, "https://bridge.example.com")
+    # A loopback Host from a client elsewhere (a proxy passing Host through, a rebind).
+    assert secure_wanted(_request(client="203.0.113.9", Host="127.0.0.1:8000"))
+    # A public Host from a loopback client (a local reverse proxy).
+    assert secure_wanted(_request(Host="bridge.example.com"))
+    assert secure_wanted(_request(scheme="https", Host="127.0.0.1:8000"))
+
+
+async def test_the_cookie_is_secure_behind_an_https_public_base_url(tmp_path: Path) -> None:
+    async for viewer in _viewer(tmp_path, public_base_url="https://bridge.example.com"):
+        reply = await viewer.client.post(
+            "/ui/login", data={"key": KEY}, headers={"Origin": "https://bridge.example.com"}
+        )
+        assert reply.status_code == 303
+        attributes = [part.strip().lower() for part in reply.headers["set-cookie"].split(";")]
+        assert "secure" in attributes
+        # The request's own host is not the site's origin when PUBLIC_BASE_URL is set.
+        reply = await viewer.client.post("/ui/login", data={"key": KEY}, headers=viewer.origin)
+        assert reply.status_code == 403
+
+
+def test_same_origin_compares_scheme_and_host() -> None:
+    public = "https://bridge.example.com"
+    assert same_origin(_request(Host="10.0.0.5", Origin="https://bridge.example.com"), public)
+    assert same_origin(_request(Host="x", Origin="https://bridge.example.com:443"), public)
+    assert same_origin(_request(Referer="https://bridge.example.com/ui/login"), public)
+    # Same host, other scheme: not this site.
+    assert not same_origin(_request(Origin="http://bridge.example.com"), public)
+    assert not same_origin(_request(Origin="https://bridge.example.com:8443"), public)
+    assert not same_origin(_request(Origin="https://evil.example"), public)
+    # Neither header: refused.
+    assert not same_origin(_request(Host="bridge.example.com"), public)
+    assert not same_origin(_request(Host="127.0.0.1:8000"))
+    # Without PUBLIC_BASE_URL: the request's own scheme and Host.
+    assert same_origin(_request(Host="127.0.0.1:8000", Origin="http://127.0.0.1:8000"))
+    assert not same_origin(_request(Host="127.0.0.1:8000", Origin="https://127.0.0.1:8000"))
+    assert not same_origin(
+        _request(scheme="https", Host="a.example", Origin="http://a.example"), None
+    )
+    assert not same_origin(_request(Host="a.example", Origin="http://a.example.evil.com"))
+
+
+async def test_failed_logins_are_limited_per_client(viewer: Viewer) -> None:
+    for _ in range(5):
+        assert (await viewer.log_in(key="wrong")).status_code == 401
+    reply = await viewer.log_in()  # even the right key waits now
+    assert reply.status_code == 429 and "set-cookie" not in reply.headers
+    assert 1 <= int(reply.headers["retry-after"]) <= 300
+
+
+def test_the_login_limiter_window_reset_and_bound() -> None:
+    from app.ui.session import LoginLimiter
+
+    now = [1000.0]
+    limiter = LoginLimiter(attempts=5, window_s=300, max_clients=3, clock=lambda: now[0])
+    for _ in range(4):
+        limiter.failed("a")
+    assert limiter.retry_after("a") is None
+    limiter.succeeded("a")  # a success: the count starts again
+    for _ in range(4):
+        limiter.failed("a")
+    assert limiter.retry_after("a") is None
+    now[0] += 10
+    limiter.failed("a")
+    assert limiter.retry_after("a") == 290
+    now[0] += 289.5
+    assert limiter.retry_after("a") == 1
+    now[0] += 1  # the first four are out of the window
+    assert limiter.retry_after("a") is None
+    for client in ("b", "c", "d"):
+        limiter.failed(client)
+    assert len(limiter) == 3  # "a", the oldest, is forgotten
 
 
 # --- Without a session ------------------------------------------------------------------
@@ -429,6 +526,28 @@ async def test_the_list_pages_with_the_stores_cursor(signed_in: Viewer) -> None:
     assert 'rel="next"' not in html
     reply = await signed_in.client.get("/ui/", params={"before": "not-a-cursor"})
     assert reply.status_code == 400
+
+
+async def test_an_overlong_cursor_is_refused_before_the_store(
+    signed_in: Viewer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[object] = []
+    store = signed_in.app.state.store
+    original = store.list_calls
+
+    async def spy(**kwargs: Any) -> Any:
+        asked.append(kwargs.get("before"))
+        return await original(**kwargs)
+
+    monkeypatch.setattr(store, "list_calls", spy)
+    reply = await signed_in.client.get("/ui/", params={"before": "x" * 513})
+    assert reply.status_code == 400 and asked == []
+
+
+async def test_call_links_quote_the_call_sid_as_one_segment(signed_in: Viewer) -> None:
+    await signed_in.seed(record(1, call_sid="CA1/../x?y#z"))
+    html = (await signed_in.client.get("/ui/")).text
+    assert 'href="/ui/calls/CA1%2F..%2Fx%3Fy%23z"' in html
 
 
 # --- A call -----------------------------------------------------------------------------
@@ -577,16 +696,6 @@ async def test_a_recorded_call_offers_its_fixture(signed_in: Viewer) -> None:
     assert reply.content == (LIBRARY / "barge_in.jsonl").read_bytes()
 
 
-def _viewer_available() -> bool:
-    try:
-        from app.viewer.svg import render_svg  # noqa: F401
-        from app.viewer.wav import render_wav  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _viewer_available(), reason="app.viewer is not there yet")
 async def test_a_recorded_call_shows_its_timeline(signed_in: Viewer) -> None:
     shutil.copy(LIBRARY / "barge_in.jsonl", signed_in.record_dir / "barge_in.jsonl")
     await signed_in.seed(record(1, recording="barge_in.jsonl"))
@@ -601,20 +710,127 @@ async def test_a_recorded_call_shows_its_timeline(signed_in: Viewer) -> None:
     assert (await signed_in.client.get(f"/ui/calls/{sid}/audio.wav")).status_code == 404
 
 
+def _kept_copy(source: Path, target: Path) -> None:
+    """`source` with its header saying the audio was kept."""
+    lines = source.read_text().splitlines(keepends=True)
+    header = json.loads(lines[0])
+    header["audio"] = "kept"
+    target.write_text(json.dumps(header) + "\n" + "".join(lines[1:]))
+
+
 async def test_a_recording_with_audio_gets_a_player(
     signed_in: Viewer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The player and `audio.wav` appear exactly when the viewer makes a WAV of the fixture
-    (its own tests check the WAV; the library keeps lengths only, so one is faked here)."""
+    """The player shows when the fixture's header says the audio was kept (the page does
+    not build the WAV); `audio.wav` is the viewer's WAV, served with byte ranges."""
     import app.viewer.wav
 
-    wav = b"RIFF\x24\x00\x00\x00WAVEfmt "
-    monkeypatch.setattr(app.viewer.wav, "render_wav", lambda fixture: wav)
-    shutil.copy(LIBRARY / "greeting.jsonl", signed_in.record_dir / "greeting.jsonl")
+    wav = b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(256)) * 2
+    calls: list[object] = []
+
+    def fake_wav(fixture: object) -> bytes:
+        calls.append(fixture)
+        return wav
+
+    monkeypatch.setattr(app.viewer.wav, "render_wav", fake_wav)
+    _kept_copy(LIBRARY / "greeting.jsonl", signed_in.record_dir / "greeting.jsonl")
     await signed_in.seed(record(1, recording="greeting.jsonl"))
     sid = record(1)["call_sid"]
     html = (await signed_in.client.get(f"/ui/calls/{sid}")).text
     assert f'<audio controls preload="none" src="/ui/calls/{sid}/audio.wav">' in html
+    assert calls == []  # decided from the header alone
     reply = await signed_in.client.get(f"/ui/calls/{sid}/audio.wav")
     assert reply.status_code == 200 and reply.content == wav
     assert reply.headers["content-type"] == "audio/wav"
+    assert reply.headers["cache-control"] == "no-store"
+    ranged = await signed_in.client.get(
+        f"/ui/calls/{sid}/audio.wav", headers={"Range": "bytes=0-99"}
+    )
+    assert ranged.status_code == 206 and ranged.content == wav[:100]
+    assert ranged.headers["content-range"] == f"bytes 0-99/{len(wav)}"
+    assert ranged.headers["cache-control"] == "no-store"
+    assert len(calls) == 1  # rendered once, then from the cache
+    signed_in.client.cookies.clear()
+    refused = await signed_in.client.get(
+        f"/ui/calls/{sid}/audio.wav", headers={"Range": "bytes=0-99"}
+    )
+    assert refused.status_code == 401
+
+
+async def test_a_too_long_recording_is_not_rendered(
+    signed_in: Viewer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.ui.recordings
+
+    size = (LIBRARY / "barge_in.jsonl").stat().st_size
+    monkeypatch.setattr(app.ui.recordings, "MAX_RENDER_BYTES", size - 1)
+    monkeypatch.setattr(app.ui.recordings, "_render_svg", _never)
+    monkeypatch.setattr(app.ui.recordings, "_render_wav", _never)
+    _kept_copy(LIBRARY / "barge_in.jsonl", signed_in.record_dir / "barge_in.jsonl")
+    await signed_in.seed(record(1, recording="barge_in.jsonl"))
+    sid = record(1)["call_sid"]
+    html = (await signed_in.client.get(f"/ui/calls/{sid}")).text
+    assert "This recording is too long to draw here; use" in html
+    assert "python -m app.replay --svg/--wav" in html
+    assert "<svg" not in html and "<audio" not in html and 'id="fixture"' in html
+    for tail in ("timeline.svg", "audio.wav"):
+        reply = await signed_in.client.get(f"/ui/calls/{sid}/{tail}")
+        assert reply.status_code == 413, tail
+
+
+def _never(*_args: object) -> Any:
+    raise AssertionError("rendered")
+
+
+async def test_renders_run_one_at_a_time_and_identical_ones_are_shared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    import app.ui.recordings as recordings
+
+    running = 0
+    most = 0
+    guard = threading.Lock()
+
+    def slow(path: Path) -> recordings.Rendered:
+        nonlocal running, most
+        with guard:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.05)
+        with guard:
+            running -= 1
+        return recordings.Rendered(svg=f"<svg>{path.name}</svg>")
+
+    monkeypatch.setattr(recordings, "_render_svg", slow)
+    paths = []
+    for name in ("a.jsonl", "b.jsonl"):
+        (tmp_path / name).write_text("{}\n")
+        paths.append(tmp_path / name)
+    renderer = recordings.Renderer()
+    results = await asyncio.gather(*(renderer.svg(p) for p in [*paths, *paths, paths[0]]))
+    assert [r.svg for r in results] == [f"<svg>{p.name}</svg>" for p in [*paths, *paths, paths[0]]]
+    assert renderer.renders == 2 and most == 1
+    renderer.close()
+
+
+async def test_the_render_cache_keeps_to_its_byte_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.ui.recordings as recordings
+
+    monkeypatch.setattr(recordings, "_render_svg", lambda path: recordings.Rendered(svg="x" * 600))
+    renderer = recordings.Renderer(budget_bytes=1000)
+    paths = []
+    for name in ("a.jsonl", "b.jsonl"):
+        (tmp_path / name).write_text("{}\n")
+        paths.append(tmp_path / name)
+    await renderer.svg(paths[0])
+    await renderer.svg(paths[0])
+    assert renderer.renders == 1
+    await renderer.svg(paths[1])  # over the budget: the first is dropped
+    await renderer.svg(paths[0])
+    assert renderer.renders == 3
+    renderer.close()

@@ -400,3 +400,53 @@ def test_cli_writes_svg_and_wav(tmp_path: Path, capsys: pytest.CaptureFixture[st
     bad.write_text("not json\n")
     assert main(["--svg", str(svg), str(bad)]) == 2
     assert "not a call fixture" in capsys.readouterr().err
+
+
+def test_hostile_text_in_a_fixture_still_renders_valid_svg() -> None:
+    """Whatever a fixture holds (it comes from the network), the SVG parses as XML: markup
+    is escaped and characters XML 1.0 forbids are dropped."""
+    bad = "<script>alert(1)</script>]]>\x01\x1f\ufffe"
+    item = "it" + bad
+    entries: list[tuple[float, str, dict[str, Any]]] = [
+        (100.0, "to_twilio", _media(bytes([A]) * 160)),
+        (100.0, "to_twilio", _mark(f"{item}.g0.m1")),
+        (150.0, "to_twilio", {"event": "clear"}),
+        (
+            150.0,
+            "to_openai",
+            {"type": "conversation.item.truncate", "item_id": item, "audio_end_ms": 10},
+        ),
+        (
+            200.0,
+            "from_openai",
+            {
+                "type": "response.output_item.done",
+                "item": {"type": "function_call", "name": "tool" + bad},
+            },
+        ),
+        (300.0, "from_twilio", {"event": "stop"}),
+    ]
+    fixture = parse(_lines({"fixture": 1, "call_sid": "CA" + bad, "audio": "kept"}, entries))
+    text = render_svg(fixture)
+    root = ET.fromstring(text)
+    assert "<script>" not in text and "\x01" not in text and "\ufffe" not in text
+    every = " ".join([*root.itertext(), *(v for e in root.iter() for v in e.attrib.values())])
+    assert "CA<script>alert(1)</script>]]>" in every
+    assert "tool<script>" in every and "it<script>" in every
+
+
+def test_media_sent_after_the_end_is_ignored() -> None:
+    """Audio the bridge sent after Twilio's `stop` was never played: no chunk, no sent bar."""
+    base = small_call()
+    late = [
+        (310.0, "to_twilio", _media(bytes([D]) * 160)),
+        (310.0, "to_twilio", _mark("item_late.g2.m5")),
+    ]
+    lines = [json.dumps(base.header)]
+    lines += [json.dumps({"t_ms": e.t_ms, "dir": e.dir, "msg": e.msg}) for e in base.entries]
+    lines += [json.dumps({"t_ms": t, "dir": d, "msg": m}) for t, d, m in late]
+    model = playout(parse(lines))
+    assert model.duration_ms == 300.0
+    assert all(c.sent_ms <= 300.0 for c in model.chunks)
+    assert len(model.chunks) == len(playout(base).chunks)
+    assert "item_late" not in {s.item_id for s in model.sent}

@@ -12,6 +12,7 @@ Every response under `/ui` (errors and 404s included) carries the security heade
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,12 +32,13 @@ from app.forms import FormRefused, read_form
 from app.observability import log_event
 from app.operator_api import OperatorAuth
 from app.store import BadCursor, CallStore, StoreUnavailable
-from app.ui.recordings import Renderer, recording_path
+from app.ui.recordings import TOO_LONG, Renderer, audio_kept, recording_path
 from app.ui.session import (
     COOKIE,
     COOKIE_PATH,
     HOME,
     SESSION_SECONDS,
+    LoginLimiter,
     SessionSigner,
     safe_next,
     same_origin,
@@ -48,11 +50,15 @@ logger = logging.getLogger("app.ui")
 _HERE = Path(__file__).resolve().parent
 #: Calls per page of the list.
 PAGE_SIZE = 50
+#: The longest `before` cursor taken (the store's cursors are far shorter).
+MAX_CURSOR_CHARS = 512
 #: A login form is a key and a path: anything bigger is not one.
 LOGIN_MAX_BYTES = 4096
+#: The pages use no script, no inline style and no data: URL (the SVG is drawn with
+#: presentation attributes); the audio comes from this site.
 CSP = (
-    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-    "script-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+    "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'none'; "
+    "media-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 )
 #: On every response under /ui: no framing, no sniffing, no caching of call data.
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
@@ -94,9 +100,18 @@ def _environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters.update(
-        when=views.when, duration=views.duration, millis=views.millis, usage=views.usage
+        sid=_path_segment,
+        when=views.when,
+        duration=views.duration,
+        millis=views.millis,
+        usage=views.usage,
     )
     return env
+
+
+def _path_segment(value: object) -> str:
+    """`value` quoted as one URL path segment (a `/` in a CallSid stays inside it)."""
+    return quote(str(value), safe="")
 
 
 def _utc(text: str) -> datetime:
@@ -121,6 +136,7 @@ class CallViewer:
         self.store = store
         self.auth = auth
         self.signer = SessionSigner(key)
+        self.limiter = LoginLimiter()
         self.record_dir = record_dir
         self.public_base_url = public_base_url
         self.request_timeout_s = request_timeout_s
@@ -187,6 +203,11 @@ class CallViewer:
         """`POST /ui/login`: check the key (constant time), set the session cookie."""
         if not same_origin(request, self.public_base_url):
             return self.forbidden_origin(request)
+        client = request.client.host if request.client else "unknown"
+        if (wait := self.limiter.retry_after(client)) is not None:
+            log_event(logger, logging.WARNING, "ui.login_limited", retry_after_s=wait)
+            headers = {"Retry-After": str(wait)}
+            return Response("too many failed logins: try later\n", 429, headers, "text/plain")
         try:
             form = await read_form(request, LOGIN_MAX_BYTES, self.request_timeout_s)
         except FormRefused as refused:
@@ -195,15 +216,17 @@ class CallViewer:
         key = form.get("key", "")
         if not key or not self.auth.allowed(f"Bearer {key}"):
             self.auth.note_refusal(request)
+            self.limiter.failed(client)
             error = "That is not the operator key."
             return self.page("login.html", 401, next=target, error=error, signed_in=False)
+        self.limiter.succeeded(client)
         response = RedirectResponse(target, 303)
         response.set_cookie(
             COOKIE,
             self.signer.issue(),
             max_age=SESSION_SECONDS,
             path=COOKIE_PATH,
-            secure=secure_wanted(request),
+            secure=secure_wanted(request, self.public_base_url),
             httponly=True,
             samesite="strict",
         )
@@ -218,7 +241,7 @@ class CallViewer:
         response.delete_cookie(
             COOKIE,
             path=COOKIE_PATH,
-            secure=secure_wanted(request),
+            secure=secure_wanted(request, self.public_base_url),
             httponly=True,
             samesite="strict",
         )
@@ -247,6 +270,9 @@ class CallViewer:
             "error": None,
             "signed_in": True,
         }
+        if before is not None and len(before) > MAX_CURSOR_CHARS:
+            context["error"] = "That page link is not valid: start from the newest."
+            return self.page("calls.html", 400, **context)
         try:
             since = _utc(filters["since"]) if filters["since"] else None
             until = _utc(filters["until"]) if filters["until"] else None
@@ -298,20 +324,32 @@ class CallViewer:
             "recording": None,
             "svg": None,
             "problem": None,
+            "too_long": False,
             "has_audio": False,
             "signed_in": True,
         }
-        path = recording_path(self.record_dir, record.get("recording"))
+        path = await self._find(record)
         if path is not None:
-            rendered = await self.renderer.render(path)
+            rendered = await self.renderer.svg(path)
+            kept = False if rendered.too_long else await asyncio.to_thread(audio_kept, path)
             context.update(
                 recording=path.name,
                 # The viewer's own SVG (it escapes the text it draws); CSP allows no script.
                 svg=Markup(rendered.svg) if rendered.svg else None,
                 problem=rendered.problem,
-                has_audio=rendered.wav is not None,
+                too_long=rendered.too_long,
+                has_audio=kept,
             )
         return self.page("call.html", **context)
+
+    async def _find(self, record: dict[str, Any]) -> Path | None:
+        """The record's recording file (looked up in a worker thread), or None."""
+        return await asyncio.to_thread(recording_path, self.record_dir, record.get("recording"))
+
+    @staticmethod
+    def too_long() -> Response:
+        """413: the fixture is over `MAX_RENDER_BYTES`, the viewer does not render it."""
+        return Response(f"{TOO_LONG}\n", 413, media_type="text/plain")
 
     # --- data endpoints ----------------------------------------------------------------
 
@@ -322,7 +360,7 @@ class CallViewer:
         record = await self._record(request)
         if isinstance(record, Response):
             return Response("no such call\n", record.status_code, media_type="text/plain")
-        path = recording_path(self.record_dir, record.get("recording"))
+        path = await self._find(record)
         if path is None:
             return Response("no recording\n", 404, media_type="text/plain")
         return path
@@ -339,17 +377,22 @@ class CallViewer:
         path = await self._recording(request)
         if isinstance(path, Response):
             return path
-        rendered = await self.renderer.render(path)
+        rendered = await self.renderer.wav(path)
+        if rendered.too_long:
+            return self.too_long()
         if rendered.wav is None:
             return Response("no audio in this recording\n", 404, media_type="text/plain")
-        return Response(rendered.wav, media_type="audio/wav")
+        # A file, so that Range requests get 206 (seeking in the player).
+        return FileResponse(rendered.wav, media_type="audio/wav")
 
     async def timeline(self, request: Request) -> Response:
         """`GET /ui/calls/{call_sid}/timeline.svg`: the call's timeline on its own."""
         path = await self._recording(request)
         if isinstance(path, Response):
             return path
-        rendered = await self.renderer.render(path)
+        rendered = await self.renderer.svg(path)
+        if rendered.too_long:
+            return self.too_long()
         if rendered.svg is None:
             reason = rendered.problem or "no timeline"
             return Response(f"{reason}\n", 404, media_type="text/plain")

@@ -164,10 +164,15 @@ def end_of(fixture: Fixture) -> tuple[float, str]:
     return (fixture.entries[-1].t_ms if fixture.entries else 0.0), "end of recording"
 
 
-def chunks_of(fixture: Fixture) -> list[Chunk]:
+def chunks_of(fixture: Fixture, end_ms: float | None = None) -> list[Chunk]:
     """Every bot chunk sent to Twilio, in order, with its item: the item of the mark sent
-    after it (the bridge marks every chunk), else of the last audio delta received."""
-    media = [(i, e) for i, e in enumerate(fixture.entries) if _is_media(e)]
+    after it (the bridge marks every chunk), else of the last audio delta received. With
+    `end_ms`, media sent after the call's end (never played) is left out."""
+    media = [
+        (i, e)
+        for i, e in enumerate(fixture.entries)
+        if _is_media(e) and (end_ms is None or e.t_ms <= end_ms)
+    ]
     # Item of each media entry: the first mark sent to Twilio before the next media.
     owner: dict[int, str] = {}
     pending: int | None = None
@@ -283,7 +288,7 @@ def _rest_event(e: Entry) -> Event | None:
 def playout(fixture: Fixture) -> Playout:
     """The model of what the caller heard, and the call's events (module docstring)."""
     end_ms, reason = end_of(fixture)
-    chunks = chunks_of(fixture)
+    chunks = chunks_of(fixture, end_ms)
     call_sid = fixture.header.get("call_sid")
     out = Playout(
         call_sid if type(call_sid) is str else "", end_ms, chunks, [], _sent_spans(chunks)

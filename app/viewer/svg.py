@@ -19,12 +19,14 @@ on white, and nothing is told by colour alone: lanes are labelled, sent bars hat
 cut bars dashed, events named.
 
 Written by hand rather than with an SVG library: the picture needs five element kinds,
-escaping is `xml.sax.saxutils`, and the project gains no dependency for it.
+escaping is `xml.sax.saxutils` (after dropping what XML 1.0 forbids), and the project gains
+no dependency for it.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from typing import Final
 from xml.sax.saxutils import escape, quoteattr
@@ -83,18 +85,35 @@ def _s(ms: float) -> str:
     return f"{ms:.1f} ms"
 
 
+#: What XML 1.0 does not allow in a document, even escaped: C0 controls but tab, newline
+#: and CR; lone surrogates; U+FFFE and U+FFFF.
+_NOT_XML: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _clean(text: str) -> str:
+    """`text` without the characters XML 1.0 forbids (a fixture may hold anything)."""
+    return _NOT_XML.sub("", text)
+
+
+def _esc(text: str) -> str:
+    """`text` as XML character data."""
+    return escape(_clean(text))
+
+
 def _attrs(attrs: dict[str, object]) -> str:
-    return "".join(f" {k}={quoteattr(str(v))}" for k, v in attrs.items() if v is not None)
+    return "".join(
+        f" {_clean(k)}={quoteattr(_clean(str(v)))}" for k, v in attrs.items() if v is not None
+    )
 
 
 def _el(tag: str, title: str, attrs: dict[str, object], body: str = "") -> str:
     """One element with its hover `<title>` (attributes that are None are left out)."""
-    return f"<{tag}{_attrs(attrs)}><title>{escape(title)}</title>{body}</{tag}>"
+    return f"<{tag}{_attrs(attrs)}><title>{_esc(title)}</title>{body}</{tag}>"
 
 
 def _text(x: float, y: float, text: str, **attrs: object) -> str:
     named = {k.rstrip("_").replace("_", "-"): v for k, v in attrs.items()}
-    return f"<text{_attrs({'x': _px(x), 'y': _px(y), **named})}>{escape(text)}</text>"
+    return f"<text{_attrs({'x': _px(x), 'y': _px(y), **named})}>{_esc(text)}</text>"
 
 
 def _bar(x1: float, x2: float) -> tuple[str, str]:
@@ -316,7 +335,7 @@ def render_svg(fixture: Fixture) -> str:
     )
     parts = [
         head,
-        f'<title id="call-title">{escape(title)}</title>',
+        f'<title id="call-title">{_esc(title)}</title>',
         defs,
         '<rect class="background" width="100%" height="100%" fill="#ffffff"/>',
         _text(8, 20, title, font_weight="bold", fill=_COLOURS["text"]),
