@@ -31,6 +31,7 @@ from tests.browser import BrowserMissing, Shots, chromium_path, launched, opened
 from tests.fakes.realtime_server import FakeRealtime
 from tests.fakes.twilio_caller import FakeTwilioCall
 from tests.pg import PgServer, PgUnavailable
+from tests.store_support import StoreLog, capture_store_log, sqlite_url
 
 AUTH_TOKEN = "test-auth-token-0123456789"
 ACCOUNT_SID = "AC" + "a" * 32
@@ -249,3 +250,20 @@ async def page(browser: Any, request: pytest.FixtureRequest, tmp_path: Path) -> 
             logging.getLogger(__name__).warning("no screenshot of %s: %s", request.node, exc)
         if opened.errors and not failed:
             pytest.fail(f"uncaught script errors on the page: {opened.errors}")
+
+
+# -- the call store's tests: a database of each kind, the store's log lines --------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database: a SQLite file, or a database on the session's server."""
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path)
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def store_log() -> Iterator[StoreLog]:
+    with capture_store_log() as log:
+        yield log

@@ -91,6 +91,19 @@ async def record_of(app: RunningApp, call_sid: str, within: float = 20.0) -> dic
     return await eventually(probe, within, f"the record of {call_sid}")  # type: ignore[no-any-return]
 
 
+async def short_call(app: RunningApp, realtime: FakeRealtime, **kwargs: Any) -> str:
+    """A call that starts, has its session configured, and hangs up; its CallSid once the
+    app has torn it down."""
+    async with app.call(**kwargs) as call:
+        await call.start()
+        conn = await realtime.wait_connection()
+        await conn.wait_for("session.update", timeout=10)
+        await call.hangup()
+        await conn.wait_closed()
+    await app.wait_idle()
+    return call.call_sid
+
+
 async def barge_in_call(app: RunningApp, realtime: FakeRealtime) -> str:
     """A call where the caller cuts the bot off 1.5 s into a long answer, then hangs up
     after the next answer; its CallSid."""
@@ -225,15 +238,9 @@ async def test_calls_are_filtered_and_paged_newest_first(
     app = await app_with(operator_api_key=KEY, bot_greeting="")
     sids = []
     for caller in ("+15550001", "+15550002", "+15550001"):
-        async with app.call(custom_parameters={"From": caller, "To": "+15559999"}) as call:
-            await call.start()
-            conn = await realtime.wait_connection()
-            await conn.wait_for("session.update", timeout=10)
-            await call.hangup()
-            await conn.wait_closed()
-        await app.wait_idle()
-        sids.append(call.call_sid)
-        await record_of(app, call.call_sid)
+        numbers = {"From": caller, "To": "+15559999"}
+        sids.append(await short_call(app, realtime, custom_parameters=numbers))
+        await record_of(app, sids[-1])
     page = (await get(app, "/calls", params={"limit": 2}, headers=BEARER)).json()
     assert [c["call_sid"] for c in page["calls"]] == [sids[2], sids[1]]
     rest = (await get(app, "/calls", params={"before": page["next"]}, headers=BEARER)).json()
@@ -327,17 +334,11 @@ async def test_a_record_that_cannot_be_written_in_time_is_logged_lost_once(
         )
         assert (await get(app, "/calls", headers=BEARER)).status_code == 200  # migrated
         await asyncio.to_thread(pg.stop)
-        async with app.call() as call:
-            await call.start()
-            conn = await realtime.wait_connection()
-            await conn.wait_for("session.update", timeout=10)
-            await call.hangup()
-            await conn.wait_closed()
-        await app.wait_idle()
+        call_sid = await short_call(app, realtime)
         await eventually(lambda: scrape_value(app, "bridge_call_records_failed_total"))
         lost = [r for r in caplog.records if r.getMessage() == "store.record_lost"]
         assert len(lost) == 1 and lost[0].levelno == logging.ERROR
-        assert lost[0].call_sid == call.call_sid  # type: ignore[attr-defined]
+        assert lost[0].call_sid == call_sid  # type: ignore[attr-defined]
         assert value(await scrape(app), "bridge_call_records_pending") == 0
     finally:
         await asyncio.to_thread(pg.close)

@@ -15,7 +15,7 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -42,27 +42,12 @@ from app.store.store import SQLITE_MIGRATE_WAIT_S
 from tests.store_support import (
     BASE_TIME,
     StoreLog,
-    capture_store_log,
     eventually,
     make_record,
     sqlite_url,
 )
 
 OpenStore = Callable[..., Awaitable[CallStore]]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty database: a SQLite file, or a database on the session's server."""
-    if request.param == "sqlite":
-        return sqlite_url(tmp_path)
-    return str(request.getfixturevalue("pg_url"))
-
-
-@pytest.fixture
-def store_log() -> Iterator[StoreLog]:
-    with capture_store_log() as log:
-        yield log
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import logging
 import math
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,25 +28,9 @@ from tests.store_support import (
     BASE_TIME,
     PRIVATE_TEXT,
     StoreLog,
-    capture_store_log,
     eventually,
     make_record,
-    sqlite_url,
 )
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty database: a SQLite file, or a database on the session's server."""
-    if request.param == "sqlite":
-        return sqlite_url(tmp_path)
-    return str(request.getfixturevalue("pg_url"))
-
-
-@pytest.fixture
-def store_log() -> Iterator[StoreLog]:
-    with capture_store_log() as log:
-        yield log
 
 
 @pytest.fixture

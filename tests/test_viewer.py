@@ -11,7 +11,6 @@ import base64
 import io
 import json
 import math
-import time
 import wave
 import xml.etree.ElementTree as ET
 from array import array
@@ -257,7 +256,7 @@ def test_positions_follow_the_scale() -> None:
     assert float(root.get("width", 0)) == MIN_WIDTH  # a 0.3 s call: the minimum width
 
 
-def test_a_ten_minute_call_is_wide_and_quick() -> None:
+def test_a_ten_minute_call_is_one_wide_scrollable_picture() -> None:
     """600 s: the bot talks 5 s of every 10 (100 ms chunks, echoed in real time), the caller
     sends 20 ms frames throughout."""
     entries: list[Entry] = []
@@ -297,9 +296,7 @@ def test_a_ten_minute_call_is_wide_and_quick() -> None:
     entries.append(Entry(600_000.0, "from_twilio", {"event": "stop"}))
     entries.sort(key=lambda e: e.t_ms)
     fixture = Fixture({"fixture": 1, "call_sid": "CAlong", "audio": "lengths"}, entries)
-    began = time.perf_counter()
-    text = render_svg(fixture)
-    assert time.perf_counter() - began < 5.0
+    text = render_svg(fixture)  # how long it takes is a figure for bench/, not a test
     root = ET.fromstring(text)
     expected = int(X0 + 600 * PX_PER_S + RIGHT_MARGIN)
     assert float(root.get("width", 0)) == expected
