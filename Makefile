@@ -50,7 +50,8 @@ tools:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 # The server on HOST:PORT from the environment or .env (default 0.0.0.0:8000; app/__main__.py):
-# `make run PORT=9000` works too, as make passes command-line variables to the recipe.
+# `make run PORT=9000` works too, as make passes command-line variables to the recipe's
+# environment: `make run AGENTS_FILE=examples/agents.toml` serves the example agents.
 run: $(RUN_STAMP)
 	$(BIN)/python -m app
 
@@ -60,8 +61,8 @@ demo: $(RUN_STAMP)
 	$(BIN)/python -m app.demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tests bench
-	$(BIN)/ruff format --check app tests bench
+	$(BIN)/ruff check app tests bench examples
+	$(BIN)/ruff format --check app tests bench examples
 	$(BIN)/mypy
 
 test: $(STAMP) tools lint

@@ -40,15 +40,18 @@ import orjson
 
 from app.call.actions import (
     Action,
+    CancelTool,
     CloseRealtime,
     CloseTwilio,
     ConnectRealtime,
     Measure,
     Metric,
     RestRequest,
+    RunTool,
     ToRealtime,
     ToTwilio,
 )
+from app.call.config import CallConfig
 from app.call.session import IGNORED_EVENTS, CallSession
 from app.limits import power_of_two
 from app.observability import bind_call, log_event
@@ -59,6 +62,8 @@ from app.recording import CallRecorder
 from app.records import iso
 from app.settings import Settings
 from app.telephony import RestOutcome, Telephony
+from app.tools.defs import ToolContext, ToolOutcome
+from app.tools.runner import ToolRunner
 from app.twilio_socket import TwilioSocket
 
 logger = logging.getLogger("app.bridge")
@@ -66,6 +71,9 @@ logger = logging.getLogger("app.bridge")
 _loads = orjson.loads
 _IGNORED_PREFIXES: Final = tuple(b'{"type":"' + t.encode() + b'"' for t in sorted(IGNORED_EVENTS))
 _DELTA: Final = "response.output_audio.delta"
+#: `start` parameters a tool never sees (`app.security`'s stream token).
+_PRIVATE_PARAMETERS: Final = frozenset({"streamtoken"})
+_TOOL_CRASHED: Final = ToolOutcome("error", '{"error": "the tool failed"}', "bridge_error")
 
 
 #: How a media stream ends when nothing went wrong (1005: no code given).
@@ -129,11 +137,17 @@ class Bridge:
         meter: Callable[[Measure], None] | None = None,
         call_facts: dict[str, object] | None = None,
         clock: Callable[[], float] | None = None,
+        configure: Callable[[dict[str, str]], CallConfig] | None = None,
+        tools: ToolRunner | None = None,
+        outgoing: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         """`meter` takes the core's metric observations (`app.metrics`); `call_facts`
         (the model, the agent) go into the call's summary line. `clock` (seconds,
         default the event loop's) is a seam for tests; timers are always armed on the
-        event loop."""
+        event loop. `configure` gives the call its agent's configuration from its
+        `start` parameters (`app.agents`); `tools` runs its business tools;
+        `outgoing` completes the `session.update` as it is sent (the MCP servers'
+        `${ENV}` header values: never recorded, never in the core)."""
         self.twilio = twilio
         self.session = session
         self.transport = transport
@@ -143,6 +157,10 @@ class Bridge:
         self.log_transcripts = log_transcripts
         self.meter = meter
         self.call_facts = call_facts or {}
+        self.configure = configure
+        self.tools = tools
+        self.outgoing = outgoing
+        self._tool_tasks: dict[str, asyncio.Task[Any]] = {}
         #: The end-of-call summary (`call.summary`), once the call is over.
         self.summary: dict[str, Any] | None = None
         self.link: RealtimeLink | None = None
@@ -373,9 +391,24 @@ class Bridge:
         if refused is not None:
             self._refuse(refused, msg)
             return
+        if fields is not None and self.configure is not None:
+            self._configure(fields[3])
         self._input("from_twilio", msg)
         if session.call_sid:
             self._encoder = tw.StreamEncoder(session.stream_sid)
+
+    def _configure(self, parameters: dict[str, str]) -> None:
+        """The call's agent, from its `start`: before the `start` is recorded and fed."""
+        assert self.configure is not None
+        try:
+            config = self.configure(parameters)
+        except Exception:  # a bug of ours must not cost the call: it keeps the defaults
+            logger.exception("agents.configure_failed")
+            return
+        self.session.configure(config)
+        if self.recorder is not None:
+            self.recorder.configure(config)
+        self.call_facts["agent"] = config.agent
 
     def _refuse(self, reason: str, start: dict[str, Any]) -> None:
         log_event(logger, logging.WARNING, "stream.refused", reason=reason)
@@ -466,6 +499,61 @@ class Bridge:
             answer = {"status": outcome.status, "code": outcome.code, "error": outcome.error}
             self._guarded(self._input, "rest", {"response": answer})
 
+    # -- business tools -------------------------------------------------------------------
+
+    def _start_tool(self, action: RunTool) -> None:
+        """Run a tool in its own task, in the call's log context (its lines carry the
+        SIDs); its outcome comes back as a `tool_result` input."""
+        task = self._loop.create_task(self._run_tool(action), context=self._context.copy())
+        self._tool_tasks[action.call_id] = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_tool(self, action: RunTool) -> None:
+        started = self._clock()
+        try:
+            if self.tools is None:
+                outcome = ToolOutcome("error", '{"error": "tools are not available"}', "no_runner")
+            else:
+                context = self._tool_context()
+                timeout_s = action.timeout_ms / 1000
+                outcome = await self.tools.run(action.name, action.arguments, context, timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("tool.crashed")
+            outcome = _TOOL_CRASHED
+        finally:
+            self._tool_tasks.pop(action.call_id, None)
+        if not self._finished:
+            result = {
+                "call_id": action.call_id,
+                "name": action.name,
+                "result": outcome.result,
+                "output": outcome.output,
+                "detail": outcome.detail,
+                "ms": round((self._clock() - started) * 1000),
+            }
+            self._guarded(self._input, "rest", {"tool_result": result})
+
+    def _tool_context(self) -> ToolContext:
+        session = self.session
+        params = {
+            k: v for k, v in session.parameters.items() if k.lower() not in _PRIVATE_PARAMETERS
+        }
+        return ToolContext(
+            call_sid=session.call_sid,
+            agent=session.config.agent,
+            from_number=params.get("From", ""),
+            to_number=params.get("To", ""),
+            parameters=params,
+        )
+
+    def _cancel_tool(self, call_id: str) -> None:
+        task = self._tool_tasks.pop(call_id, None)
+        if task is not None:
+            task.cancel()
+
     # -- outputs --------------------------------------------------------------------------
 
     def _actions(self, now: float, actions: list[Action]) -> None:
@@ -479,7 +567,10 @@ class Bridge:
                     self._to_twilio(tw.encode(action.msg))  # type: ignore[union-attr]
                 elif kind is ToRealtime:
                     if self.link is not None:
-                        self.link.send(rt.encode(action.msg))  # type: ignore[union-attr]
+                        msg = action.msg  # type: ignore[union-attr]
+                        if self.outgoing is not None and msg["type"] == "session.update":
+                            msg = self.outgoing(msg)
+                        self.link.send(rt.encode(msg))
                 elif kind is ConnectRealtime:
                     self._spawn(self._connect())
                 elif kind is CloseTwilio:
@@ -490,6 +581,10 @@ class Bridge:
                         self.link.close()
                 elif kind is RestRequest:
                     self._spawn(self._rest(action))  # type: ignore[arg-type]
+                elif kind is RunTool:
+                    self._start_tool(action)  # type: ignore[arg-type]
+                elif kind is CancelTool:
+                    self._cancel_tool(action.call_id)  # type: ignore[union-attr]
                 elif kind is Measure and self.meter is not None:
                     self._measure(now, action)  # type: ignore[arg-type]
             if self.session.done:

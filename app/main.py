@@ -22,6 +22,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -30,6 +31,7 @@ from starlette.datastructures import Headers
 
 from app import ledger, server_guard, twiml
 from app.admission import Admission
+from app.agents import TEMPLATE_PARAMETERS, Agents, fill
 from app.bridge import Bridge, BridgeLimits
 from app.call.config import CallConfig
 from app.call.session import CallSession
@@ -59,13 +61,15 @@ from app.security import (
 from app.settings import Settings, SettingsError, load_settings
 from app.store import CallStore, database_url, redacted
 from app.telephony import Telephony
+from app.tools.runner import ToolRunner
 from app.twilio_socket import Receive, Send, TwilioSocket
 from app.ui import mount_ui
 
 logger = logging.getLogger("app.main")
 
-#: Call data passed to the media stream as `<Parameter>`s (never in the URL).
-_STREAM_PARAMETERS = ("CallSid", "From", "To")
+#: Call data passed to the media stream as `<Parameter>`s (never in the URL): what the
+#: agents' instruction templates may use (`app.agents.templates`).
+_STREAM_PARAMETERS = tuple(dict.fromkeys(("CallSid", "From", "To", *TEMPLATE_PARAMETERS)))
 _XML = "application/xml"
 #: On shutdown, how long pending call records may take to reach the database.
 STORE_FLUSH_SECONDS = 10.0
@@ -89,6 +93,10 @@ class AppState:
     #: Where finished calls are kept (README "Operating it").
     store: CallStore
     metrics: Metrics
+    #: Who answers which number, and their tools (`AGENTS_FILE`; `app.agents`).
+    agents: Agents
+    #: Runs the agents' HTTP and Python tools (None: the agents have none).
+    tool_runner: ToolRunner | None = None
     #: Refusals by limit (README "Security").
     hits: LimitHits = field(default_factory=LimitHits)
     calls: set[Bridge] = field(default_factory=set)
@@ -96,6 +104,28 @@ class AppState:
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     ready: bool = False
     draining: bool = False
+
+    def agent_for(self, parameters: dict[str, str]) -> CallConfig:
+        """A call's configuration, from its `start` parameters: its agent's."""
+        return self.agents.for_call(parameters, self.call_config, datetime.now(UTC))
+
+    def fill_secrets(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """The `session.update` as sent: the MCP servers' `${ENV}` references filled in
+        (the core, its recordings and its logs only ever hold the references)."""
+        env = self.agents.env
+        tools = msg.get("session", {}).get("tools")
+        if not env or not tools:
+            return msg
+        filled = []
+        for tool in tools:
+            if tool.get("type") == "mcp":
+                tool = dict(tool)
+                if "headers" in tool:
+                    tool["headers"] = {k: fill(v, env) for k, v in tool["headers"].items()}
+                if "authorization" in tool:
+                    tool["authorization"] = fill(tool["authorization"], env)
+            filled.append(tool)
+        return {**msg, "session": {**msg["session"], "tools": filled}}
 
     def books(self) -> dict[str, Any]:
         """Where a finished stream is accounted for (`app.ledger`)."""
@@ -162,6 +192,9 @@ def create_app(
     )
     for secret in settings.secret_values():
         register_secret(secret)
+    agents = Agents.from_settings(settings)  # a bad AGENTS_FILE: SettingsError (exit 2)
+    for secret in agents.secrets():
+        register_secret(secret)
     if settings.record_dir is not None and (problem := directory_problem(settings.record_dir)):
         # Refused at start, like a bad value: otherwise every call's recording would fail.
         got = str(settings.record_dir)
@@ -198,7 +231,13 @@ def create_app(
             retention_days=settings.call_records_retention_days,
         ),
         metrics=Metrics(_version()),
+        agents=agents,
     )
+    if agents.executors:
+        signing = settings.tools_signing_secret
+        state.tool_runner = ToolRunner(
+            agents.executors, signing.get_secret_value() if signing else None
+        )
     metrics = state.metrics
     metrics.read_limit_hits(state.hits.counts)
     metrics.read_calls(
@@ -215,7 +254,7 @@ def create_app(
         # Migrations before the first call, but a database that is down must not keep the
         # process from taking calls: past the wait, the writer retries in the background.
         await state.store.start(STORE_START_SECONDS)
-        for warning in settings.warnings():
+        for warning in [*settings.warnings(), *agents.warnings]:
             log_event(logger, logging.WARNING, "startup.warning", detail=warning)
         server = server_guard.uvicorn_server()  # before the drain takes its SIGTERM handler
         drain = Drain(state, settings.shutdown_drain_seconds)
@@ -237,6 +276,8 @@ def create_app(
         if state.recordings is not None:
             state.recordings.stop()
         await state.store.close(STORE_FLUSH_SECONDS)  # a rolling deploy loses no record
+        if state.tool_runner is not None:
+            await state.tool_runner.aclose()
 
     # No redirect from `/incoming-call/`: its `Location` would be built from the Host
     # header, and Twilio doesn't follow a POST redirect anyway.
@@ -387,6 +428,7 @@ class MediaStream:
                 state.call_config,
                 settings.record_audio,
                 max_bytes=settings.record_max_bytes,
+                secrets=state.agents.secrets(),
             )
         bridge = Bridge(
             socket,
@@ -399,6 +441,9 @@ class MediaStream:
             limits=BridgeLimits.from_settings(settings),
             meter=state.metrics.observe,
             call_facts={"agent": DEFAULT_AGENT, "model": model_of(settings.openai_realtime_url)},
+            configure=state.agent_for,
+            tools=state.tool_runner,
+            outgoing=state.fill_secrets,
         )
         state.calls.add(bridge)
         state.idle.clear()

@@ -48,6 +48,8 @@ TELEPHONY_BUCKETS: Final = (
 )  # fmt: skip
 #: Call durations: seconds to the hour the Realtime service allows a session.
 DURATION_BUCKETS: Final = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
+#: Tool run times: a fast lookup (tens of ms) to a timeout (the 8 s default, 60 s at most).
+TOOL_BUCKETS: Final = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 15.0, 30.0, 60.0)
 #: Distinct peer-given label values kept per series; more are counted as `other`.
 MAX_LABEL_VALUES: Final = 50
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -216,6 +218,20 @@ class Metrics:
             ["tool", "result"],
             registry=r,
         )
+        self.tool_duration = Histogram(
+            "bridge_tool_call_duration_seconds",
+            "How long business tools ran (HTTP, Python and MCP calls), by tool.",
+            ["tool"],
+            buckets=TOOL_BUCKETS,
+            registry=r,
+        )
+        self.mcp_errors = Counter(
+            "bridge_mcp_errors",
+            "MCP failures the Realtime service reported, by server and kind (`list_tools`, "
+            "`call`).",
+            ["server", "kind"],
+            registry=r,
+        )
         self.frames_dropped = Counter(
             "bridge_audio_frames_dropped",
             "Caller audio frames not forwarded: `realtime_not_reading` (the service's socket "
@@ -231,6 +247,8 @@ class Metrics:
         )
         self._codes = _Bounded(known=KNOWN_REALTIME_CODES)
         self._tools = _Bounded()
+        self._tool_names = _Bounded()
+        self._mcp = _Bounded()
         self._details = _Bounded()
         for series, values in (
             (self.calls, OUTCOMES),
@@ -257,6 +275,10 @@ class Metrics:
             CallMetric.REALTIME_ERROR: self._realtime_error,
             CallMetric.TOOL_CALL: lambda m: self.tool_calls.labels(*self._tools(m.labels)).inc(),
             CallMetric.REST: lambda m: self.rest.labels(*m.labels).inc(),
+            CallMetric.TOOL_DURATION: lambda m: self.tool_duration.labels(
+                *self._tool_names(m.labels)
+            ).observe(m.value),
+            CallMetric.MCP_ERROR: lambda m: self.mcp_errors.labels(*self._mcp(m.labels)).inc(),
         }
 
     # -- wiring -----------------------------------------------------------------------------

@@ -34,6 +34,7 @@ import os
 import queue
 import secrets
 import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, TextIO
@@ -43,6 +44,7 @@ from app.call.config import CallConfig
 from app.observability import log_event
 from app.recording_lines import (
     MAX_LINE_CHARS,
+    MIN_SECRET_CHARS,
     REDACTED,
     Message,
     action_record,
@@ -51,6 +53,7 @@ from app.recording_lines import (
     header,
     marker_line,
     record_line,
+    redactions_of,
     secret_values,
 )
 
@@ -275,12 +278,16 @@ class CallRecorder:
         keep_audio: bool,
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        secrets: Sequence[str] = (),
     ) -> None:
+        """`secrets`: the process's own secret values that a peer could echo into a line
+        (the MCP header values of the agents file, which the service's `session.updated`
+        repeats): scrubbed as text from every line, like the call's stream token."""
         if max_bytes < 1:
             raise ValueError(f"max_bytes must be positive, not {max_bytes}")
         self._writer = writer
-        self._config = config
         self._keep_audio = keep_audio
+        self.configure(config)
         self.max_bytes = max_bytes
         self._name: str | None = None
         self._early: list[tuple[float, str]] = []
@@ -288,9 +295,17 @@ class CallRecorder:
         self._early_cut_ms: float | None = None  # when the early lines passed their limit
         self._discarded = False
         self._cut: str | None = None  # "truncated" or "abandoned": the file has its end
-        self._secrets: list[str] = []  # the call's secret parameter values, as in a line
+        #: The process's secrets, then the call's secret parameter values, as in a line.
+        self._secrets: list[str] = [v for v in secrets if len(v) >= MIN_SECRET_CHARS]
+        self._own_secrets = len(self._secrets)
         self.bytes_written = 0
         self.lines_dropped = 0
+
+    def configure(self, config: CallConfig) -> None:
+        """The call's own configuration (its agent's), learned from its `start`: the
+        header holds it, and its tools' `redact` arguments are recorded as `***`."""
+        self._config = config
+        self._redactions = redactions_of(config)
 
     @property
     def filename(self) -> str | None:
@@ -327,7 +342,7 @@ class CallRecorder:
         if self._cut is not None or self._early_cut_ms is not None:
             self.lines_dropped += 1
             return
-        line = record_line(t_ms, direction, msg, self._keep_audio)
+        line = record_line(t_ms, direction, msg, self._keep_audio, self._redactions)
         if self._name is None:
             self._hold(t_ms, line)
         else:
@@ -353,7 +368,8 @@ class CallRecorder:
 
     def _learn_secrets(self, msg: Message) -> None:
         for value in secret_values(msg):
-            if value not in self._secrets and len(self._secrets) < _MAX_SECRETS:
+            room = len(self._secrets) < self._own_secrets + _MAX_SECRETS
+            if value not in self._secrets and room:
                 self._secrets.append(value)
 
     def _hold(self, t_ms: float, line: str) -> None:

@@ -13,7 +13,12 @@ Besides the protocol messages themselves, a few small records complete the story
 `{"_socket": "open" | "failed" | "closed" | "stalled" | "connect" | "close", ...}` for socket
 events (`stalled`: the caller's side stopped taking frames),
 `{"_frame_error": reason}` for a frame that could not be parsed, and for `rest`
-`{"request": {"kind", "params"}}` / `{"response": {"status", "code", "error"}}`.
+`{"request": {"kind", "params"}}` / `{"response": {"status", "code", "error"}}`, and for the
+business tools the bridge runs `{"tool_request": {"call_id", "name", "arguments",
+"timeout_ms"}}` / `{"tool_cancel": {"call_id"}}` (outputs) and `{"tool_result": {"call_id",
+"name", "result", "output", "detail", "ms"}}` (an input: a replay feeds it, nothing runs).
+A tool's `redact` arguments are recorded as `***` wherever the call's arguments appear
+(the model's function-call items and events, `tool_request`): `redact`'s `redactions`.
 Audio payloads are replaced by `{"_audio_bytes": N}` unless RECORD_AUDIO is on: a
 recording otherwise holds the caller's voice (an audio field that is an object, never
 audio, is recorded as `{"_not_audio": "object"}`, so a replay cannot mistake it for a
@@ -52,16 +57,18 @@ import json
 import math
 import platform
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from app.call.actions import (
     Action,
+    CancelTool,
     CloseRealtime,
     CloseTwilio,
     ConnectRealtime,
     RestRequest,
+    RunTool,
     ToRealtime,
     ToTwilio,
 )
@@ -95,7 +102,7 @@ REDACTED: Final = "***"
 #: `start` custom parameters whose values are secrets (compared case-insensitively).
 SECRET_PARAMETERS: Final = frozenset({"streamtoken"})
 #: Shortest secret value also scrubbed as text from every line of its call.
-_MIN_SECRET_CHARS: Final = 8
+MIN_SECRET_CHARS: Final = 8
 #: A `dtmf.track` kept as is: a plain name such as Twilio's `inbound_track`.
 _TRACK: Final = re.compile(r"[A-Za-z_]{1,32}")
 _DTMF_TEXTS: Final = frozenset(DTMF_MESSAGE.format(digit=key) for key in DTMF_KEYS)
@@ -226,7 +233,7 @@ def _redact_start(msg: Message) -> Message:
 
 def secret_values(msg: Message) -> list[str]:
     """The secret custom parameters of a `start`, as they would appear in a line (at
-    least `_MIN_SECRET_CHARS` long: shorter ones would mangle lines if scrubbed as text)."""
+    least `MIN_SECRET_CHARS` long: shorter ones would mangle lines if scrubbed as text)."""
     start = msg.get("start")
     params = start.get("customParameters") if isinstance(start, dict) else None
     if not isinstance(params, dict):
@@ -234,7 +241,7 @@ def secret_values(msg: Message) -> list[str]:
     return [
         _json_fragment(value)
         for name, value in params.items()
-        if _is_secret(name) and isinstance(value, str) and len(value) >= _MIN_SECRET_CHARS
+        if _is_secret(name) and isinstance(value, str) and len(value) >= MIN_SECRET_CHARS
     ]
 
 
@@ -258,7 +265,99 @@ def _redact_item(msg: Message) -> Message:
     return {**msg, "item": {**item, "content": clean}}
 
 
-def redact(direction: str, msg: Message) -> Message:
+#: Tool name -> its argument names recorded as `***` (`ToolSpec.redact`).
+Redactions = Mapping[str, tuple[str, ...]]
+_ARGUMENT_EVENTS: Final = frozenset(
+    {"response.function_call_arguments.done", "response.function_call_arguments.delta"}
+)
+
+
+def redactions_of(config: CallConfig) -> dict[str, tuple[str, ...]]:
+    return {spec.name: spec.redact for spec in config.functions if spec.redact}
+
+
+def _redacted_arguments(text: object, fields: tuple[str, ...]) -> object:
+    """A function call's arguments (JSON text) with `fields` as `***`; text that doesn't
+    parse to an object is `***` whole (it may be a card number cut short)."""
+    if type(text) is not str:
+        return text
+    try:
+        arguments = json.loads(text)
+    except (ValueError, RecursionError):
+        return REDACTED
+    if type(arguments) is not dict:
+        return REDACTED
+    return json.dumps({k: (REDACTED if k in fields else v) for k, v in arguments.items()})
+
+
+def _redact_call(item: object, redactions: Redactions) -> object:
+    if type(item) is not dict or item.get("type") != "function_call":
+        return item
+    fields = redactions.get(item.get("name"))  # type: ignore[arg-type]
+    if not fields or "arguments" not in item:
+        return item
+    return {**item, "arguments": _redacted_arguments(item["arguments"], fields)}
+
+
+def _redact_tool_arguments(direction: str, msg: Message, redactions: Redactions) -> Message:
+    """The values of redacted tool arguments, wherever a message carries them."""
+    if direction == "from_openai":
+        kind = msg.get("type")
+        if kind in _ARGUMENT_EVENTS:
+            if kind.endswith("delta"):
+                return {**msg, "delta": REDACTED} if "delta" in msg else msg
+            fields = redactions.get(msg.get("name"))  # type: ignore[arg-type]
+            if fields and "arguments" in msg:
+                return {**msg, "arguments": _redacted_arguments(msg["arguments"], fields)}
+            return msg
+        if "item" in msg:
+            item = _redact_call(msg["item"], redactions)
+            return msg if item is msg["item"] else {**msg, "item": item}
+        response = msg.get("response")
+        if kind == "response.done" and type(response) is dict:
+            output = response.get("output")
+            if type(output) is list:
+                clean = [_redact_call(item, redactions) for item in output]
+                return {**msg, "response": {**response, "output": clean}}
+        return msg
+    request = msg.get("tool_request")
+    if direction == "rest" and type(request) is dict:
+        fields = redactions.get(request.get("name"))  # type: ignore[arg-type]
+        arguments = request.get("arguments")
+        if fields and type(arguments) is dict:
+            hidden = {k: (REDACTED if k in fields else v) for k, v in arguments.items()}
+            return {**msg, "tool_request": {**request, "arguments": hidden}}
+    return msg
+
+
+#: Server events that echo the session, MCP servers' headers and tokens included.
+_SESSION_ECHOES: Final = frozenset({"session.created", "session.updated"})
+_MCP_SECRET_FIELDS: Final = ("headers", "authorization")
+
+
+def _redact_session_tools(msg: Message) -> Message:
+    """A session echo with its MCP entries' header values and tokens as `***` (our own
+    `session.update` holds only `${ENV}` references; the service echoes the values)."""
+    session = msg.get("session")
+    tools = session.get("tools") if type(session) is dict else None
+    if type(tools) is not list or not any(
+        type(t) is dict and any(f in t for f in _MCP_SECRET_FIELDS) for t in tools
+    ):
+        return msg
+    clean = []
+    for tool in tools:
+        if type(tool) is dict:
+            tool = dict(tool)
+            headers = tool.get("headers")
+            if type(headers) is dict:
+                tool["headers"] = {k: REDACTED for k in headers}
+            if "authorization" in tool and tool["authorization"] is not None:
+                tool["authorization"] = REDACTED
+        clean.append(tool)
+    return {**msg, "session": {**session, "tools": clean}}  # type: ignore[dict-item]
+
+
+def redact(direction: str, msg: Message, redactions: Redactions | None = None) -> Message:
     """`msg` without key presses or per-call secrets, as it may be written to a recording.
 
     - `from_twilio`, any message with a `dtmf` field: the digit becomes `*` (a malformed
@@ -274,6 +373,10 @@ def redact(direction: str, msg: Message) -> Message:
     """
     if type(msg) is not dict:
         return msg
+    if redactions:
+        msg = _redact_tool_arguments(direction, msg, redactions)
+    if direction == "from_openai" and msg.get("type") in _SESSION_ECHOES:
+        msg = _redact_session_tools(msg)
     if direction == "from_twilio":
         if "dtmf" in msg:
             msg = _redact_dtmf(msg)
@@ -323,14 +426,21 @@ def _stand_in(msg: Message, key: str, value: object) -> Message:
     return out
 
 
-def record_line(t_ms: float, direction: str, msg: Message, keep_audio: bool) -> str:
+def record_line(
+    t_ms: float,
+    direction: str,
+    msg: Message,
+    keep_audio: bool,
+    redactions: Redactions | None = None,
+) -> str:
     """The fixture line for one message (with its newline): redacted, its audio kept or
     replaced by its length as `keep_audio` says, at most `MAX_LINE_CHARS` long and valid
     JSON, whatever `msg` holds. Never raises."""
     t = _time(t_ms)
     if type(msg) is not dict:
         msg = {"_unrecordable": "not_an_object"}
-    clean = map_audio(direction, redact(direction, msg), _not_audio if keep_audio else _length_only)
+    change = _not_audio if keep_audio else _length_only
+    clean = map_audio(direction, redact(direction, msg, redactions), change)
     try:
         line = _encode(t, direction, clean)
         if len(line) > MAX_LINE_CHARS and keep_audio:
@@ -360,6 +470,16 @@ def action_record(action: Action) -> tuple[str, Message] | None:
         return "to_openai", action.msg
     if type(action) is RestRequest:
         return "rest", {"request": {"kind": action.kind, "params": action.params}}
+    if type(action) is RunTool:
+        request = {
+            "call_id": action.call_id,
+            "name": action.name,
+            "arguments": action.arguments,
+            "timeout_ms": action.timeout_ms,
+        }
+        return "rest", {"tool_request": request}
+    if type(action) is CancelTool:
+        return "rest", {"tool_cancel": {"call_id": action.call_id}}
     if type(action) is ConnectRealtime:
         return "to_openai", {"_socket": "connect"}
     if type(action) is CloseTwilio:

@@ -19,10 +19,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from app.call.config import DEFAULT_AGENT
 from app.call.session import CallSession
-
-#: The agent answering when no agents file names one (AGENTS_FILE comes later).
-DEFAULT_AGENT = "default"
 
 
 def iso(moment: datetime) -> str:
@@ -111,7 +109,10 @@ def call_record(
         "reprompts": summary["reprompts"],
         "turns": _turns(session, with_text),
         "usage": summary["usage"],
-        "tool_calls": list(measures.tool_calls),
+        "tool_calls": [
+            call if with_text else {k: v for k, v in call.items() if k != "arguments"}
+            for call in measures.tool_calls
+        ],
         "rest_actions": list(measures.rest),
         "answered_by": None,
         "recording": recording,

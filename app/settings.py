@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     Field,
@@ -34,7 +35,13 @@ BUILTIN_VOICES: frozenset[str] = frozenset(
 """Voices the Realtime API ships with; any other voice must be a custom `voice_...` id."""
 
 SECRET_FIELDS: frozenset[str] = frozenset(
-    {"openai_api_key", "twilio_auth_token", "operator_api_key", "database_url"}
+    {
+        "openai_api_key",
+        "twilio_auth_token",
+        "operator_api_key",
+        "database_url",
+        "tools_signing_secret",
+    }
 )
 """Fields whose values must never appear in logs or error messages."""
 
@@ -76,7 +83,7 @@ class SettingsError(Exception):
         super().__init__("\n".join(problems))
 
 
-def _check_url(value: str, schemes: tuple[str, ...], *, allow_path: bool) -> str:
+def check_url(value: str, schemes: tuple[str, ...], *, allow_path: bool) -> str:
     """Validate an absolute URL's scheme and host; return it without a trailing slash."""
     value = value.strip()
     parts = urlsplit(value)
@@ -98,7 +105,7 @@ def _check_url(value: str, schemes: tuple[str, ...], *, allow_path: bool) -> str
     return value.rstrip("/")
 
 
-def _check_dial_target(value: str) -> str:
+def check_dial_target(value: str) -> str:
     """Validate an E.164 number (separators allowed and removed) or a `sip:` URI."""
     value = value.strip()
     if value.lower().startswith("sip:"):
@@ -109,6 +116,36 @@ def _check_dial_target(value: str) -> str:
     if not _E164_RE.match(number):
         raise ValueError("must be an E.164 phone number like +14155550100, or a sip: URI")
     return number
+
+
+def check_e164(value: str) -> str:
+    """Validate an E.164 phone number (separators allowed and removed); return it bare."""
+    number = _PHONE_SEPARATORS_RE.sub("", value.strip())
+    if not _E164_RE.match(number):
+        raise ValueError("must be an E.164 phone number like +14155550100")
+    return number
+
+
+def check_voice(value: str) -> str:
+    """Validate a Realtime voice: a built-in name (any case) or a custom `voice_...` id."""
+    value = value.strip()
+    if value.lower() in BUILTIN_VOICES:
+        return value.lower()
+    if value.startswith("voice_") and len(value) > len("voice_"):
+        return value
+    raise ValueError(
+        f"must be one of {', '.join(sorted(BUILTIN_VOICES))}, or a custom voice_... id"
+    )
+
+
+def check_timezone(value: str) -> str:
+    """Validate an IANA time zone name (`Europe/Berlin`, `UTC`) against the zone database."""
+    value = value.strip()
+    try:
+        ZoneInfo(value)
+    except (ValueError, OSError, ZoneInfoNotFoundError):
+        raise ValueError("must be an IANA time zone name like Europe/Berlin or UTC") from None
+    return value
 
 
 def _read_text_file(path: Path) -> str:
@@ -208,6 +245,12 @@ class Settings(BaseSettings):
     call_records_retry_seconds: float = Field(default=120.0, ge=1, le=86_400)
     store_transcripts: bool = True
 
+    # --- Agents and tools (README "Agents and tools"; read by `app.agents`) ------------
+    agents_file: Path | None = None
+    tools_signing_secret: SecretStr | None = None
+    # The zone of `{local_time}` in instructions, unless an agent sets its own.
+    timezone: str = "UTC"
+
     _file_instructions: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
@@ -225,17 +268,17 @@ class Settings(BaseSettings):
     @field_validator("openai_realtime_url")
     @classmethod
     def _realtime_url(cls, value: str) -> str:
-        return _check_url(value, ("ws", "wss"), allow_path=True)
+        return check_url(value, ("ws", "wss"), allow_path=True)
 
     @field_validator("public_base_url")
     @classmethod
     def _public_base_url(cls, value: str | None) -> str | None:
-        return None if value is None else _check_url(value, ("http", "https"), allow_path=False)
+        return None if value is None else check_url(value, ("http", "https"), allow_path=False)
 
     @field_validator("twilio_api_base_url")
     @classmethod
     def _twilio_api_base_url(cls, value: str) -> str:
-        return _check_url(value, ("http", "https"), allow_path=True)
+        return check_url(value, ("http", "https"), allow_path=True)
 
     @field_validator("twilio_account_sid")
     @classmethod
@@ -250,19 +293,17 @@ class Settings(BaseSettings):
     @field_validator("transfer_number", "fallback_number", "transfer_caller_id")
     @classmethod
     def _dial_target(cls, value: str | None) -> str | None:
-        return None if value is None else _check_dial_target(value)
+        return None if value is None else check_dial_target(value)
 
     @field_validator("bot_voice")
     @classmethod
     def _voice(cls, value: str) -> str:
-        value = value.strip()
-        if value.lower() in BUILTIN_VOICES:
-            return value.lower()
-        if value.startswith("voice_") and len(value) > len("voice_"):
-            return value
-        raise ValueError(
-            f"must be one of {', '.join(sorted(BUILTIN_VOICES))}, or a custom voice_... id"
-        )
+        return check_voice(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        return check_timezone(value)
 
     @field_validator("transcription_model", "bot_greeting", "host")
     @classmethod
@@ -369,7 +410,12 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """The configured secret values, for registration with the log scrubber."""
-        secrets = (self.openai_api_key, self.twilio_auth_token, self.operator_api_key)
+        secrets = (
+            self.openai_api_key,
+            self.twilio_auth_token,
+            self.operator_api_key,
+            self.tools_signing_secret,
+        )
         return [s.get_secret_value() for s in secrets if s is not None]
 
     def warnings(self) -> list[str]:

@@ -44,6 +44,8 @@ _MEASURE_LABELS: dict[Metric, tuple[str, ...]] = {
     Metric.REALTIME_ERROR: ("rate_limit_exceeded",),
     Metric.TOOL_CALL: ("lookup_order", "ok"),
     Metric.REST: ("hangup", "error"),
+    Metric.TOOL_DURATION: ("lookup_order",),
+    Metric.MCP_ERROR: ("calendar", "call"),
 }
 
 

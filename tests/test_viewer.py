@@ -237,6 +237,15 @@ def test_events_lane_shows_tools_rest_and_end() -> None:
     assert len(texts["end"]) == 1 and "transferred" in texts["end"][0]
 
 
+def test_events_lane_shows_business_tools_their_outcome_and_cancels() -> None:
+    def labels(name: str) -> list[str]:
+        root = _svg(load(CALLS / name))
+        return ["".join(g.itertext()) for g in _all(root, "g", "tool")]
+
+    assert any("lookup_order: ok" in t for t in labels("tool_call.jsonl"))
+    assert any("tool cancelled" in t for t in labels("barge_in_cancels_tool.jsonl"))
+
+
 def test_key_presses_never_show_the_digit() -> None:
     library = render_svg(load(CALLS / "dtmf.jsonl"))
     assert "*" not in library and "digit" not in library

@@ -57,6 +57,26 @@ class RestRequest:
     params: dict[str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class RunTool:
+    """Run business tool `name` (`app.tools`) with the validated `arguments`; answer with
+    the input `{"tool_result": {"call_id", "name", "result", "output", "detail", "ms"}}`
+    (direction `rest`) when it is done. The driver enforces `timeout_ms`."""
+
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTool:
+    """Stop the run of `call_id` (the caller interrupted a `cancel` tool, or the call is
+    over): no answer is expected, and one that comes anyway is ignored."""
+
+    call_id: str
+
+
 class Metric(Enum):
     """What a call reports to the operator's metrics (`app.metrics` names the series)."""
 
@@ -67,6 +87,8 @@ class Metric(Enum):
     ENDING_CALLED_OFF = "ending_called_off"  # labels: (kind,) goodbye/transfer cut by the caller
     REALTIME_ERROR = "realtime_error"  # labels: (code,) an `error` event from the service
     TOOL_CALL = "tool_call"  # labels: (tool, result)
+    TOOL_DURATION = "tool_duration"  # value: s a tool ran; labels: (tool,)
+    MCP_ERROR = "mcp_error"  # labels: (server, kind) an MCP list or call failure
     REST = "rest"  # labels: (action, result) a Twilio REST answer (or none)
 
 
@@ -82,5 +104,13 @@ class Measure:
 
 
 Action = (
-    ToTwilio | ToRealtime | ConnectRealtime | CloseTwilio | CloseRealtime | RestRequest | Measure
+    ToTwilio
+    | ToRealtime
+    | ConnectRealtime
+    | CloseTwilio
+    | CloseRealtime
+    | RestRequest
+    | RunTool
+    | CancelTool
+    | Measure
 )

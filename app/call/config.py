@@ -18,11 +18,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Final, Literal
 
+from app.call.toolspec import ToolSpec
+
 #: An `app.settings.Settings` (the core doesn't import the settings layer, not even for
 #: types: fields are read by name).
 Settings = Any
 
 TurnDetection = Literal["server_vad", "semantic_vad"]
+
+#: The agent of a call when no agents file names one (`AGENTS_FILE`).
+DEFAULT_AGENT: Final = "default"
 
 #: Caller audio kept while the Realtime socket opens (older audio is dropped). Not a setting.
 CONNECT_BUFFER_MS: Final = 5000
@@ -89,6 +94,17 @@ class CallConfig:
     #: Unanswered reprompts before a polite hang-up; 0 = never hang up for silence.
     silence_max_reprompts: int = _setting("silence_max_reprompts")
     dtmf_to_model: bool = _setting("dtmf_to_model")
+    #: The agent answering the call (`app.agents`; "default" without an agents file).
+    agent: str = _derived(lambda s: DEFAULT_AGENT)
+    #: Business function tools offered besides `tools` (`app.call.toolspec`).
+    functions: tuple[ToolSpec, ...] = _derived(lambda s: ())
+    #: MCP servers as `session.tools` entries (`{"type": "mcp", ...}`); header values keep
+    #: their `${ENV}` references, filled in by the driver as it sends (never recorded).
+    mcp_servers: tuple[dict[str, Any], ...] = _derived(lambda s: ())
+    #: `session.reasoning.effort` (reasoning models only), or None: the model's default.
+    reasoning_effort: str | None = _derived(lambda s: None)
+    #: `session.parallel_tool_calls`, or None: the model's default.
+    parallel_tool_calls: bool | None = _derived(lambda s: None)
     connect_buffer_ms: int = CONNECT_BUFFER_MS
 
     @classmethod
@@ -109,7 +125,16 @@ class CallConfig:
         """JSON-ready form (for fixture headers)."""
         data = asdict(self)
         data["tools"] = list(self.tools)
+        data["functions"] = [spec.to_dict() for spec in self.functions]
+        data["mcp_servers"] = [dict(entry) for entry in self.mcp_servers]
         return data
+
+    def function(self, name: str) -> ToolSpec | None:
+        """The business tool `name`, if this call offers it."""
+        for spec in self.functions:
+            if spec.name == name:
+                return spec
+        return None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], defaults: CallConfig) -> CallConfig:
@@ -119,6 +144,10 @@ class CallConfig:
         kwargs = {k: v for k, v in data.items() if k in known}
         if "tools" in kwargs:
             kwargs["tools"] = tuple(kwargs["tools"])
+        if "functions" in kwargs:
+            kwargs["functions"] = tuple(ToolSpec.from_dict(d) for d in kwargs["functions"])
+        if "mcp_servers" in kwargs:
+            kwargs["mcp_servers"] = tuple(kwargs["mcp_servers"])
         return replace(defaults, **kwargs)
 
 

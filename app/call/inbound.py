@@ -173,6 +173,19 @@ FUNCTION_CALL: Final = _shape(
     field("arguments", str),
 )
 
+#: `response.output_item.done` / `conversation.item.done` items of the MCP kinds.
+MCP_ITEM: Final = _shape(
+    "malformed_mcp_item",
+    field("id", str),
+    field("name", str),
+    field("server_label", str),
+    field("arguments", str),
+    field("approval_request_id", str),
+)
+
+#: MCP progress events (`mcp_list_tools.*`, `response.mcp_call.*`): the item they are about.
+MCP_EVENT: Final = _shape("malformed_mcp_event", field("item_id", str, required=True))
+
 #: Twilio events by `event`: the fields the core reads of each. `media` is audio (see
 #: above); `start` is read by `app.protocol.twilio.start_fields`, which the driver uses
 #: too; `stop` is read for nothing but itself.

@@ -127,10 +127,18 @@ class Measures:
     def realtime_error(self, code: str) -> None:
         self.out.emit(Measure(Metric.REALTIME_ERROR, labels=(code,)))
 
-    def tool_call(self, name: str, result: str, ms: int = 0) -> None:
-        """A function call of the model's, answered (`ok`, `error`, `cancelled`, ...)."""
-        self.tool_calls.append({"name": name, "ok": result == "ok", "result": result, "ms": ms})
+    def tool_call(
+        self, name: str, result: str, ms: int = 0, *, ran: bool = False, **extra: Any
+    ) -> None:
+        """A function call of the model's, answered (`ok`, `error`, `timeout`,
+        `cancelled`); `ran`: a business tool really ran for `ms` (its duration is observed).
+        `extra` (call id, redacted arguments, detail) goes into the call's record."""
+        self.tool_calls.append(
+            {"name": name, "ok": result == "ok", "result": result, "ms": ms, **extra}
+        )
         self.out.emit(Measure(Metric.TOOL_CALL, labels=(name, result)))
+        if ran:
+            self.out.emit(Measure(Metric.TOOL_DURATION, ms / 1000, (name,)))
 
     def rest_answer(self, now: float, action: str, status: int, code: int | None) -> None:
         """A Twilio REST update was answered (status 0: no answer at all)."""

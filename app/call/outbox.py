@@ -62,6 +62,7 @@ class Timer(Enum):
     STOP_GRACE = "stop_grace"  # Twilio should end the stream after our REST update
     SILENCE = "silence"  # the caller has been quiet this long: reprompt
     MAX_DURATION = "max_duration"  # the call's length limit
+    TOOL_FILLER = "tool_filler"  # a slow tool: time the caller hears a filler
 
 
 class Outbox:

@@ -49,12 +49,15 @@ class Request:
     event_id: str = ""
     #: Called off while in flight: cancelled as soon as it starts.
     withdrawn: bool = False
+    #: A filler while a tool runs: moot once the tool's answer is wanted; calls no tool.
+    filler: bool = False
 
     def merge(self, other: Request) -> Request:
         return Request(
             other.instructions or self.instructions,
             self.closing or other.closing,
             self.droppable and other.droppable,
+            filler=self.filler and other.filler,
         )
 
 
@@ -97,10 +100,15 @@ class Responses:
         return self.active is not None or self._in_flight is not None
 
     def request(
-        self, instructions: str | None = None, *, closing: bool = False, droppable: bool = False
+        self,
+        instructions: str | None = None,
+        *,
+        closing: bool = False,
+        droppable: bool = False,
+        filler: bool = False,
     ) -> None:
         """Ask for a response now, or as soon as the current one is done."""
-        self._want(Request(instructions, closing, droppable))
+        self._want(Request(instructions, closing, droppable, filler=filler))
 
     def request_after_done(self) -> None:
         """Answer the caller once the active response is over."""
@@ -119,13 +127,23 @@ class Responses:
         self._seq += 1
         req.event_id = f"bridge_response_{self._seq}"
         self._in_flight = req
-        self.out.realtime(rt.response_create(req.instructions, req.event_id))
+        self.out.realtime(rt.response_create(req.instructions, req.event_id, no_tools=req.filler))
 
     def withdraw_closing(self) -> None:
         """The ending these last words were for was called off: don't say them."""
         self._waiting = [req for req in self._waiting if not req.closing]
         if self._in_flight is not None and self._in_flight.closing:
             self._in_flight.withdrawn = True
+
+    def withdraw_fillers(self) -> None:
+        """A tool's answer is wanted now: a filler not yet started is not said."""
+        self._waiting = [req for req in self._waiting if not req.filler]
+        if self._in_flight is not None and self._in_flight.filler:
+            self._in_flight.withdrawn = True
+
+    def was_cut_off(self, response_id: str | None) -> bool:
+        """Whether the caller cut response `response_id` off."""
+        return response_id is not None and response_id in self._dropped
 
     def cut_off(self) -> None:
         """The caller cut the bot off: the late audio of the active response, and of any
@@ -152,7 +170,10 @@ class Responses:
             metadata = response["metadata"]
             tag = metadata.get(rt.REQUEST_KEY) if isinstance(metadata, dict) else None
             if tag != req.event_id:
-                return False  # the service's own response; ours is still in flight
+                # The service's own response (server VAD answering the caller): what
+                # waits merely to fill a silence (a reprompt, a tool's answer) is moot.
+                self._waiting = [w for w in self._waiting if not w.droppable]
+                return False  # ours is still in flight
         self._in_flight = None
         if req.withdrawn:
             self.out.realtime(rt.response_cancel())

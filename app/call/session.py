@@ -47,6 +47,8 @@ from app.call.ending import (
 )
 from app.call.inbound import (
     FUNCTION_CALL,
+    MCP_EVENT,
+    MCP_ITEM,
     REALTIME,
     TWILIO,
     Shape,
@@ -56,6 +58,9 @@ from app.call.inbound import (
     short,
     text_or,
 )
+from app.call.mcp import EVENTS as MCP_EVENTS
+from app.call.mcp import ITEM_TYPES as MCP_ITEM_TYPES
+from app.call.mcp import McpCalls
 from app.call.measures import Measures
 from app.call.nudges import SILENCE_GOODBYE, WRAP_UP, Nudges, Silence
 from app.call.outbox import Outbox, Timer, logged, tally
@@ -63,6 +68,7 @@ from app.call.playback import Echo, PlaybackTracker
 from app.call.responses import Refusal, Responses
 from app.call.setup import session_update
 from app.call.state import PHASES, WORDS_STAGES, Input, Machine, Phase, Stage
+from app.call.toolcalls import Flush, ToolCalls
 from app.call.transcript import Transcript
 from app.call.turns import Start, Stop, TurnPolicy
 from app.observability import log_event
@@ -71,6 +77,9 @@ from app.protocol import twilio as tw
 from app.protocol.b64 import decoded_len
 
 logger = logging.getLogger("app.call")
+
+#: What the model is told to say while a slow tool runs (its words: the tool's filler).
+FILLER: Final = 'A tool is still working. Say only this, in the language of the call: "{text}"'
 
 #: A media stream that never sends `start` is closed after this long.
 START_TIMEOUT_MS: Final = 10_000
@@ -91,7 +100,6 @@ IGNORED_EVENTS: Final = frozenset(
         "response.function_call_arguments.done",
         "conversation.item.added",
         "conversation.item.created",
-        "conversation.item.done",
         "conversation.item.truncated",
         "conversation.item.deleted",
         "conversation.item.input_audio_transcription.delta",
@@ -119,7 +127,6 @@ class CallSession:
     """One call, from Twilio's `start` to the end of both sockets."""
 
     def __init__(self, config: CallConfig) -> None:
-        self.config = config
         self.out = Outbox(config.connect_buffer_ms)
         self.phase: Machine[Phase] = Machine("phase", PHASES, Phase.WAITING_START)
         self.stream_sid = ""
@@ -131,21 +138,37 @@ class CallSession:
         self.end_detail = ""
         self.realtime_ready = False
         self.playback = PlaybackTracker()
+        self.transcript = Transcript()
+        self.responses = Responses(self.out)
+        self.barge_in = BargeIn(self.out, self.playback, self.transcript)
+        self.measures = Measures(self.out)
+        self._configure(config)
+        #: A tool batch's answer waits to learn whether the caller's speech was a turn.
+        self._tool_answer_owed = False
+        self.usage: dict[str, int] = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+        self.caller_audio_bytes = 0
+        #: `error` events from the service by code (refusals of our requests excluded).
+        self.realtime_errors: dict[str, int] = {}
+
+    def _configure(self, config: CallConfig) -> None:
+        self.config = config
         self.turns = TurnPolicy(
             config.interrupt_min_speech_ms,
             config.vad_prefix_padding_ms,
             config.vad_silence_duration_ms if config.turn_detection == "server_vad" else 500,
         )
-        self.transcript = Transcript()
-        self.responses = Responses(self.out)
-        self.barge_in = BargeIn(self.out, self.playback, self.transcript)
         self.ending = Ending(self.out, config)
         self.nudges = Nudges(self.out, config)
-        self.measures = Measures(self.out)
-        self.usage: dict[str, int] = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
-        self.caller_audio_bytes = 0
-        #: `error` events from the service by code (refusals of our requests excluded).
-        self.realtime_errors: dict[str, int] = {}
+        self.tools = ToolCalls(self.out, config, self.measures)
+        labels = tuple(str(entry.get("server_label")) for entry in config.mcp_servers)
+        self.mcp = McpCalls(self.out, self.measures, labels)
+
+    def configure(self, config: CallConfig) -> None:
+        """The call's own configuration (its agent's), learned from its `start` before the
+        `start` is fed: only before the call has started."""
+        if self.phase.state is not Phase.WAITING_START:
+            raise RuntimeError("a call is configured before its start")
+        self._configure(config)
 
     # -- questions ------------------------------------------------------------------------
 
@@ -232,7 +255,10 @@ class CallSession:
             else:
                 self._realtime_message(now, msg)
         elif direction == "rest":
-            self._rest_answer(now, msg.get("response"))
+            if "tool_result" in msg:
+                self._tool_result(now, msg["tool_result"])
+            else:
+                self._rest_answer(now, msg.get("response"))
         else:
             raise ValueError(f"not an input: {direction}")
         return self.out.take()
@@ -337,6 +363,7 @@ class CallSession:
             log_event(logger, _DEBUG, "twilio.connected", protocol=preview(msg.get("protocol")))
         elif event == "dtmf":
             if self.nudges.dtmf(msg["dtmf"]["digit"], self.ending.committed):
+                self._caller_spoke(now)  # a key press is the caller's turn
                 self.measures.unanswered()  # the answer is to the key, not to speech
                 self.responses.request()
         else:
@@ -447,8 +474,22 @@ class CallSession:
             self.nudges.disarm()
         elif kind == "response.output_item.done":
             item = ev["item"]
-            if item.get("type") == "function_call" and self._fit("realtime", FUNCTION_CALL, item):
+            item_type = item.get("type")
+            if item_type == "function_call" and self._fit("realtime", FUNCTION_CALL, item):
                 self._function_call(now, item, ev.get("response_id"))
+            elif item_type in MCP_ITEM_TYPES and self._fit("realtime", MCP_ITEM, item):
+                self._mcp_item(now, item)
+        elif kind == "conversation.item.done":
+            done = ev.get("item")
+            if (
+                type(done) is dict
+                and done.get("type") in MCP_ITEM_TYPES
+                and self._fit("realtime", MCP_ITEM, done)
+            ):
+                self._mcp_item(now, done)
+        elif kind in MCP_EVENTS:
+            if self._fit("realtime", MCP_EVENT, ev):
+                self.mcp.event(now, kind, ev["item_id"])
         elif kind == "response.done":
             self._response_done(now, ev)
         elif kind == "response.output_audio_transcript.done":
@@ -485,6 +526,7 @@ class CallSession:
         )
         finished = self.responses.done(response)
         self.measures.response_done(finished.response_id)
+        self.tools.response_done(finished.response_id)
         if finished.failing and not self.ending.committed:
             self._responses_failing(now)
             return
@@ -496,6 +538,8 @@ class CallSession:
             self.responses.request(words, closing=True)
         elif progress is Progress.PLAYED_OUT:
             self._ending_played_out(now)
+        if not self.done:
+            self._flush_tools(now)
         self.responses.send_waiting()
         if not self.done:
             self._maybe_arm(now)
@@ -534,21 +578,32 @@ class CallSession:
     def _function_call(self, now: float, item: dict[str, Any], response_id: str | None) -> None:
         """A function-call item of the model's finished (`response.output_item.done`)."""
         name: str | None = item.get("name")
-        call_id: str = item["call_id"]
         if item.get("status") != "completed":
+            # Cut off while its arguments were being written: they may be truncated.
             log_event(logger, _INFO, "tool.ignored_incomplete", tool=short(name))
-            self.measures.tool_call(short(name) or "?", "cancelled")
+            self.measures.tool_call(short(name) or "?", "cancelled", detail="incomplete")
+            return
+        rid = response_id or ""
+        cut_off = self.responses.was_cut_off(response_id)
+        if self.tools.offers(name):
+            self.tools.call(now, item, rid, cut_off)
+            self._flush_tools(now)
             return
         kind = TOOL_ENDINGS.get(name) if name is not None else None
         if kind is None or name not in self.config.tools:
-            log_event(logger, _WARNING, "tool.unknown", tool=short(name))
-            self.measures.tool_call(short(name) or "?", "error")
-            self.out.realtime(rt.function_output(call_id, '{"error": "unknown tool"}'))
-            self.responses.request()
+            self.tools.unknown(now, item, rid)
+            self._flush_tools(now)
+            return
+        if cut_off:
+            # The caller cut that response off: whatever it asked for, they are still
+            # talking, and nobody hangs up or transfers on them.
+            log_event(logger, _INFO, "tool.ignored_interrupted", tool=name)
+            self.measures.tool_call(name, "cancelled", detail="interrupted")
+            self._builtin_output(now, item, rid, '{"error": "not done: the caller interrupted"}')
             return
         if self.ending.stage is not Stage.NONE:
             self.measures.tool_call(name, "ok")
-            self.out.realtime(rt.function_output(call_id, '{"result": "already ending"}'))
+            self._builtin_output(now, item, rid, '{"result": "already ending"}')
             return
         reason = tool_reason(item.get("arguments"))
         if reason is None:
@@ -557,7 +612,65 @@ class CallSession:
         log_event(logger, _INFO, "tool.called", tool=name, reason=reason)
         self.measures.tool_call(name, "ok")
         self.ending.from_tool(now, kind, reason, response_id)
-        self.out.realtime(rt.function_output(call_id, json.dumps(TOOL_RESULT[kind])))
+        self._builtin_output(now, item, rid, json.dumps(TOOL_RESULT[kind]))
+
+    def _builtin_output(self, now: float, item: dict[str, Any], rid: str, output: str) -> None:
+        """A built-in tool's output, in its place among the response's tool outputs."""
+        self.tools.answered(now, item, rid, output)
+        self._flush_tools(now)
+
+    def _tool_result(self, now: float, answer: object) -> None:
+        """A business tool's outcome (`RunTool` answered)."""
+        if type(answer) is not dict:
+            self.out.bad("rest", "malformed_tool_result")
+            return
+        if self.tools.result(now, answer):
+            self._flush_tools(now)
+            self._maybe_arm(now)
+
+    def _flush_tools(self, now: float) -> None:
+        """Send the tool outputs due; a batch complete and unanswered gets its answer."""
+        for want in self.tools.flush():
+            if want is Flush.ANSWER:
+                self._answer_tools()
+
+    def _answer_tools(self) -> None:
+        if self.ending.stage is not Stage.NONE:
+            return  # the ending says the last words
+        if self.turns.current is not None:
+            self._tool_answer_owed = True  # a turn, or noise? `_speech_stopped` knows
+            return
+        self.responses.withdraw_fillers()
+        self.responses.request(droppable=True)
+
+    def _caller_spoke(self, now: float) -> None:
+        """The caller is taking a turn: `cancel` tools stop; open batches won't answer."""
+        self._tool_answer_owed = False
+        if self.tools.runs:
+            self.tools.caller_spoke(now)
+            self._flush_tools(now)
+
+    def _mcp_item(self, now: float, item: dict[str, Any]) -> None:
+        reply = self.mcp.item(now, item)
+        if reply is not None:
+            self.out.realtime(reply)
+            self.responses.request(droppable=True)  # the model tells the caller
+
+    def _line_quiet(self) -> bool:
+        """Neither the bot nor the caller is speaking, and the call isn't ending."""
+        return (
+            not self.playback.playing
+            and not self.responding
+            and self.turns.current is None
+            and self.ending.stage is Stage.NONE
+        )
+
+    def _filler_timer(self, now: float) -> None:
+        spec = self.tools.filler_due(now, self._line_quiet())
+        if spec is not None:
+            log_event(logger, _INFO, "tool.filler", tool=spec.name)
+            text = self._instructions(FILLER.format(text=spec.filler_text))
+            self.responses.request(text, droppable=True, filler=True)
 
     # -- the caller's speech ------------------------------------------------------------------
 
@@ -566,6 +679,8 @@ class CallSession:
         self.measures.speech_started(now)
         self.nudges.disarm()
         decision = self.turns.speech_started(ev.get("item_id"), start_ms, self.playback.playing)
+        if self.turns.automatic:
+            self._caller_spoke(now)  # the service takes any speech as a turn
         if decision is Start.INTERRUPT:
             self._interrupt(now)
         elif decision is Start.NOTHING and self.turns.automatic and self.responses.active:
@@ -590,6 +705,10 @@ class CallSession:
         if outcome is not Stop.NOISE:
             self.nudges.caller_active()
             self.measures.turn_ended(now)
+            self._caller_spoke(now)
+        elif self._tool_answer_owed:
+            self._tool_answer_owed = False
+            self._answer_tools()  # it was noise: the tools' answer is still wanted
         if self.ending.waiting_for_caller:
             # The last words have played while the caller was talking over them: noise
             # lets the ending go ahead; a real turn calls it off.
@@ -622,6 +741,7 @@ class CallSession:
         """The min-speech confirmation time passed with the caller still speaking."""
         if not self.turns.confirmed():
             return
+        self._caller_spoke(now)
         if self.playback.playing:
             self._interrupt(now)
         elif self.ending.waiting_for_caller:
@@ -634,6 +754,7 @@ class CallSession:
         if interruption.audible:
             self.measures.barged_in(now, interruption.unheard_ms)
         self.responses.cut_off()
+        self._caller_spoke(now)
         if interruption.audible or self.ending.active:
             self._call_off(now)  # the caller spoke up: no hang-up on top of them
 
@@ -743,24 +864,31 @@ class CallSession:
             self._end(now, Input.STOP_GRACE, self.end_reason)
         elif timer is Timer.SILENCE:
             ending = self.ending.stage is not Stage.NONE
-            silence = self.nudges.silence(ending or self.playback.playing or self.responding)
+            busy = self.playback.playing or self.responding or self.tools.running
+            silence = self.nudges.silence(ending or busy)
             if silence is Silence.REPROMPT:
                 self.measures.reprompted()
                 self.responses.request(droppable=True)
             elif silence is Silence.GOODBYE:
                 self._begin_ending(now, "silence", "bot_hung_up", SILENCE_GOODBYE)
+        elif timer is Timer.TOOL_FILLER:
+            self._filler_timer(now)
         elif timer is Timer.MAX_DURATION and self.nudges.max_duration(
             now, self.ending.stage is not Stage.NONE
         ):
             self._begin_ending(now, "max_duration", "max_duration", WRAP_UP)
 
     def _maybe_arm(self, now: float) -> None:
-        """Start the silence clock if both sides are quiet and the bot has been heard out."""
+        """Start the silence clock if both sides are quiet and the bot has been heard out
+        (and a tool's filler wait, if one was put off)."""
+        if self.tools.runs and self.phase.state is Phase.LIVE and self._line_quiet():
+            self.tools.line_quiet(now)
         quiet = (
             self.phase.state is Phase.LIVE
             and not self.ending.active
             and not self.playback.playing
             and not self.responding
+            and not self.tools.running  # waiting for a tool is not the caller's silence
             and self.turns.current is None
         )
         self.nudges.maybe_arm(now, quiet)
@@ -784,6 +912,7 @@ class CallSession:
         self.end_detail = detail
         self.ended_ms = now
         self.out.cancel_all_timers()
+        self.tools.ended(now)
         # The caller first: closing the stream lets Twilio run the fallback at once,
         # whatever a stalled Realtime peer does with its closing handshake.
         if close_twilio:
@@ -812,6 +941,10 @@ class CallSession:
             "usage": dict(self.usage),
             "bad_input": dict(self.bad_input),
             "realtime_errors": dict(self.realtime_errors),
+            "tool_calls": [
+                call if with_text else {k: v for k, v in call.items() if k != "arguments"}
+                for call in self.measures.tool_calls
+            ],
             "turns": self.transcript.to_list(with_text),
         }
 

@@ -41,5 +41,11 @@ def session_update(cfg: CallConfig) -> rt.Event:
         turn_detection=turn_detection(cfg),
         noise_reduction=cfg.noise_reduction,
         transcription=transcription,
-        tools=tools.definitions(cfg.tools),
+        tools=[
+            *tools.definitions(cfg.tools),
+            *(spec.definition() for spec in cfg.functions),
+            *cfg.mcp_servers,
+        ],
+        reasoning_effort=cfg.reasoning_effort,
+        parallel_tool_calls=cfg.parallel_tool_calls,
     )

@@ -62,8 +62,11 @@ def session_update(
     noise_reduction: str | None,
     transcription: dict[str, Any] | None,
     tools: list[dict[str, Any]],
+    reasoning_effort: str | None = None,
+    parallel_tool_calls: bool | None = None,
 ) -> Event:
-    """`session.update` for a phone call: pcmu in and out, voice, VAD, tools."""
+    """`session.update` for a phone call: pcmu in and out, voice, VAD, tools (function
+    and MCP entries), and the reasoning settings of models that have them."""
     audio_in: dict[str, Any] = {
         "format": PCMU,
         "turn_detection": turn_detection,
@@ -79,6 +82,10 @@ def session_update(
         "tools": tools,
         "tool_choice": "auto" if tools else "none",
     }
+    if reasoning_effort is not None:
+        session["reasoning"] = {"effort": reasoning_effort}
+    if parallel_tool_calls is not None:
+        session["parallel_tool_calls"] = parallel_tool_calls
     return {"type": "session.update", "session": session}
 
 
@@ -87,11 +94,16 @@ def input_audio_append(payload: str) -> Event:
     return {"type": "input_audio_buffer.append", "audio": payload}
 
 
-def response_create(instructions: str | None = None, event_id: str | None = None) -> Event:
+def response_create(
+    instructions: str | None = None, event_id: str | None = None, *, no_tools: bool = False
+) -> Event:
     """Ask for a response; `instructions` replace the session's for this response only.
-    `event_id` comes back in an `error` if the service refuses the request."""
+    `event_id` comes back in an `error` if the service refuses the request. `no_tools`:
+    the response may not call a tool (a filler while one runs)."""
     event: Event = {"type": "response.create"}
     response: dict[str, Any] = {}
+    if no_tools:
+        response["tool_choice"] = "none"
     if event_id is not None:
         # The id comes back in an `error` refusing this request, and, as metadata, in the
         # `response.created` of the response it started: so both can be told apart from

@@ -70,7 +70,7 @@ class Entry:
     @property
     def is_input(self) -> bool:
         if self.dir == "rest":
-            return "response" in self.msg
+            return "response" in self.msg or "tool_result" in self.msg
         return self.dir in ("from_twilio", "from_openai")
 
 
@@ -322,6 +322,15 @@ _WHO = {
     "to_openai": "bridge  -> openai",
     "rest": "bridge <-> twilio",
 }
+#: `rest` lines about business tools (`tool_request`, `tool_result`, `tool_cancel`).
+_TOOL_WHO: Final = "bridge <-> tools "
+_TOOL_KEYS: Final = ("tool_request", "tool_result", "tool_cancel")
+
+
+def _who(e: Entry) -> str:
+    if e.dir == "rest" and any(key in e.msg for key in _TOOL_KEYS):
+        return _TOOL_WHO
+    return _WHO[e.dir]
 
 
 def _show(value: object, limit: int = 200) -> str:
@@ -363,6 +372,13 @@ def describe(e: Entry) -> str:
     if e.dir == "rest":
         if "request" in m:
             return f"REST {_get(m, 'request', 'kind')} {_get(m, 'request', 'params')}"
+        if "tool_request" in m:
+            return f"tool {_get(m, 'tool_request', 'name')} {_get(m, 'tool_request', 'arguments')}"
+        if "tool_cancel" in m:
+            return f"tool cancelled {_get(m, 'tool_cancel', 'call_id')}"
+        if "tool_result" in m:
+            tool, result = _get(m, "tool_result", "name"), _get(m, "tool_result", "result")
+            return f"tool result {tool}: {result} {_get(m, 'tool_result', 'output')}"
         return f"REST answer {_get(m, 'response')}"
     if "event" in m:
         event = m["event"]
@@ -456,7 +472,7 @@ def timeline(entries: list[Entry]) -> list[str]:
         if type(kind) is str and kind in _QUIET:  # a recorded type may be any value
             continue
         flush()
-        lines.append(f"{e.t_ms:9.0f} ms  {_WHO[e.dir]}  {describe(e)}")
+        lines.append(f"{e.t_ms:9.0f} ms  {_who(e)}  {describe(e)}")
     flush()
     return lines
 

@@ -269,9 +269,17 @@ def _openai_event(e: Entry, out: Playout, speaking: list[float]) -> None:
         speaking.append(e.t_ms)
     elif kind == "input_audio_buffer.speech_stopped" and speaking:
         out.speech.append(Span(speaking.pop(), e.t_ms))
-    elif kind == "response.output_item.done" and lookup(e.msg, ("item", "type")) == "function_call":
+    elif kind == "response.output_item.done":
+        item_type = lookup(e.msg, ("item", "type"))
         name = lookup(e.msg, ("item", "name"))
-        out.events.append(Event("tool", e.t_ms, name if type(name) is str else "function"))
+        shown = name if type(name) is str else "function"
+        if item_type == "function_call":
+            out.events.append(Event("tool", e.t_ms, shown))
+        elif item_type == "mcp_call":
+            server = lookup(e.msg, ("item", "server_label"))
+            failed = lookup(e.msg, ("item", "error")) is not None
+            label = f"{server if type(server) is str else 'mcp'}.{shown}"
+            out.events.append(Event("tool", e.t_ms, label + (" failed" if failed else "")))
 
 
 def _rest_event(e: Entry) -> Event | None:
@@ -282,6 +290,15 @@ def _rest_event(e: Entry) -> Event | None:
         status = lookup(e.msg, ("response", "status"))
         shown = status if type(status) is int else "failed"
         return Event("rest", e.t_ms, f"REST answer {shown}")
+    if "tool_result" in e.msg:  # a business tool's outcome (its request is the call above)
+        name, result = (
+            lookup(e.msg, ("tool_result", "name")),
+            lookup(e.msg, ("tool_result", "result")),
+        )
+        label = f"{name if type(name) is str else 'tool'}: {result if type(result) is str else '?'}"
+        return Event("tool", e.t_ms, label)
+    if "tool_cancel" in e.msg:
+        return Event("tool", e.t_ms, "tool cancelled")
     return None
 
 

@@ -393,6 +393,31 @@ ts(
     thresholds=0.1,
 )
 y += 8
+ts(
+    "Tool run time p95",
+    "95th percentile of how long business tools ran over 5 minutes, by tool (HTTP, Python "
+    "and MCP calls; `bridge_tool_call_duration_seconds`). A tool near its timeout (8 s by "
+    "default) leaves callers listening to the filler.",
+    "s",
+    [
+        target(
+            "histogram_quantile(0.95, sum by (le, tool) "
+            f"(rate({q('bridge_tool_call_duration_seconds_bucket')}[5m])))",
+            "{{tool}}",
+        )
+    ],
+    pos(0, y, 12),
+)
+ts(
+    "MCP failures per minute",
+    "MCP failures the Realtime service reported, by server and kind (`list_tools`: the "
+    "server could not be listed, so its tools were not offered; `call`) "
+    "(`bridge_mcp_errors_total`).",
+    "cpm",
+    [target(per_min(q("bridge_mcp_errors_total"), "server, kind"), "{{server}} {{kind}}")],
+    pos(12, y, 12),
+)
+y += 8
 
 # --- Inputs and limits ---------------------------------------------------------------------
 row("Inputs and limits", y)

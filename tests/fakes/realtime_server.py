@@ -18,7 +18,10 @@ https://platform.openai.com/docs/api-reference/realtime, and the event models in
   ``Audio content of Nms is already shorter than Mms``);
 * an energy VAD over the appended caller audio, driven by audio time (bytes appended), emits
   ``speech_started``/``speech_stopped``/``committed`` and auto-cancels/auto-creates responses
-  according to the session's ``turn_detection``.
+  according to the session's ``turn_detection``;
+* tools: scripted (parallel) function calls, cut off ``incomplete`` by a cancel, and the MCP
+  listings, calls and approval requests the service makes itself (``tests.fakes.realtime_mcp``);
+  the connection records function outputs, MCP server entries and approval responses.
 
 Tests drive it with ``rt.connections[i]`` records (``wait_for``, ``send``, ``drop``...).
 """
@@ -53,6 +56,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from tests.fakes import realtime_mcp
 from tests.fakes.audio import BYTES_PER_MS, FRAME_BYTES, FRAME_MS, is_speech, tone
 from tests.fakes.watch import Watch
 
@@ -160,12 +164,37 @@ class ScriptedResponse:
     ``function_call`` (``{"name": ..., "arguments": dict | str, "call_id": optional}``) adds a
     function_call output item after the audio, as the model does when it speaks then calls
     a tool.  ``audio=b""`` with a function_call gives a tool call with no speech.
+    ``function_calls`` adds several such items (parallel tool calls), after ``function_call``
+    if both are set, each with its own added/arguments/done sequence.
+
+    ``function_call_delay_ms`` pauses (wall clock, not scaled by ``generation_speed``) between
+    the two argument deltas of each function call, so a test can cancel the response while
+    the arguments are being written: that item then ends ``incomplete`` with truncated
+    arguments, like the real service.
+
+    ``mcp_calls`` are MCP calls the *service* makes in this response (see
+    ``tests.fakes.realtime_mcp.run_call``), each ``{"server_label", "name", "arguments":
+    dict | str, "output": str | None, "error": dict | None, "duration_ms": int, "approval":
+    bool}``; they come before the audio message, or after it with ``mcp_after_audio``.
+    ``approval: True`` emits an ``mcp_approval_request`` item instead; once the client
+    approves it (an ``mcp_approval_response`` item), the call runs at the start of the next
+    response.  A response whose ``tool_choice`` is ``"none"`` (``response.create`` or the
+    session) makes no function or MCP calls, whatever the script says.
     """
 
     audio: bytes = b""
     transcript: str = ""
     delta_ms: int = 100
     function_call: dict[str, Any] | None = None
+    function_calls: list[dict[str, Any]] = field(default_factory=list)
+    function_call_delay_ms: int = 0
+    mcp_calls: list[dict[str, Any]] = field(default_factory=list)
+    mcp_after_audio: bool = False
+
+    def all_function_calls(self) -> list[dict[str, Any]]:
+        """``function_call`` (if set) then ``function_calls``, in emission order."""
+        first = [self.function_call] if self.function_call else []
+        return first + list(self.function_calls)
 
 
 def default_response() -> ScriptedResponse:
@@ -182,6 +211,12 @@ class FakeResponse:
     trigger: str  # "client" (response.create), "vad" (server VAD) or "test" (start_response)
     item_id: str | None = None
     function_item_id: str | None = None
+    """The first function_call item's id (see ``function_item_ids`` for all of them)."""
+    function_item_ids: list[str] = field(default_factory=list)
+    mcp_item_ids: list[str] = field(default_factory=list)
+    """Ids of the ``mcp_call`` and ``mcp_approval_request`` items, in output order."""
+    tool_choice: Any = "auto"
+    """The effective ``tool_choice``: the ``response.create``'s, else the session's."""
     status: str = "in_progress"
     reason: str | None = None
     audio_bytes_sent: int = 0
@@ -225,6 +260,18 @@ class RealtimeConnection:
         self.items: dict[str, dict[str, Any]] = {}
         self.item_order: list[str] = []
         self.audio_produced = False
+        self.function_outputs: list[dict[str, Any]] = []
+        """``{"call_id", "output"}`` of each ``function_call_output`` item the client created,
+        in arrival order (the items themselves stay in the conversation, ``items``)."""
+        self.mcp_servers: list[dict[str, Any]] = []
+        """Every ``{"type": "mcp", ...}`` tool received in a ``session.update``, exactly as
+        received (``headers``, ``authorization``...), in arrival order."""
+        self.approval_responses: list[dict[str, Any]] = []
+        """Every ``mcp_approval_response`` item the client created, exactly as received."""
+        self.approval_requests: dict[str, dict[str, Any]] = {}
+        """``mcp_approval_request`` item id -> the scripted MCP call it asks approval for."""
+        self.approved_calls: deque[tuple[str, dict[str, Any]]] = deque()
+        """Approved ``(approval_request_id, call)``s, run at the start of the next response."""
         self._watch = Watch()
         # Input buffer and VAD state, all in audio time (bytes appended).
         self._uncommitted = 0
@@ -461,6 +508,9 @@ class RealtimeConnection:
             return
         _deep_merge(self.session, {k: v for k, v in update.items() if k != "model"})
         await self._send({"type": "session.updated", "session": copy.deepcopy(self.session)})
+        servers = [t for t in update.get("tools") or [] if t.get("type") == "mcp"]
+        if servers:
+            await realtime_mcp.list_tools(self, servers)
 
     async def _on_input_audio_buffer_append(self, ev: dict[str, Any]) -> None:
         try:
@@ -530,6 +580,11 @@ class RealtimeConnection:
             )
             return
         previous = self._add_item(item)
+        if item["type"] == "function_call_output":
+            self.function_outputs.append({"call_id": item["call_id"], "output": item["output"]})
+        elif item["type"] == "mcp_approval_response":
+            realtime_mcp.record_approval_response(self, ev["item"])
+        self._notify()
         await self._send(
             {"type": "conversation.item.added", "previous_item_id": previous, "item": item}
         )
@@ -750,6 +805,8 @@ class RealtimeConnection:
         resp = FakeResponse(
             id=new_id("resp"), script=script, trigger=trigger, create_event=create_event
         )
+        requested = (create_event or {}).get("response") or {}
+        resp.tool_choice = requested.get("tool_choice", self.session.get("tool_choice", "auto"))
         # Like the service, echo the request's metadata in the response object.
         resp.metadata = ((create_event or {}).get("response") or {}).get("metadata")
         self.responses.append(resp)
@@ -792,13 +849,29 @@ class RealtimeConnection:
         """Emit the GA event sequence of one response, faster than real time."""
         script = resp.script
         outputs: list[dict[str, Any]] = []
+        tools_allowed = resp.tool_choice != "none"
+        calls = script.all_function_calls() if tools_allowed else []
+        mcp_calls = script.mcp_calls if tools_allowed else []
         try:
-            output_index = 0
-            if script.audio or script.transcript or not script.function_call:
-                outputs.append(await self._generate_message(resp, output_index))
-                output_index += 1
-            if script.function_call and resp._stop_reason is None:
-                outputs.append(await self._generate_function_call(resp, output_index))
+            while self.approved_calls and resp._stop_reason is None:
+                request_id, call = self.approved_calls.popleft()
+                outputs.append(
+                    await realtime_mcp.run_call(
+                        self, resp, len(outputs), call, approval_request_id=request_id
+                    )
+                )
+            if not script.mcp_after_audio:
+                await realtime_mcp.run_calls(self, resp, outputs, mcp_calls)
+            if (script.audio or script.transcript or not (calls or mcp_calls)) and (
+                resp._stop_reason is None or not outputs
+            ):
+                outputs.append(await self._generate_message(resp, len(outputs)))
+            if script.mcp_after_audio:
+                await realtime_mcp.run_calls(self, resp, outputs, mcp_calls)
+            for call in calls:
+                if resp._stop_reason is not None:
+                    break
+                outputs.append(await self._generate_function_call(resp, len(outputs), call))
             if resp._stop_reason is None:
                 status, details = "completed", None
             else:
@@ -869,6 +942,13 @@ class RealtimeConnection:
                 self.active_response = None
             resp.done.set()
             self._notify()
+
+    async def _sleep(self, resp: FakeResponse, seconds: float) -> None:
+        """Wait ``seconds`` of wall-clock time, waking early when the response is stopped."""
+        if seconds <= 0 or resp._stop_reason is not None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(resp._wake.wait(), seconds)
 
     async def _pace(self, resp: FakeResponse, audio_ms: int) -> None:
         """Wait the generation time of ``audio_ms`` of audio, waking early on a stop."""
@@ -1005,13 +1085,16 @@ class RealtimeConnection:
         return item
 
     async def _generate_function_call(
-        self, resp: FakeResponse, output_index: int
+        self, resp: FakeResponse, output_index: int, fc: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        fc = resp.script.function_call or {}
+        """One function_call item; stopped mid-arguments, it ends ``incomplete``."""
+        fc = fc if fc is not None else resp.script.function_call or {}
         args = fc.get("arguments", {})
         arguments = args if isinstance(args, str) else json.dumps(args)
         item_id = new_id("item")
-        resp.function_item_id = item_id
+        if resp.function_item_id is None:
+            resp.function_item_id = item_id
+        resp.function_item_ids.append(item_id)
         call_id = fc.get("call_id") or new_id("call")
         item: dict[str, Any] = {
             "id": item_id,
@@ -1041,8 +1124,14 @@ class RealtimeConnection:
             "call_id": call_id,
         }
         half = len(arguments) // 2
-        for piece in (arguments[:half], arguments[half:]):
+        written = ""
+        for n, piece in enumerate((arguments[:half], arguments[half:])):
+            if n == 1:
+                await self._sleep(resp, resp.script.function_call_delay_ms / 1000)
+            if resp._stop_reason is not None:
+                break  # interrupted: the arguments stay truncated
             if piece:
+                written += piece
                 await self._send(
                     {"type": "response.function_call_arguments.delta", **ids, "delta": piece}
                 )
@@ -1051,11 +1140,11 @@ class RealtimeConnection:
                 "type": "response.function_call_arguments.done",
                 **ids,
                 "name": fc["name"],
-                "arguments": arguments,
+                "arguments": written,
             }
         )
-        item["arguments"] = arguments
-        item["status"] = "completed"
+        item["arguments"] = written
+        item["status"] = "completed" if written == arguments else "incomplete"
         await self._send(
             {
                 "type": "response.output_item.done",
@@ -1094,6 +1183,8 @@ class FakeRealtime:
         default_caller_transcript: str = "(caller speech)",
         hang_handshake: bool = False,
         silent: bool = False,
+        mcp_tools: dict[str, list[Any]] | None = None,
+        failing_mcp_servers: set[str] | None = None,
     ) -> None:
         self.script: deque[ScriptedResponse] = deque(responses or [])
         """Remaining scripted responses, consumed in order by any connection."""
@@ -1111,6 +1202,11 @@ class FakeRealtime:
         """Audio generation speed as a multiple of real time (0 or inf = no pause at all)."""
         self.caller_transcripts: deque[str] = deque(caller_transcripts or [])
         self.default_caller_transcript = default_caller_transcript
+        self.mcp_tools: dict[str, list[Any]] = dict(mcp_tools or {})
+        """MCP server label -> the tool names (or full tool dicts) its listing returns; a
+        server not named here lists its ``allowed_tools`` (when a list)."""
+        self.failing_mcp_servers: set[str] = set(failing_mcp_servers or ())
+        """MCP server labels whose tool listing fails (``mcp_list_tools.failed``)."""
         self.connections: list[RealtimeConnection] = []
         self.handshakes: list[dict[str, Any]] = []
         """Every upgrade attempt: ``{"path", "headers", "status"}`` (101 when accepted)."""
