@@ -372,6 +372,15 @@ class CallRecorder:
             if value not in self._secrets and room:
                 self._secrets.append(value)
 
+    def _scrubbed(self, line: str) -> str:
+        """Defence in depth: `redact` took the call's secrets out already; a secret of the
+        process (a literal MCP header value in the header's config, one the service echoes)
+        is scrubbed here as text."""
+        for secret in self._secrets:
+            if secret in line:
+                line = line.replace(secret, REDACTED)
+        return line
+
     def _hold(self, t_ms: float, line: str) -> None:
         if self._early_chars + len(line) > MAX_EARLY_CHARS:
             self._early_cut_ms = t_ms
@@ -383,7 +392,9 @@ class CallRecorder:
     def _open(self, t_ms: float, start: Message) -> None:
         name = self._name = self._writer.reserve(file_label(start))
         limits = {"max_bytes": self.max_bytes, "max_line_chars": MAX_LINE_CHARS}
-        head_line = dumps(header(self._config, start, self._keep_audio, limits)) + "\n"
+        head_line = self._scrubbed(
+            dumps(header(self._config, start, self._keep_audio, limits)) + "\n"
+        )
         # The header is written whatever the limits: without it the file is no fixture.
         if not self._writer.submit("line", name, head_line):
             self._abandon(t_ms, started=False)
@@ -403,9 +414,7 @@ class CallRecorder:
     def _emit(self, t_ms: float, line: str) -> None:
         name = self._name
         assert name is not None
-        for secret in self._secrets:  # defence in depth: `redact` took it out already
-            if secret in line:
-                line = line.replace(secret, REDACTED)
+        line = self._scrubbed(line)
         if self.bytes_written + len(line) > self.max_bytes:
             self.lines_dropped += 1
             self._truncate(t_ms, self.max_bytes)

@@ -74,6 +74,8 @@ from app.call.actions import (
 )
 from app.call.config import CallConfig
 from app.call.nudges import DTMF_KEYS, DTMF_MESSAGE
+from app.call.toolcalls import redacted_arguments
+from app.call.toolspec import ToolSpec
 from app.protocol.b64 import decoded_len, is_b64
 
 FORMAT_VERSION: Final = 1
@@ -265,50 +267,45 @@ def _redact_item(msg: Message) -> Message:
     return {**msg, "item": {**item, "content": clean}}
 
 
-#: Tool name -> its argument names recorded as `***` (`ToolSpec.redact`).
-Redactions = Mapping[str, tuple[str, ...]]
+#: Tool name -> its spec, for the tools with arguments recorded as `***` (`ToolSpec.redact`).
+Redactions = Mapping[str, ToolSpec]
 _ARGUMENT_EVENTS: Final = frozenset(
     {"response.function_call_arguments.done", "response.function_call_arguments.delta"}
 )
 
 
-def redactions_of(config: CallConfig) -> dict[str, tuple[str, ...]]:
-    return {spec.name: spec.redact for spec in config.functions if spec.redact}
+def redactions_of(config: CallConfig) -> dict[str, ToolSpec]:
+    return {spec.name: spec for spec in config.functions if spec.redact}
 
 
-def _redacted_arguments(text: object, fields: tuple[str, ...]) -> object:
-    """A function call's arguments (JSON text) with `fields` as `***`; text that doesn't
-    parse to an object is `***` whole (it may be a card number cut short)."""
-    if type(text) is not str:
-        return text
-    try:
-        arguments = json.loads(text)
-    except (ValueError, RecursionError):
-        return REDACTED
-    if type(arguments) is not dict:
-        return REDACTED
-    return json.dumps({k: (REDACTED if k in fields else v) for k, v in arguments.items()})
+def _text(value: object) -> str:
+    """A peer's value as a lookup key: text, or "" (a list can't be looked up)."""
+    return value if type(value) is str else ""
+
+
+def _kind(msg: Message) -> str:
+    return _text(msg.get("type"))
 
 
 def _redact_call(item: object, redactions: Redactions) -> object:
     if type(item) is not dict or item.get("type") != "function_call":
         return item
-    fields = redactions.get(item.get("name"))  # type: ignore[arg-type]
-    if not fields or "arguments" not in item:
+    spec = redactions.get(_text(item.get("name")))
+    if spec is None or "arguments" not in item:
         return item
-    return {**item, "arguments": _redacted_arguments(item["arguments"], fields)}
+    return {**item, "arguments": redacted_arguments(spec, item["arguments"])}
 
 
 def _redact_tool_arguments(direction: str, msg: Message, redactions: Redactions) -> Message:
     """The values of redacted tool arguments, wherever a message carries them."""
     if direction == "from_openai":
-        kind = msg.get("type")
+        kind = _kind(msg)
         if kind in _ARGUMENT_EVENTS:
             if kind.endswith("delta"):
                 return {**msg, "delta": REDACTED} if "delta" in msg else msg
-            fields = redactions.get(msg.get("name"))  # type: ignore[arg-type]
-            if fields and "arguments" in msg:
-                return {**msg, "arguments": _redacted_arguments(msg["arguments"], fields)}
+            spec = redactions.get(_text(msg.get("name")))
+            if spec is not None and "arguments" in msg:
+                return {**msg, "arguments": redacted_arguments(spec, msg["arguments"])}
             return msg
         if "item" in msg:
             item = _redact_call(msg["item"], redactions)
@@ -322,10 +319,10 @@ def _redact_tool_arguments(direction: str, msg: Message, redactions: Redactions)
         return msg
     request = msg.get("tool_request")
     if direction == "rest" and type(request) is dict:
-        fields = redactions.get(request.get("name"))  # type: ignore[arg-type]
+        spec = redactions.get(_text(request.get("name")))
         arguments = request.get("arguments")
-        if fields and type(arguments) is dict:
-            hidden = {k: (REDACTED if k in fields else v) for k, v in arguments.items()}
+        if spec is not None and type(arguments) is dict:
+            hidden = {k: (REDACTED if k in spec.redact else v) for k, v in arguments.items()}
             return {**msg, "tool_request": {**request, "arguments": hidden}}
     return msg
 
@@ -375,7 +372,7 @@ def redact(direction: str, msg: Message, redactions: Redactions | None = None) -
         return msg
     if redactions:
         msg = _redact_tool_arguments(direction, msg, redactions)
-    if direction == "from_openai" and msg.get("type") in _SESSION_ECHOES:
+    if direction == "from_openai" and _kind(msg) in _SESSION_ECHOES:
         msg = _redact_session_tools(msg)
     if direction == "from_twilio":
         if "dtmf" in msg:

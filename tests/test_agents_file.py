@@ -16,14 +16,16 @@ from openai.types.realtime.realtime_function_tool import RealtimeFunctionTool
 from openai.types.realtime.realtime_tools_config_union import Mcp, RealtimeToolsConfigUnion
 from pydantic import TypeAdapter
 
+from app import observability, recording_lines
 from app.agents import TEMPLATE_PARAMETERS, Agents, envrefs, fill
+from app.agents.load import MIN_SECRET_CHARS
 from app.agents.model import TURN_FIELDS, AgentEntry
 from app.call.config import CallConfig
 from app.call.toolspec import DEFAULT_FILLER, ToolSpec
 from app.main import create_app, default_app
 from app.observability import scrub
 from app.settings import Settings, SettingsError, load_settings
-from app.tools.defs import HttpTool, PythonTool, ToolContext
+from app.tools.defs import MAX_OUTPUT_BYTES, HttpTool, PythonTool, ToolContext
 from tests.conftest import make_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -99,12 +101,10 @@ def test_the_example_loads_with_todays_defaults() -> None:
     assert isinstance(directory.executors["opening_hours"], PythonTool)
     assert directory.secrets() == ["Bearer demo-token"]
     file = str(EXAMPLE)
-    assert directory.warnings == [
+    assert directory.warnings == [  # the calendar needs no approval: the sales agent books
         "TOOLS_SIGNING_SECRET is not set: the requests of the HTTP tools of "
         f"{file} (lookup_order) are not signed, so their endpoints can't tell the bridge "
         "from anyone else who reaches them.",
-        f"{file}: tools.calendar.require_approval: nobody can approve during a phone call, "
-        "so the bridge denies every approval request: the tools it names never run",
     ]
     support = directory.for_call(
         {"To": "+15550101", "From": "+4930123"}, base(**REST), NOW, context=None
@@ -129,7 +129,7 @@ def test_the_example_loads_with_todays_defaults() -> None:
             "server_label": "calendar",
             "server_url": "https://mcp.example.com/mcp",
             "allowed_tools": ["find_slot", "book_slot"],
-            "require_approval": {"always": {"tool_names": ["book_slot"]}},
+            "require_approval": "never",
             "server_description": "The sales team's calendar: free slots and bookings.",
         },
     )
@@ -334,13 +334,143 @@ def test_header_references_resolve_at_start_and_mcp_keeps_them_as_written() -> N
     assert isinstance(TOOLS_ADAPTER.validate_python(server), Mcp)
     sent = {k: fill(v, directory.env) for k, v in server["headers"].items()}
     assert sent == {"Authorization": "Bearer cal-token-456"}
-    assert directory.secrets() == [
+    assert directory.secrets() == [  # X-Team's "phones" (a fallback) is too short to scrub
         "Bearer cal-token-456",
         "Bearer crm-token-123",
         "cal-token-456",
         "crm-token-123",
-        "phones",
     ]
+
+
+def test_max_reply_bytes_goes_up_to_256_kib() -> None:
+    text = '[agents.default]\n[tools.a]\nurl = "https://x.example"\nmax_reply_bytes = 262144\n'
+    tool = agents(text).executors["a"]
+    assert isinstance(tool, HttpTool) and tool.max_reply_bytes == MAX_OUTPUT_BYTES == 262144
+    default = agents(text.replace("max_reply_bytes = 262144\n", "")).executors["a"]
+    assert isinstance(default, HttpTool) and default.max_reply_bytes == 65536
+
+
+HEADERS = """
+[agents.default]
+tools = ["lookup", "cal"]
+[tools.lookup]
+url = "https://crm.example.com/order"
+headers = { Authorization = "Bearer ${CRM_TOKEN}", X-Team = "${TEAM}" }
+[tools.cal]
+mcp_url = "https://mcp.example.com/mcp"
+headers = { X-Cal = "${CAL_TOKEN}" }
+"""
+
+
+def test_header_values_from_the_environment_lose_trailing_whitespace() -> None:
+    """A secret mounted as a file ends in a newline: it is no part of the value."""
+    environ = {"CRM_TOKEN": "crm-token-123\n", "TEAM": "phones \t\r\n", "CAL_TOKEN": "cal-9\n"}
+    directory = agents(HEADERS, environ)
+    lookup = directory.executors["lookup"]
+    assert isinstance(lookup, HttpTool)
+    assert lookup.headers == {"Authorization": "Bearer crm-token-123", "X-Team": "phones"}
+    assert dict(directory.env) == {"CAL_TOKEN": "cal-9"}  # what the driver fills in
+    assert directory.secrets() == ["Bearer crm-token-123", "crm-token-123"]
+    # Nothing but whitespace: as unset (and so missing).
+    assert mistakes(HEADERS, {**environ, "TEAM": " \n"}) == [
+        "agents.toml: tools.lookup.headers.X-Team: ${TEAM} is not set in the environment"
+    ]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["tok\nen-123456", "tok\ren-123456", "tok\x00en-123456", "tok\x1ben-123456", "tøken-123456"],
+    ids=["lf", "cr", "nul", "esc", "non_ascii"],
+)
+def test_a_header_value_from_the_environment_is_checked_at_start(bad: str) -> None:
+    """Every request with it would fail (`unreachable`): a start-up error instead, naming
+    the header and the variable, never the value."""
+    environ = {"CRM_TOKEN": bad + "\n", "TEAM": "phones", "CAL_TOKEN": bad}
+    lines = mistakes(HEADERS, environ)
+    assert lines == [
+        f"agents.toml: tools.{tool}.headers.{header}: the value of ${{{var}}} holds a line "
+        "break, another control character or non-ASCII text (past its trailing whitespace, "
+        "which is removed): every request would fail"
+        for tool, header, var in [
+            ("lookup", "Authorization", "CRM_TOKEN"),
+            ("cal", "X-Cal", "CAL_TOKEN"),
+        ]
+    ]
+    assert not any(bad.strip() in line or "tok" in line for line in lines)
+
+
+def test_a_tab_inside_a_header_value_is_allowed() -> None:
+    environ = {"CRM_TOKEN": "a\tb-123456", "TEAM": "phones", "CAL_TOKEN": "cal-token-456"}
+    lookup = agents(HEADERS, environ).executors["lookup"]
+    assert isinstance(lookup, HttpTool) and lookup.headers["Authorization"] == "Bearer a\tb-123456"
+
+
+SECRET_HEADERS = """
+[agents.default]
+tools = ["a", "cal"]
+[tools.a]
+url = "https://x.example"
+[tools.a.headers]
+Accept = "application/json"
+Content-Language = "en-US-x-longer-than-8"
+X-Team = "${TEAM}"
+X-Region = "${REGION:-eu-west-central}"
+X-Short = "${SHORT}"
+AUTHORIZATION = "Bearer literal-authorization"
+Proxy-Authorization = "Basic literal-proxy-auth"
+Cookie = "sid=literal-cookie"
+X-Api-Key = "literal-api-key"
+X-Auth-Token = "literal-auth-token"
+X-Client-Secret = "literal-client-secret"
+X-Password = "literal-password"
+X-Session-Id = "literal-session"
+X-Tiny-Token = "short"
+[tools.cal]
+mcp_url = "https://mcp.example.com/mcp"
+headers = { Authorization = "Bearer literal-mcp-token", User-Agent = "example-bridge/1.0" }
+"""
+
+
+def test_secrets_are_references_and_credential_headers_only() -> None:
+    directory = agents(SECRET_HEADERS, {"TEAM": "phones-team-7", "SHORT": "abc"})
+    assert directory.secrets() == sorted(
+        [
+            "phones-team-7",  # a ${VAR}'s resolved value, whatever the header
+            "eu-west-central",  # ...fallback included
+            "Bearer literal-authorization",  # credential headers, any case
+            "Basic literal-proxy-auth",
+            "sid=literal-cookie",
+            "literal-api-key",
+            "literal-auth-token",
+            "literal-client-secret",
+            "literal-password",
+            "literal-session",
+            "Bearer literal-mcp-token",
+        ]
+    )
+    # Not secrets: plain headers written out, and anything under 8 characters (X-Short's
+    # "abc", X-Tiny-Token's "short"), which scrubbing would mangle ordinary text with.
+    for value in ("application/json", "en-US-x-longer-than-8", "example-bridge/1.0", "abc"):
+        assert value not in directory.secrets()
+    assert all(len(v) >= MIN_SECRET_CHARS for v in directory.secrets())
+
+
+def test_the_secret_floor_matches_the_scrubbers() -> None:
+    assert MIN_SECRET_CHARS == recording_lines.MIN_SECRET_CHARS  # the fixtures' scrubber
+    assert MIN_SECRET_CHARS >= observability.MIN_SECRET_LENGTH  # the log's
+
+
+def test_a_plain_header_value_is_not_scrubbed_from_logs() -> None:
+    """`Accept = "application/json"` is not a secret: a log line saying "must be
+    application/json" stays readable; a credential header's value is masked."""
+    text = (
+        '[agents.default]\ntools = ["a"]\n[tools.a]\nurl = "https://x.example"\n'
+        'headers = { Accept = "application/json", X-Api-Key = "key-not-in-any-log-1" }\n'
+    )
+    Path("agents.toml").write_text(text, encoding="utf-8")
+    create_app(make_settings(agents_file="agents.toml"))
+    line = "the reply must be application/json; key-not-in-any-log-1"
+    assert scrub(line) == "the reply must be application/json; ***"
 
 
 def test_envrefs_fill() -> None:
@@ -578,6 +708,26 @@ CASES: list[tuple[str, str, list[str]]] = [
         [
             'agents.toml: tools.a.redact[1]: "card" is not a property of parameters '
             "(properties: day)"
+        ],
+    ),
+    (
+        "max_reply_bytes past 256 KiB",
+        '[agents.default]\n[tools.a]\nurl = "https://x.example"\nmax_reply_bytes = 262145\n',
+        [
+            "agents.toml: tools.a.max_reply_bytes: must be at most 262144 (256 KiB): a tool's "
+            "output must fit in a line of the call's fixture, or a replay can't feed it back "
+            "(got 262145)"
+        ],
+    ),
+    (
+        "header values with controls or non-ASCII text, as written",
+        '[agents.default]\n[tools.a]\nurl = "https://x.example"\n'
+        'headers = { X-Nul = "a\\u0000b", X-Esc = "a\\u001bb", X-Del = "a\\u007fb", '
+        'X-Accent = "caf\u00e9", X-Tab = "a\\tb" }\n',
+        [
+            f"agents.toml: tools.a.headers.{name}: must not hold a line break, another control "
+            "character or non-ASCII text"
+            for name in ("X-Nul", "X-Esc", "X-Del", "X-Accent")
         ],
     ),
     (

@@ -8,6 +8,9 @@ function calls and the MCP calls the service makes itself; the fake Twilio calle
 the bot's audio in real time and echoes marks. Order and causality are read from the
 fakes' own records (the client events the service received, in order; the tool requests;
 the caller's mark log); every wait is on an event, time bounds are only generous timeouts.
+Where an order between the fakes matters, they are made to wait for it, never raced: a slow
+tool's reply is held (a gate) until the caller has heard what must come first, and
+`FillerHeld` keeps a filler's response going until the tool's output is in.
 
 Three of these calls are also recorded (RECORD_DIR) and replayed; their recordings are in
 the fixture library (`tests/fixtures/calls/tool_call.jsonl`, `slow_tool_with_filler.jsonl`,
@@ -62,6 +65,11 @@ MAIN_LINE = "+15550199"
 CARD = "4111111111111111"
 
 CUT_IN = "Hold on."
+LONG_CUT_IN = "Hold on, hold on, I also want to ask you about the other order I placed last week."
+LOOKING_IT_UP = (
+    "Let me look that up for you. This can take a moment while I check our records, so "
+    "please bear with me."
+)
 FILLER_TEXT = "One moment, I am looking that up."
 FILLER_WORDS = "One moment please, I am checking."
 LONG_GOODBYE = (
@@ -264,6 +272,50 @@ async def heard_in_full(
     return resp
 
 
+def heard_some(call: FakeTwilioCall, resp: FakeResponse) -> bool:
+    """Whether the caller has heard (a mark echoed as played) some of `resp`'s audio."""
+    return resp.item_id is not None and any(
+        how == "played" for _, how in echoes_of(call, resp.item_id)
+    )
+
+
+def is_filler(ev: dict[str, Any]) -> bool:
+    """A filler's `response.create` (the only responses the bridge asks to call no tool)."""
+    return ev["type"] == "response.create" and ev["response"].get("tool_choice") == "none"
+
+
+#: How long `FillerHeld` waits at most for the tool's output (a generous timeout).
+HOLD_TIMEOUT_S = 20.0
+
+
+class FillerHeld(RealtimeConnection):
+    """The fake service, holding a filler (a response asked with `tool_choice: "none"`)
+    half-way through its audio until a tool's output has come in: the filler's response is
+    still active when the tool answers, however slow the machine, so the tool's answer has
+    to queue behind it (a second active response would be refused). The service generates
+    faster than real time, so the half already sent is well ahead of the caller's ear (a
+    gap is heard only if the output takes longer than that to come). A stop (barge-in,
+    hang-up) ends the hold at once."""
+
+    async def _pace(self, resp: FakeResponse, audio_ms: int) -> None:
+        await super()._pace(resp, audio_ms)
+        if resp.tool_choice != "none" or self.function_outputs:
+            return
+        if 2 * resp.audio_bytes_sent < len(resp.script.audio):
+            return
+        output = asyncio.ensure_future(
+            self.wait_until(lambda: bool(self.function_outputs), HOLD_TIMEOUT_S)
+        )
+        stopped = asyncio.ensure_future(resp._wake.wait())
+        try:
+            await asyncio.wait({output, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in (output, stopped):
+                waiting.cancel()
+            # A timeout lets the filler go on: the test's own waits and checks then fail.
+            await asyncio.gather(output, stopped, return_exceptions=True)
+
+
 def active_response_errors(conn: RealtimeConnection) -> list[dict[str, Any]]:
     return [
         ev
@@ -428,9 +480,13 @@ async def order_lookup(
 async def slow_lookup_with_filler(
     app_with: AppFactory, realtime: FakeRealtime, server: ToolServer, directory: Path, **kw: Any
 ) -> Played:
-    """A tool that takes 2 s, with a filler after 500 ms; the service generates in real
-    time, so the filler is still being spoken when the tool answers."""
-    realtime.generation_speed = 1.0
+    """A slow tool with a filler after 500 ms. Each step waits for the one before: the tool
+    answers (its gate) only once the caller has heard the filler begin, and the service
+    (`FillerHeld`) is still generating the filler when the tool's output comes in, so the
+    answer has to wait for the filler."""
+    realtime.connection_class = FillerHeld
+    gate = asyncio.Event()
+    server.script("/slow_order", json={"order_id": "A123", "status": "shipped"}, gate=gate)
     arguments = {"order_id": "A123", "card": CARD}
     realtime.add_responses(
         beep(function_call=fc("lookup_order", arguments, "call_slow")),
@@ -438,14 +494,21 @@ async def slow_lookup_with_filler(
         answer(),
     )
     slow = http_tool(
-        server, "/slow?ms=2000", filler_after_ms=500, filler=FILLER_TEXT, redact=["card"]
+        server, "/slow_order", filler_after_ms=500, filler=FILLER_TEXT, redact=["card"]
     )
     app = await start_app(app_with, directory, {"lookup_order": slow}, **kw)
     async with dial(app) as call:
         await call.start()
         conn = await realtime.wait_connection()
-        await conn.wait_for("conversation.item.create", predicate=output_of("call_slow"))
-        filler_done_at_output = (await nth_response(conn, 1)).done.is_set()
+        await server.wait_requests(1)
+        filler = await nth_response(conn, 1, timeout=20)
+        await call.wait_until(lambda: heard_some(call, filler), timeout=20)
+        gate.set()  # the caller is hearing the filler: now the tool answers
+        # Read the moment the output arrives (the predicate runs as the service takes it).
+        (filler_done_at_output,) = await conn.wait_until(
+            lambda: (filler.done.is_set(),) if conn.function_outputs else None,
+            timeout=HOLD_TIMEOUT_S,
+        )
         await heard_in_full(call, conn, 2)
         await call.hangup()
     await app.wait_idle()
@@ -694,8 +757,8 @@ async def test_a_slow_tool_gets_a_filler_that_plays_before_the_answer(
     assert FILLER.format(text=FILLER_TEXT) in filler["response"]["instructions"]
     assert "tool_choice" not in answered["response"]
     assert [r.create_event for r in conn.responses] == [greeting, filler, answered]
-    # The filler was still being spoken when the tool answered: the answer waited for it
-    # (a second active response would have been refused).
+    # The filler was still being generated when the tool answered: the answer waited for
+    # it (a second active response would have been refused).
     assert played.seen["filler_done_at_output"] is False
     assert active_response_errors(conn) == []
     filler_heard = echoes_of(call, conn.responses[1].item_id or "?")
@@ -710,32 +773,62 @@ async def test_a_filler_due_while_the_bot_still_speaks_is_said_once_the_line_is_
     app_with: AppFactory, realtime: FakeRealtime, tool_server: ToolServer, tmp_path: Path
 ) -> None:
     """`filler_after_ms` passes while the model's own words before the call still play
-    (the service generates faster than real time): the caller still hears the filler, once
-    those words are over and while the tool runs on ("still running after this: the caller
-    hears `filler`", examples/agents.toml)."""
+    (the service generates faster than real time): the filler's wait starts again once the
+    caller has heard those words out, and the caller hears the filler while the tool runs on
+    ("still running after this: the caller hears `filler`", examples/agents.toml), then the
+    answer. The tool answers only once the filler is heard (a gate)."""
     preamble = "Let me look that up for you, it takes a moment."  # about 2.9 s
     realtime.add_responses(
         said(preamble, function_call=fc("lookup_order", {"order_id": "A1"}, "call_slow")),
         said(FILLER_WORDS),
         answer(),
     )
-    slow = http_tool(tool_server, "/slow?ms=4500", filler_after_ms=300, filler=FILLER_TEXT)
+    gate = asyncio.Event()
+    tool_server.script("/slow_order", json={"status": "shipped"}, gate=gate)
+    slow = http_tool(tool_server, "/slow_order", filler_after_ms=300, filler=FILLER_TEXT)
     app = await start_app(app_with, tmp_path, {"lookup_order": slow})
     async with dial(app) as call:
         await call.start()
         conn = await realtime.wait_connection()
+        # The caller's mark log as it was when the service got the filler's request (the
+        # predicate runs as the service takes each event).
+        _, marks_at_filler = await conn.wait_until(
+            lambda: next(
+                ((ev, list(call.marks_echoed)) for ev in conn.events if is_filler(ev)), None
+            ),
+            timeout=20,
+        )
+        await tool_server.wait_requests(1)
+        filler = await nth_response(conn, 1, timeout=20)
+        await call.wait_until(lambda: heard_some(call, filler), timeout=20)
+        gate.set()  # the caller is hearing the filler: now the tool answers
         output = await conn.wait_for(
             "conversation.item.create", predicate=output_of("call_slow"), timeout=10
         )
-        await conn.wait_until(lambda: creates_after(conn, output) or None, timeout=10)
+        await heard_in_full(call, conn, 2)
+        await call.wait_for_playout_idle(timeout=10)
         await call.hangup()
     await app.wait_idle()
 
-    # The preamble was over well before the tool answered (4.5 s): time enough for a filler.
-    assert echoes_of(call, conn.responses[0].item_id or "?")[-1][1] == "played"
-    fillers = [ev for ev in creates(conn) if ev.get("response", {}).get("tool_choice") == "none"]
-    assert fillers, "no filler was asked for: the caller waited in silence for the tool"
-    assert position(conn, fillers[0]) < position(conn, output)
+    preamble_item = conn.responses[0].item_id or "?"
+    chunks = sum(
+        1
+        for ev in conn.sent
+        if ev["type"] == "response.output_audio.delta" and ev["item_id"] == preamble_item
+    )
+    # The filler was asked for only once the caller had heard the preamble out.
+    preamble_heard = [how for name, how in marks_at_filler if name.startswith(preamble_item)]
+    assert chunks > 0 and preamble_heard == ["played"] * chunks
+    greeting, asked, answered = creates(conn)
+    assert is_filler(asked) and FILLER.format(text=FILLER_TEXT) in asked["response"]["instructions"]
+    assert position(conn, asked) < position(conn, output) < position(conn, answered)
+    assert [r.create_event for r in conn.responses] == [greeting, asked, answered]
+    assert active_response_errors(conn) == []
+    # Heard one after the other, in full: the preamble, the filler, the answer.
+    heard = [echoes_of(call, r.item_id or "?") for r in conn.responses]
+    assert all(heard) and {how for marks in heard for _, how in marks} == {"played"}
+    assert heard[0][-1][0] < heard[1][0][0] and heard[1][-1][0] < heard[2][0][0]
+    assert realtime.invalid_events == [] and call.violations == []
 
 
 async def test_a_barge_in_cancels_a_cancel_tool_and_the_caller_gets_the_services_answer(
@@ -759,18 +852,19 @@ async def test_a_continue_tool_still_delivers_but_asks_for_no_answer_over_the_ca
 ) -> None:
     gate = asyncio.Event()
     tool_server.script("/gated", json={"status": "shipped"}, gate=gate)
-    realtime.add_responses(
-        beep(function_call=fc("lookup_order", {"order_id": "A1"}, "call_1")), answer()
-    )
+    looking = said(LOOKING_IT_UP, function_call=fc("lookup_order", {"order_id": "A1"}, "call_1"))
+    realtime.add_responses(looking, answer())
     app = await start_app(app_with, tmp_path, {"lookup_order": http_tool(tool_server, "/gated")})
     async with dial(app) as call:
         await call.start()
         conn = await realtime.wait_connection()
         (request,) = await tool_server.wait_requests(1)
-        await heard_in_full(call, conn, 0)
-        saying = asyncio.create_task(call.say(speech(CUT_IN)))
-        await conn.wait_sent("input_audio_buffer.speech_started", timeout=10)
-        gate.set()  # the tool answers while the caller is talking
+        await call.wait_for_heard(8 * 800, timeout=20)  # "let me look that up..." is heard
+        saying = asyncio.create_task(call.say(speech(LONG_CUT_IN)))
+        # The bridge has taken the caller's speech in (its `clear` proves it), and the
+        # caller goes on talking for seconds: the tool answers during their turn.
+        await call.wait_for_clear(timeout=10)
+        gate.set()
         output = await conn.wait_for("conversation.item.create", predicate=output_of("call_1"))
         await saying
         await heard_in_full(call, conn, 1)

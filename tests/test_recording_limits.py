@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from app import recording
 from app.call.actions import RestRequest, ToRealtime, ToTwilio
 from app.call.nudges import DTMF_MESSAGE
+from app.call.toolspec import ToolSpec
 from app.recording import MAX_EARLY_CHARS, CallRecorder, RecordingWriter
 from app.recording_lines import AUDIO, DTMF_KEYS, MAX_LINE_CHARS
 from app.replay import describe, load, parse, replay
@@ -453,7 +454,67 @@ def mutated(draw: st.DrawFn, msg: Any, keep: frozenset[Path_] = frozenset()) -> 
 
 digits = st.sampled_from(KEYS)
 ADDED, DONE = "conversation.item.added", "conversation.item.done"
-inputs = st.one_of(
+#: A tool whose `card` argument is redacted, and the card number a model might pass it.
+CARD = "4111111111111111"
+PAY = ToolSpec(name="pay", parameters={"type": "object"}, redact=("card",))
+MCP_SECRET = "mcp-header-secret-value"
+
+
+def _pay_item(kind: str) -> dict[str, Any]:
+    item = {
+        "type": "function_call",
+        "name": "pay",
+        "call_id": "c1",
+        "arguments": json.dumps({"card": CARD, "amount": 5}),
+    }
+    if kind == "response.done":
+        return {"type": kind, "response": {"id": "r1", "output": [item]}}
+    if kind == "response.function_call_arguments.done":
+        return {**item, "type": kind}
+    return {"type": kind, "item": item}
+
+
+tool_inputs = st.one_of(
+    st.sampled_from(
+        [
+            "response.output_item.done",
+            "conversation.item.done",
+            "response.done",
+            "response.function_call_arguments.done",
+        ]
+    ).map(lambda kind: ("from_openai", _pay_item(kind))),
+    st.just(
+        (
+            "from_openai",
+            {"type": "response.function_call_arguments.delta", "delta": CARD[:8]},
+        )
+    ),
+    st.just(
+        (
+            "from_openai",
+            {
+                "type": "session.updated",
+                "session": {
+                    "tools": [
+                        {
+                            "type": "mcp",
+                            "server_label": "cal",
+                            "headers": {"Authorization": f"Bearer {MCP_SECRET}"},
+                            "authorization": MCP_SECRET,
+                        }
+                    ]
+                },
+            },
+        )
+    ),
+    st.just(
+        (
+            "rest",
+            {"tool_request": {"call_id": "c1", "name": "pay", "arguments": {"card": CARD}}},
+        )
+    ),
+)
+plain_inputs = st.one_of(
     st.tuples(st.just("from_twilio"), st.one_of(st.just(media()), st.just(mark()))),
     st.tuples(st.just("from_twilio"), digits.map(dtmf_msg)),
     st.tuples(st.just("from_twilio"), st.just(start())),
@@ -465,6 +526,7 @@ inputs = st.one_of(
     st.tuples(st.just("to_openai"), st.just(append())),
     st.tuples(st.just("to_openai"), digits.map(lambda d: user_item("conversation.item.create", d))),
 )
+inputs = st.one_of(plain_inputs, tool_inputs)
 
 
 @st.composite
@@ -512,7 +574,7 @@ def test_the_recorder_takes_anything_and_writes_only_safe_lines(
     first: Any, rest: list[tuple[str, Any]], params: Any, keep_audio: bool
 ) -> None:
     writer = KeptLines()
-    recorder = CallRecorder(writer, config(), keep_audio=keep_audio)
+    recorder = CallRecorder(writer, config(functions=(PAY,)), keep_audio=keep_audio)
     recorder.record(0, "from_twilio", first)  # a start, of any shape inside
     for n, (direction, msg) in enumerate(rest, start=1):
         recorder.record(n, direction, msg)
@@ -523,12 +585,32 @@ def test_the_recorder_takes_anything_and_writes_only_safe_lines(
 
 
 @settings(max_examples=100, deadline=None)
+@given(
+    tools=st.lists(tool_inputs, min_size=1, max_size=6),
+    others=st.lists(plain_inputs, max_size=3),
+    keep_audio=st.booleans(),
+)
+def test_redacted_tool_arguments_and_mcp_secrets_never_reach_a_line(
+    tools: list[tuple[str, Any]], others: list[tuple[str, Any]], keep_audio: bool
+) -> None:
+    writer = KeptLines()
+    recorder = CallRecorder(writer, config(functions=(PAY,)), keep_audio=keep_audio)
+    recorder.record(0, "from_twilio", start())
+    for n, (direction, msg) in enumerate([*tools, *others], start=1):
+        recorder.record(n, direction, msg)
+    recorder.close()
+    text = writer.text()
+    check_written(text)
+    assert CARD not in text and CARD[:8] not in text and MCP_SECRET not in text
+
+
+@settings(max_examples=100, deadline=None)
 @given(messages=st.lists(messages(), min_size=1, max_size=4), keep_audio=st.booleans())
 def test_lines_before_a_start_of_any_shape_are_as_safe(
     messages: list[tuple[str, Any]], keep_audio: bool
 ) -> None:
     writer = KeptLines()
-    recorder = CallRecorder(writer, config(), keep_audio=keep_audio)
+    recorder = CallRecorder(writer, config(functions=(PAY,)), keep_audio=keep_audio)
     for n, (direction, msg) in enumerate(messages):
         recorder.record(n, direction, msg)
     recorder.close()

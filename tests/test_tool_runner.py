@@ -16,8 +16,15 @@ import httpx
 import orjson
 import pytest
 
-from app.tools.defs import HttpTool, PythonTool, ToolContext, ToolDef, ToolOutcome
-from app.tools.http import call_http
+from app.tools.defs import (
+    MAX_OUTPUT_BYTES,
+    HttpTool,
+    PythonTool,
+    ToolContext,
+    ToolDef,
+    ToolOutcome,
+)
+from app.tools.http import TOO_LARGE_OUTPUT, call_http
 from app.tools.runner import ToolRunner
 from app.tools.signing import verify
 from tests.fakes.tool_server import ToolServer
@@ -108,10 +115,43 @@ async def test_ok_reply_body_shape_and_signature(
     assert req.headers["user-agent"].startswith("twilio-realtime-bridge/")
 
 
-async def test_a_reply_is_re_dumped_compact(server: ToolServer, make_runner: RunnerFactory) -> None:
-    server.script("/pretty", body=b'{ "a" : [1, 2,\n 3], "b": "\\u00e9" }\n')
+async def test_a_reply_is_passed_on_as_written_but_stripped(
+    server: ToolServer, make_runner: RunnerFactory
+) -> None:
+    server.script(
+        "/pretty", body=b' \r\n{ "a" : [1, 2,\n 3], "b": "\\u00e9", "c": "\xc3\xa9" }\n\t'
+    )
     outcome = await run_http(make_runner, server.url("/pretty"))
-    assert outcome == ToolOutcome("ok", '{"a":[1,2,3],"b":"é"}')
+    assert outcome == ToolOutcome("ok", '{ "a" : [1, 2,\n 3], "b": "\\u00e9", "c": "é" }')
+
+
+async def test_integers_past_64_bits_reach_the_model_exactly(
+    server: ToolServer, make_runner: RunnerFactory
+) -> None:
+    """orjson reads them as floats: re-encoding its reading would round them."""
+    reply = '{"id":123456789012345678901234567890,"neg":-18446744073709551617,"x":1.5e300}'
+    server.script("/big", body=reply.encode())
+    outcome = await run_http(make_runner, server.url("/big"))
+    assert outcome == ToolOutcome("ok", reply)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xff\xfe not UTF-8",
+        b'"\xed\xa0\x80"',  # a UTF-8-encoded surrogate
+        b"[" * 2000 + b"]" * 2000,  # past orjson's depth limit
+        b'{"a": 1} trailing',
+        b"NaN",
+    ],
+    ids=["bad_utf8", "surrogate", "too_deep", "trailing", "nan"],
+)
+async def test_a_reply_orjson_rejects_is_invalid_json(
+    server: ToolServer, make_runner: RunnerFactory, body: bytes
+) -> None:
+    server.script("/odd", body=body)
+    outcome = await run_http(make_runner, server.url("/odd"))
+    assert (outcome.result, outcome.detail) == ("error", "invalid_json")
 
 
 @pytest.mark.parametrize("method", ["PUT", "PATCH"])
@@ -137,7 +177,8 @@ async def test_a_wrong_secret_is_refused_by_the_receiver(
     server: ToolServer, make_runner: RunnerFactory
 ) -> None:
     outcome = await run_http(make_runner, server.url("/order"), signing_secret="not-it-0000")
-    assert outcome == ToolOutcome("error", '{"error": "the tool failed (HTTP 401)"}', "http_401")
+    output = '{"error": "the tool failed (HTTP 401)", "reply": {"error":"bad signature"}}'
+    assert outcome == ToolOutcome("error", output, "http_401")
     assert server.requests[0].signature_ok is False
 
 
@@ -182,6 +223,27 @@ async def test_timeout(
     assert isinstance(fields["ms"], int) and fields["ms"] >= 290
 
 
+async def test_the_deadline_bounds_the_whole_run_not_each_read(
+    server: ToolServer, make_runner: RunnerFactory
+) -> None:
+    """One byte every 100 ms satisfies every per-read timeout of 0.5 s; the whole reply
+    would take 10 s. Only a deadline on the whole run ends it at 0.5 s."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    outcome = await run_http(
+        make_runner, server.url("/trickle?every_ms=100&bytes=100"), timeout_s=0.5
+    )
+    elapsed = loop.time() - started
+    assert outcome == ToolOutcome(
+        "timeout", '{"error": "the tool did not answer in time"}', "timeout"
+    )
+    assert 0.49 <= elapsed < PROMPT_S
+    [req] = server.requests
+    assert req.status == 200  # the head came at once: the reply was under way
+    async with asyncio.timeout(PROMPT_S):
+        await req.disconnected.wait()  # and the bridge hung up on it
+
+
 async def test_a_slow_tool_within_its_timeout_is_ok(
     server: ToolServer, make_runner: RunnerFactory
 ) -> None:
@@ -211,12 +273,68 @@ async def test_non_2xx(
     caplog: pytest.LogCaptureFixture,
     status: int,
 ) -> None:
-    outcome = await run_http(make_runner, server.url(f"/fail?status={status}"))
+    outcome = await run_http(make_runner, server.url(f"/fail?status={status}"))  # text body
     output = f'{{"error": "the tool failed (HTTP {status})"}}'
     assert outcome == ToolOutcome("error", output, f"http_{status}")
     [fields] = failures(caplog)
     assert fields["status"] == status
     assert fields["detail"] == f"http_{status}"
+
+
+@pytest.mark.parametrize("status", [400, 404, 500])
+async def test_a_small_json_error_body_goes_to_the_model(
+    server: ToolServer, make_runner: RunnerFactory, status: int
+) -> None:
+    outcome = await run_http(make_runner, server.url(f"/fail?status={status}&body=json"))
+    reply = '{"error":"failed on purpose"}'
+    output = f'{{"error": "the tool failed (HTTP {status})", "reply": {reply}}}'
+    assert outcome == ToolOutcome("error", output, f"http_{status}")
+    assert orjson.loads(outcome.output)["reply"] == {"error": "failed on purpose"}
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "passed"),
+    [
+        ("application/problem+json; charset=utf-8", b'{"detail": "no such order"}', True),
+        ("application/json", b'{"n": 123456789012345678901234567890}', True),  # as written
+        ("application/json", b"x" * 4097, False),  # too long: not read
+        ("application/json", b"not json", False),
+        ("text/html", b'{"looks": "like json"}', False),  # says it is not JSON
+    ],
+    ids=["problem_json", "big_int", "too_long", "not_json", "not_said_json"],
+)
+async def test_which_error_bodies_go_to_the_model(
+    server: ToolServer,
+    make_runner: RunnerFactory,
+    content_type: str,
+    body: bytes,
+    passed: bool,
+) -> None:
+    server.script("/no", status=404, body=body, headers={"content-type": content_type})
+    outcome = await run_http(make_runner, server.url("/no"))
+    assert (outcome.result, outcome.detail) == ("error", "http_404")
+    if passed:
+        assert (
+            outcome.output == f'{{"error": "the tool failed (HTTP 404)", "reply": {body.decode()}}}'
+        )
+    else:
+        assert outcome.output == '{"error": "the tool failed (HTTP 404)"}'
+
+
+async def test_a_large_json_error_body_is_not_read(
+    server: ToolServer, make_runner: RunnerFactory
+) -> None:
+    outcome = await run_http(make_runner, server.url("/fail?status=500&body=big"))
+    assert outcome == ToolOutcome("error", '{"error": "the tool failed (HTTP 500)"}', "http_500")
+
+
+async def test_an_error_body_that_stalls_is_still_the_status(
+    server: ToolServer, make_runner: RunnerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    outcome = await run_http(make_runner, server.url("/fail?status=404&body=stall"), timeout_s=0.3)
+    assert outcome == ToolOutcome("error", '{"error": "the tool failed (HTTP 404)"}', "http_404")
+    [fields] = failures(caplog)
+    assert (fields["detail"], fields["status"]) == ("http_404", 404)
 
 
 async def test_invalid_json(server: ToolServer, make_runner: RunnerFactory) -> None:
@@ -226,10 +344,14 @@ async def test_invalid_json(server: ToolServer, make_runner: RunnerFactory) -> N
     assert "error" in orjson.loads(outcome.output)
 
 
-async def test_an_empty_2xx_is_not_json(server: ToolServer, make_runner: RunnerFactory) -> None:
-    server.script("/empty", status=204, body=b"")
+@pytest.mark.parametrize(("status", "body"), [(204, b""), (200, b""), (201, b" \r\n")])
+async def test_an_empty_2xx_is_ok(
+    server: ToolServer, make_runner: RunnerFactory, status: int, body: bytes
+) -> None:
+    """The action succeeded and there is nothing to say: not an invalid answer."""
+    server.script("/empty", status=status, body=body)
     outcome = await run_http(make_runner, server.url("/empty"))
-    assert outcome.detail == "invalid_json"
+    assert outcome == ToolOutcome("ok", '{"ok": true}')
 
 
 async def test_a_reply_at_the_limit_is_fine(server: ToolServer, make_runner: RunnerFactory) -> None:
@@ -270,7 +392,9 @@ async def test_a_redirect_is_not_followed(
     server: ToolServer, make_runner: RunnerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     outcome = await run_http(make_runner, server.url("/redirect"))
-    assert outcome == ToolOutcome("error", '{"error": "the tool failed (HTTP 302)"}', "http_302")
+    # Its small JSON body goes along, as any failed request's does.
+    output = '{"error": "the tool failed (HTTP 302)", "reply": {"moved":true}}'
+    assert outcome == ToolOutcome("error", output, "http_302")
     assert [r.path for r in server.requests] == ["/redirect"]  # /order never asked
     assert failures(caplog)[0]["status"] == 302
 
@@ -428,12 +552,72 @@ async def test_python_tool_timeout(make_runner: RunnerFactory) -> None:
     assert cancelled.is_set()  # the function was stopped, not left running
 
 
-async def test_python_tool_non_serialisable(make_runner: RunnerFactory) -> None:
-    async def odd(context: ToolContext, arguments: dict[str, Any]) -> Any:
-        return {"when": object()}
+def _returning(value: Any) -> PythonTool:
+    async def give(context: ToolContext, arguments: dict[str, Any]) -> Any:
+        return value
 
-    outcome = await make_runner(PythonTool("odd", odd)).run("odd", {}, CONTEXT)
+    return PythonTool("give", give)
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 10**30  # orjson refuses it first, so json gets to try the rest
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _cycle() -> Any:
+    looped: list[Any] = [10**30]
+    looped.append(looped)
+    return looped
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"when": object()},
+        {1: "an int key"},  # orjson's refusal, and not for a big int: no second try
+        {"big": 10**30, "when": object()},
+        {"big": 10**30, "nan": float("nan")},  # json would write NaN, which is not JSON
+        {"big": 10**30, "text": "\ud800"},  # a lone surrogate: not UTF-8
+        _cycle(),
+        _nested(100_000),  # json recurses past the interpreter's limit
+    ],
+    ids=["object", "int_key", "big_and_object", "big_and_nan", "surrogate", "cycle", "deep"],
+)
+async def test_python_tool_non_serialisable(make_runner: RunnerFactory, value: Any) -> None:
+    outcome = await make_runner(_returning(value)).run("give", {}, CONTEXT)
     assert outcome == ToolOutcome("error", '{"error": "the tool failed"}', "bad_result")
+
+
+async def test_python_tool_integers_past_64_bits_are_exact(make_runner: RunnerFactory) -> None:
+    value = {"id": 123456789012345678901234567890, "name": "é", "list": [1, -(2**70)]}
+    outcome = await make_runner(_returning(value)).run("give", {}, CONTEXT)
+    text = '{"id":123456789012345678901234567890,"name":"é","list":[1,-1180591620717411303424]}'
+    assert outcome == ToolOutcome("ok", text)
+
+
+@pytest.mark.parametrize("big_int", [False, True], ids=["orjson", "json"])
+async def test_python_tool_output_over_the_cap_is_too_large(
+    make_runner: RunnerFactory, caplog: pytest.LogCaptureFixture, big_int: bool
+) -> None:
+    """A Python tool's output is bounded like an HTTP reply (the same output text): it
+    must fit a fixture line. Counted in UTF-8 bytes, whichever encoder wrote it."""
+
+    def value(text: str) -> Any:
+        return [123456789012345678901234567890, text] if big_int else [text]
+
+    envelope = len('[123456789012345678901234567890,""]' if big_int else '[""]')
+    at_cap = value("é" + "x" * (MAX_OUTPUT_BYTES - envelope - 2))  # é: 2 bytes
+    outcome = await make_runner(_returning(at_cap)).run("give", {}, CONTEXT)
+    assert outcome.result == "ok"
+    assert len(outcome.output.encode()) == MAX_OUTPUT_BYTES
+
+    over = value("é" + "x" * (MAX_OUTPUT_BYTES - envelope - 1))
+    outcome = await make_runner(_returning(over)).run("give", {}, CONTEXT)
+    assert outcome == ToolOutcome("error", TOO_LARGE_OUTPUT, "too_large")
+    assert TOO_LARGE_OUTPUT == '{"error": "the tool\'s answer was too large"}'
+    assert failures(caplog)[-1]["detail"] == "too_large"
 
 
 async def test_unknown_tool(make_runner: RunnerFactory) -> None:
@@ -503,18 +687,28 @@ async def test_runs_overlap(server: ToolServer, make_runner: RunnerFactory) -> N
 
 
 async def test_the_pool_bounds_connections(server: ToolServer, make_runner: RunnerFactory) -> None:
-    """With one connection allowed, a second run waits for the first to finish."""
+    """With one connection allowed, a run queued behind a held one never reaches the
+    endpoint: it ends at its own timeout (waiting for the pool counts against it) with
+    the server still holding the one request. Ignore the bound and the queued run's
+    request is in at the server by then, on a second connection."""
     gate = asyncio.Event()
     server.script("/order", json={"ok": True}, gate=gate)
-    runner = make_runner(HttpTool("lookup_order", server.url("/order")), max_connections=1)
+    runner = make_runner(
+        HttpTool("lookup_order", server.url("/order"), timeout_s=60),
+        HttpTool("queued", server.url("/order"), timeout_s=0.5),
+        max_connections=1,
+    )
     first = asyncio.create_task(runner.run("lookup_order", {}, CONTEXT))
-    await server.wait_requests(1)
-    second = asyncio.create_task(runner.run("lookup_order", {}, CONTEXT))
-    with pytest.raises(TimeoutError):  # a generous look: it cannot get in meanwhile
-        await server.wait_requests(2, timeout=0.3)
+    [held] = await server.wait_requests(1)
+    queued = await runner.run("queued", {}, CONTEXT)  # the event: the queued run is over
+    assert (queued.result, queued.detail) == ("timeout", "timeout")
+    assert server.requests == [held] and held.status == 0  # one request, still held
     gate.set()
-    assert [o.result for o in await asyncio.gather(first, second)] == ["ok", "ok"]
+    assert (await asyncio.wait_for(first, PROMPT_S)).result == "ok"
+    # The connection is free again: the next run gets it (the same one, kept alive).
+    assert (await runner.run("lookup_order", {}, CONTEXT)).result == "ok"
     assert len(server.requests) == 2
+    assert server.requests[1].client == held.client is not None
 
 
 async def test_aclose_is_idempotent_and_later_runs_fail(

@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from app.call.actions import Action, CancelTool, Measure, Metric, RunTool
+import pytest
+
+from app.call.actions import Action, CancelTool, Measure, Metric, RestRequest, RunTool
 from app.call.outbox import Timer
 from app.call.session import CallSession
 from app.call.setup import session_update
+from app.call.toolcalls import MAX_TOOL_ROUNDS, TIMEOUT_GRACE_MS, redacted_arguments
 from app.call.toolspec import ToolSpec
 from app.recording_lines import action_record, redact
 from tests.core import (
@@ -29,6 +32,7 @@ from tests.core import (
     response_done,
     speech_started,
     speech_stopped,
+    start_msg,
     to_realtime,
     to_twilio,
     twilio,
@@ -255,14 +259,106 @@ def test_barge_in_lets_a_continue_tool_deliver_without_starting_a_turn() -> None
     assert "response.create" not in types(out)  # the caller's own turn gets the answer
 
 
-def test_a_caller_turn_while_a_tool_runs_silently_takes_over_the_answer() -> None:
+def test_a_result_while_the_caller_speaks_is_seen_by_their_turns_answer() -> None:
+    s = tooled()
+    realtime(s, 100, call("lookup_order", "c1", {"order_id": "A"}))
+    realtime(s, 110, response_done("resp_1"))
+    realtime(s, 300, speech_started("u2", 300))
+    out = s.feed(500, "rest", result("c1", "lookup_order", {"status": "shipped"}))
+    assert outputs(out) and "response.create" not in types(out)  # in view of the turn
+    out = realtime(s, 900, speech_stopped("u2", 900))
+    assert "response.create" not in types(out)  # the service answers the turn itself
+
+
+def test_a_result_after_the_callers_turn_is_still_spoken() -> None:
+    """ "Uh-huh" while the tool runs: the service answers that turn first; the result
+    that comes later gets its own answer (it is never lost)."""
+    s = tooled(silence_reprompt_ms=0)
+    realtime(s, 100, call("lookup_order", "c1", {"order_id": "A"}))
+    realtime(s, 110, response_done("resp_1"))
+    realtime(s, 300, speech_started("u2", 300))
+    realtime(s, 900, speech_stopped("u2", 900))
+    realtime(s, 950, response_created("resp_2"))  # the service's answer to "uh-huh"
+    realtime(s, 1200, response_done("resp_2"))
+    out = s.feed(1500, "rest", result("c1", "lookup_order", {"status": "shipped"}))
+    assert types(out) == ["conversation.item.create", "response.create"]
+
+
+def test_a_result_while_the_turns_answer_is_generated_is_answered_after_it() -> None:
     s = tooled()
     realtime(s, 100, call("lookup_order", "c1", {"order_id": "A"}))
     realtime(s, 110, response_done("resp_1"))
     realtime(s, 300, speech_started("u2", 300))
     realtime(s, 900, speech_stopped("u2", 900))
+    realtime(s, 950, response_created("resp_2"))
     out = s.feed(1000, "rest", result("c1", "lookup_order", {"status": "shipped"}))
-    assert outputs(out) and "response.create" not in types(out)
+    assert types(out) == ["conversation.item.create"]  # never two responses at once
+    assert types(realtime(s, 1200, response_done("resp_2"))) == ["response.create"]
+
+
+def test_a_barge_in_on_the_filler_drops_the_answer_queued_behind_it() -> None:
+    s = tooled()
+    realtime(s, 100, call("slow", "c1", {}))
+    realtime(s, 110, response_done("resp_1"))
+    filler = next(e for e in to_realtime(fire(s, Timer.TOOL_FILLER)) if "response" in e)
+    realtime(s, 1650, response_created("resp_f", filler["response"]["metadata"]))
+    names = play(s, 1700, "it_f", 10, response="resp_f")
+    hear(s, 1700, names[:2])
+    s.feed(1950, "rest", result("c1", "slow", {"done": True}))  # the answer waits
+    realtime(s, 2000, speech_started("u2", 2000))  # the caller cuts the filler off
+    out = realtime(s, 2050, response_done("resp_f", "cancelled"))
+    assert "response.create" not in types(out)  # not over the caller: their turn sees it
+
+
+def test_a_run_the_driver_never_answers_is_given_up_by_the_core() -> None:
+    s = tooled(silence_reprompt_ms=0)
+    realtime(s, 100, call("lookup_order", "c1", {"order_id": "A"}))
+    realtime(s, 110, response_done("resp_1"))
+    deadline = s.out.timers[Timer.TOOL_DEADLINE]
+    assert deadline == 100 + ORDER.timeout_ms + TIMEOUT_GRACE_MS
+    out = fire(s, Timer.TOOL_DEADLINE)
+    assert [a.call_id for a in out if isinstance(a, CancelTool)] == ["c1"]
+    assert outputs(out) == [("c1", {"error": "the tool did not answer in time"})]
+    assert "response.create" in types(out)
+    assert s.measures.tool_calls[0]["result"] == "timeout"
+    assert types(s.feed(deadline + 500, "rest", result("c1", "lookup_order", {}))) == []
+
+
+def test_a_model_looping_on_tools_is_made_to_answer_without_one() -> None:
+    s = tooled()
+    rid = "resp_1"
+    for n in range(MAX_TOOL_ROUNDS + 1):
+        realtime(s, 100 + n * 100, call("lookup_order", f"c{n}", {"order_id": "A"}, rid))
+        realtime(s, 110 + n * 100, response_done(rid))
+        out = s.feed(150 + n * 100, "rest", result(f"c{n}", "lookup_order", {"status": "?"}))
+        [ask] = [e for e in to_realtime(out) if e["type"] == "response.create"]
+        looping = n == MAX_TOOL_ROUNDS
+        assert (ask["response"].get("tool_choice") == "none") is looping
+        rid = f"resp_{n + 2}"
+        realtime(s, 160 + n * 100, response_created(rid, ask["response"]["metadata"]))
+
+
+def test_a_call_item_after_its_response_is_done_is_still_answered() -> None:
+    s = tooled()
+    realtime(s, 100, response_done("resp_1"))
+    out = realtime(s, 110, call("drop_tables", "c1", {}))  # out of order
+    assert outputs(out) and "response.create" in types(out)
+
+
+def test_goodbye_with_a_booking_hangs_up_once_the_booking_is_done() -> None:
+    """ "Booked, goodbye": `book` and `end_call` in one response; the caller hears it all
+    before the tool answers: the hang-up waits for the tool."""
+    s = tooled(tools=("end_call",), rest_available=True)
+    names = play(s, 80, "it1", 5)
+    realtime(s, 100, call("book", "c1", {}))
+    realtime(s, 101, call("end_call", "c2", {"reason": "done"}))
+    realtime(s, 110, response_done("resp_1"))
+    hear(s, 110, names[:-1])
+    out = twilio(s, 700, mark_msg(names[-1]))  # the last word is heard
+    assert not [a for a in out if isinstance(a, RestRequest)]
+    out = s.feed(900, "rest", result("c1", "book", {"booked": True}))
+    assert [call_id for call_id, _ in outputs(out)] == ["c1", "c2"]  # in call order
+    assert [a.params for a in out if isinstance(a, RestRequest)] == [{"Status": "completed"}]
 
 
 def test_an_end_call_from_an_interrupted_response_never_hangs_up() -> None:
@@ -457,7 +553,7 @@ def test_unknown_and_odd_mcp_events_never_break_the_call() -> None:
 
 
 def test_redacted_arguments_never_reach_a_fixture_line() -> None:
-    redactions = {"lookup_order": ("card",)}
+    redactions = {"lookup_order": ORDER}
     args = json.dumps({"order_id": "A7", "card": "4111111111111111"})
     item = {"type": "function_call", "name": "lookup_order", "call_id": "c1", "arguments": args}
     for direction, msg in (
@@ -475,24 +571,66 @@ def test_redacted_arguments_never_reach_a_fixture_line() -> None:
     assert clean["tool_request"]["arguments"] == {"order_id": "A7", "card": "***"}
 
 
-def test_a_redacted_argument_replays_as_the_live_call_decided() -> None:
-    """A fixture holds `***` for a redacted argument: checking it again must not turn the
-    recorded run into an invalid-arguments error."""
-    strict = ToolSpec(
-        name="pay",
-        parameters={
-            "type": "object",
-            "properties": {"card": {"type": "string", "pattern": "^[0-9]{16}$"}},
-            "required": ["card"],
-        },
-        redact=("card",),
-    )
-    s = live(quiet(functions=(strict,)))
-    out = realtime(s, 100, call("pay", "c1", {"card": "***"}))
-    assert [r.arguments for r in runs(out)] == [{"card": "***"}]
-    s = live(quiet(functions=(strict,)))
-    out = realtime(s, 100, call("pay", "c1", {"card": "12"}))
-    assert runs(out) == []  # a live value that breaks the rule is still refused
+STRICT = ToolSpec(
+    name="pay",
+    parameters={
+        "type": "object",
+        "properties": {"card": {"type": "string", "pattern": "^[0-9]{16}$"}},
+        "required": ["card"],
+    },
+    redact=("card",),
+)
+
+
+def paying(card: str, *, replaying: bool) -> list[Action]:
+    return paying_text(json.dumps({"card": card}), replaying=replaying)
+
+
+@pytest.mark.parametrize("card", ["4111111111111111", "12"])
+def test_a_redacted_argument_replays_as_the_live_call_decided(card: str) -> None:
+    """The fixture holds `***` (valid) or `***!` (invalid) for the card: a replaying core
+    takes that verdict, so it asks for the run, or answers the error, exactly as live."""
+    live_out = paying(card, replaying=False)
+    recorded = redacted_arguments(STRICT, json.dumps({"card": card}))
+    assert card not in json.dumps(recorded)
+    replay_out = paying(json.loads(recorded)["card"], replaying=True)  # type: ignore[arg-type]
+    assert [type(a) for a in replay_out] == [type(a) for a in live_out]
+    assert outputs(replay_out) == outputs(live_out)
+    assert bool(runs(live_out)) is (card != "12")
+    if card == "12":
+        assert outputs(live_out)[0][1]["problems"] == ["$.card: invalid (redacted)"]
+
+
+def test_a_live_call_never_trusts_the_redaction_marker() -> None:
+    for marker in ("***", "***!"):
+        out = paying(marker, replaying=False)
+        assert runs(out) == []  # checked like any value: not 16 digits
+        assert outputs(out)[0][1]["problems"] == ["$.card: invalid (redacted)"]
+
+
+def test_non_object_arguments_of_a_redacted_tool_replay_alike() -> None:
+    for text in ("[1]", '"4111111111111111"', "{", "null"):
+        live = outputs(paying_text(text, replaying=False))
+        recorded = redacted_arguments(STRICT, text)
+        assert "4111" not in str(recorded)
+        assert outputs(paying_text(str(recorded), replaying=True)) == live
+
+
+def paying_text(text: str, *, replaying: bool) -> list[Action]:
+    s = CallSession(quiet(functions=(STRICT,)), replaying=replaying)
+    s.opened(0)
+    twilio(s, 1, start_msg())
+    s.feed(50, "from_openai", {"_socket": "open"})
+    realtime(s, 60, {"type": "session.updated", "session": {}})
+    return realtime(s, 100, function_call("pay", "c1", arguments=text))
+
+
+def test_deeply_nested_arguments_are_an_error_output_not_a_crash() -> None:
+    s = tooled()
+    text = '{"order_id": ' + "[" * 5000 + "]" * 5000 + "}"
+    out = realtime(s, 100, call("lookup_order", "c1", text))
+    assert runs(out) == [] and outputs(out)[0][1]["error"] == "invalid arguments"
+    assert not s.done
 
 
 def test_an_audio_delta_of_the_answer_plays_after_the_tool() -> None:
@@ -504,3 +642,15 @@ def test_an_audio_delta_of_the_answer_plays_after_the_tool() -> None:
     realtime(s, 350, response_created("resp_2", ask["response"]["metadata"]))
     media = to_twilio(realtime(s, 400, delta("it2", response="resp_2")))
     assert [m["event"] for m in media] == ["media", "mark"]
+
+
+def test_a_goodbye_waiting_for_a_silent_tool_still_hangs_up_in_bounded_time() -> None:
+    s = tooled(tools=("end_call",), rest_available=True)
+    names = play(s, 80, "it1", 5)
+    realtime(s, 100, call("book", "c1", {}))
+    realtime(s, 101, call("end_call", "c2", {"reason": "done"}))
+    realtime(s, 110, response_done("resp_1"))
+    hear(s, 110, names)
+    deadline = min(s.out.timers[Timer.TOOL_DEADLINE], s.out.timers[Timer.LAST_WORDS])
+    out = s.advance(deadline)
+    assert [a.params for a in out if isinstance(a, RestRequest)] == [{"Status": "completed"}]

@@ -71,8 +71,12 @@ class Agents:
         return self._loaded is not None
 
     def secrets(self) -> list[str]:
-        """Every resolved header value (and the environment values they use), for the
-        log scrubber: tokens in tool and MCP headers never reach a log line."""
+        """The header values of tools and MCP servers to scrub from log lines and
+        fixtures: what each `${VAR}` reference resolves to (the header's whole value and
+        the variable's own), and the literal values of credential headers
+        (`Authorization`, `Cookie`, names with `key`, `token`, `secret`, `auth`,
+        `password` or `session`). Nothing shorter than 8 characters: masking it would
+        mangle ordinary text (`app.agents.load.MIN_SECRET_CHARS`)."""
         return list(self._loaded.secrets) if self._loaded else []
 
     def pick(self, to_number: str | None) -> str:

@@ -10,6 +10,15 @@ each (`app.agents.problems`), so that one edit fixes the lot.
 
 What it returns is resolved and ready for calls: templates parsed, header references
 filled in, Python functions imported, each agent's tool specs and MCP entries built.
+
+A header value read from the environment loses its trailing whitespace (a secret mounted
+as a file usually ends in a newline); one that still holds a line break, another control
+character or non-ASCII text is a start-up error naming the header, never the value, since
+every request with it would fail. The values the log scrubber masks (`secrets`) are those
+that can be secret without being noise: what `${VAR}` references resolve to, and the
+literal values of credential headers (`Authorization`, `X-Api-Key`...); an `Accept =
+"application/json"` is not one, or every log line saying "application/json" would read
+"***".
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ValidationError
 
-from app.agents.envrefs import EnvRefError, fill, used_values
+from app.agents.envrefs import EnvRefError, fill, references, used_values
 from app.agents.model import (
     BUILTIN_TOOLS,
     TOOL_KINDS,
@@ -53,9 +62,18 @@ REASONING_MODEL_PREFIX: Final = "gpt-realtime-2"
 _TOML_POSITION = re.compile(r"^(.*) \(at line (\d+), column (\d+)\)$", re.DOTALL)
 _TOML_AT_END = re.compile(r"^(.*) \(at end of document\)$", re.DOTALL)
 _MAX_REASON = 200
-# RFC 9110 token characters; a header value may not hold CR, LF or NUL (header injection).
+# RFC 9110 token characters; a header value is visible ASCII, spaces and tabs: a line
+# break would inject a header, and httpx can't send a control or a non-ASCII character.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_HEADER_VALUE_BAD = re.compile(r"[\r\n\x00]")
+_HEADER_VALUE_BAD = re.compile(r"[^\t\x20-\x7e]")
+#: Header names (lower-cased) whose literal values are credentials, and the parts of a
+#: name that make it one (`X-Api-Key`, `X-Auth-Token`, `X-Session-Id`...).
+CREDENTIAL_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie"})
+CREDENTIAL_NAME_PARTS: Final = ("key", "token", "secret", "auth", "password", "session")
+#: Shorter values are not scrubbed: masking "abc" would mangle every line that says it.
+#: The recorder's own floor (`app.recording_lines.MIN_SECRET_CHARS`), above the log
+#: scrubber's (`app.observability.MIN_SECRET_LENGTH`, 6).
+MIN_SECRET_CHARS: Final = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +102,7 @@ class LoadedAgents:
     executors: dict[str, ToolDef]
     #: Values of the `${VAR}`s the MCP entries reference (set, non-empty ones).
     env: dict[str, str]
+    #: The values to scrub from logs and fixtures (see the module's docstring).
     secrets: list[str]
     warnings: list[str] = field(default_factory=list)
 
@@ -126,8 +145,9 @@ class _Loader:
     def __init__(self, path: Path, settings: Settings, environ: Mapping[str, str]) -> None:
         self.path = path
         self.settings = settings
-        #: Empty variables count as unset, as everywhere in the settings.
-        self.environ = {k: v for k, v in environ.items() if v}
+        #: Empty variables count as unset, as everywhere in the settings; trailing
+        #: whitespace is no part of a header's value (a mounted secret's last newline).
+        self.environ = {k: v.rstrip() for k, v in environ.items() if v.rstrip()}
         self.problems = Problems(str(path))
         self.warnings: list[str] = []
         self.tools: dict[str, ToolEntry] = {}
@@ -136,6 +156,8 @@ class _Loader:
         self.tool_names: list[str] = []
         self.functions: dict[str, PythonFunction] = {}
         self.resolved_headers: dict[str, dict[str, str]] = {}
+        #: Header values that are secrets (`_secret_values`), short ones included.
+        self.secret_values: set[str] = set()
         self.entries: dict[str, AgentEntry] = {}
         self.defaults: list[str] = []
         #: Dialled number -> agent.
@@ -290,13 +312,36 @@ class _Loader:
             if not _HEADER_NAME.match(header):
                 self.problems.add(at, "is not a valid HTTP header name")
             elif _HEADER_VALUE_BAD.search(value):
-                self.problems.add(at, "must not hold a line break or NUL")
+                self.problems.add(
+                    at, "must not hold a line break, another control character or non-ASCII text"
+                )
             else:
                 try:
-                    resolved[header] = fill(value, self.environ)
+                    names = list(dict.fromkeys(ref.name for ref in references(value)))
+                    filled = fill(value, self.environ).rstrip()
                 except EnvRefError as exc:
                     self.problems.add(at, str(exc))
+                    continue
+                if _HEADER_VALUE_BAD.search(filled):  # never the value: it is a secret
+                    variables = ", ".join(f"${{{n}}}" for n in names)
+                    self.problems.add(
+                        at,
+                        f"the value of {variables} holds a line break, another control "
+                        "character or non-ASCII text (past its trailing whitespace, which is "
+                        "removed): every request would fail",
+                    )
+                    continue
+                resolved[header] = filled
+                self.secret_values.update(self._secret_values(header, names, filled))
         self.resolved_headers[name] = resolved
+
+    def _secret_values(self, header: str, variables: list[str], value: str) -> list[str]:
+        """What of header `header` (resolved to `value`) is a secret: with `${VAR}`s in it,
+        the whole value and each variable's own; written out, the value of a credential
+        header (`is_credential_header`); anything else is not."""
+        if variables:
+            return [value, *(self.environ[n] for n in variables if n in self.environ)]
+        return [value] if is_credential_header(header) else []
 
     def _approval(self, where: KeyPath, entry: McpToolEntry) -> None:
         if not isinstance(entry.require_approval, list) or entry.allowed_tools is None:
@@ -520,15 +565,7 @@ class _Loader:
         return used_values(texts, self.environ)
 
     def _secrets(self) -> list[str]:
-        values = {v for headers in self.resolved_headers.values() for v in headers.values()}
-        written = [
-            value
-            for entry in self.tools.values()
-            if isinstance(entry, HttpToolEntry | McpToolEntry)
-            for value in entry.headers.values()
-        ]
-        values |= set(used_values(written, self.environ).values())
-        return sorted(v for v in values if v)
+        return sorted(v for v in self.secret_values if len(v) >= MIN_SECRET_CHARS)
 
     def _warn(self, entries: dict[str, AgentEntry]) -> None:
         file = self.problems.file
@@ -557,6 +594,13 @@ class _Loader:
                         f"{file}: agents.{name}.transfer_number is set but TWILIO_ACCOUNT_SID "
                         "and TWILIO_AUTH_TOKEN are not both set: transfer_call is not offered."
                     )
+
+
+def is_credential_header(name: str) -> bool:
+    """`Authorization`, `Proxy-Authorization`, `Cookie`, or a name with `key`, `token`,
+    `secret`, `auth`, `password` or `session` in it (any case)."""
+    lowered = name.lower()
+    return lowered in CREDENTIAL_HEADERS or any(p in lowered for p in CREDENTIAL_NAME_PARTS)
 
 
 def _tables(value: Any) -> dict[str, dict[str, Any]]:

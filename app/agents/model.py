@@ -31,7 +31,7 @@ from app.settings import (
     check_url,
     check_voice,
 )
-from app.tools.defs import DEFAULT_MAX_REPLY_BYTES
+from app.tools.defs import DEFAULT_MAX_REPLY_BYTES, MAX_OUTPUT_BYTES
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CONTEXT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -40,7 +40,8 @@ _FUNCTION_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 #: The tools the bridge itself offers (app.call.tools); no tool of the file may take them.
 BUILTIN_TOOLS: Final = frozenset({"end_call", "transfer_call"})
 MAX_TOOL_TIMEOUT_SECONDS: Final = 60
-MAX_REPLY_BYTES_LIMIT: Final = 10 * 1024 * 1024
+#: A reply is the tool's output, which must fit in a line of the call's fixture.
+MAX_REPLY_BYTES_LIMIT: Final = MAX_OUTPUT_BYTES
 DEFAULT_PARAMETERS: Final[dict[str, Any]] = {"type": "object", "properties": {}}
 
 
@@ -65,6 +66,16 @@ def _function(value: str) -> str:
 
 def _http_url(value: str) -> str:
     return check_url(value, ("http", "https"), allow_path=True)
+
+
+def _reply_limit(value: int) -> int:
+    if value > MAX_REPLY_BYTES_LIMIT:
+        raise ValueError(
+            f"must be at most {MAX_REPLY_BYTES_LIMIT} ({MAX_REPLY_BYTES_LIMIT // 1024} KiB): "
+            "a tool's output must fit in a line of the call's fixture, or a replay can't "
+            "feed it back"
+        )
+    return value
 
 
 def _approval(value: Any) -> str | list[str]:
@@ -170,7 +181,9 @@ class HttpToolEntry(_FunctionEntry):
     method: Annotated[Literal["POST", "PUT", "PATCH"], BeforeValidator(_upper)] = "POST"
     #: Values may hold `${VAR}` references (`app.agents.envrefs`).
     headers: Headers = {}
-    max_reply_bytes: int = Field(default=DEFAULT_MAX_REPLY_BYTES, ge=1, le=MAX_REPLY_BYTES_LIMIT)
+    max_reply_bytes: Annotated[int, AfterValidator(_reply_limit)] = Field(
+        default=DEFAULT_MAX_REPLY_BYTES, ge=1
+    )
 
 
 class PythonToolEntry(_FunctionEntry):

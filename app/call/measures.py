@@ -128,17 +128,25 @@ class Measures:
         self.out.emit(Measure(Metric.REALTIME_ERROR, labels=(code,)))
 
     def tool_call(
-        self, name: str, result: str, ms: int = 0, *, ran: bool = False, **extra: Any
+        self,
+        name: str,
+        result: str,
+        ms: int = 0,
+        *,
+        ran: bool = False,
+        label: str | None = None,
+        **extra: Any,
     ) -> None:
         """A function call of the model's, answered (`ok`, `error`, `timeout`,
         `cancelled`); `ran`: a business tool really ran for `ms` (its duration is observed).
-        `extra` (call id, redacted arguments, detail) goes into the call's record."""
-        self.tool_calls.append(
-            {"name": name, "ok": result == "ok", "result": result, "ms": ms, **extra}
-        )
-        self.out.emit(Measure(Metric.TOOL_CALL, labels=(name, result)))
+        `label`: the metrics' name for it, when `name` is the model's invention (`unknown`:
+        names the model makes up must not crowd out the real tools' series). `extra` (call
+        id, redacted arguments, detail) goes into the call's record."""
+        record = {"name": name, "ok": result == "ok", "result": result, "ms": ms, **extra}
+        self.tool_calls.append(record)
+        self.out.emit(Measure(Metric.TOOL_CALL, labels=(label or name, result)))
         if ran:
-            self.out.emit(Measure(Metric.TOOL_DURATION, ms / 1000, (name,)))
+            self.out.emit(Measure(Metric.TOOL_DURATION, ms / 1000, (label or name,)))
 
     def rest_answer(self, now: float, action: str, status: int, code: int | None) -> None:
         """A Twilio REST update was answered (status 0: no answer at all)."""

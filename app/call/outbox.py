@@ -63,6 +63,7 @@ class Timer(Enum):
     SILENCE = "silence"  # the caller has been quiet this long: reprompt
     MAX_DURATION = "max_duration"  # the call's length limit
     TOOL_FILLER = "tool_filler"  # a slow tool: time the caller hears a filler
+    TOOL_DEADLINE = "tool_deadline"  # a run the driver never answered is given up
 
 
 class Outbox:

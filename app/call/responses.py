@@ -20,6 +20,7 @@ is the session's to decide.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
@@ -51,6 +52,10 @@ class Request:
     withdrawn: bool = False
     #: A filler while a tool runs: moot once the tool's answer is wanted; calls no tool.
     filler: bool = False
+    #: The answer to tool outputs: moot once the caller speaks (their turn sees them).
+    tool_answer: bool = False
+    #: The response may call no tool (a filler; a model looping on tools).
+    no_tools: bool = False
 
     def merge(self, other: Request) -> Request:
         return Request(
@@ -58,6 +63,8 @@ class Request:
             self.closing or other.closing,
             self.droppable and other.droppable,
             filler=self.filler and other.filler,
+            tool_answer=self.tool_answer and other.tool_answer,
+            no_tools=self.no_tools or other.no_tools,
         )
 
 
@@ -106,9 +113,19 @@ class Responses:
         closing: bool = False,
         droppable: bool = False,
         filler: bool = False,
+        tool_answer: bool = False,
+        no_tools: bool = False,
     ) -> None:
         """Ask for a response now, or as soon as the current one is done."""
-        self._want(Request(instructions, closing, droppable, filler=filler))
+        req = Request(
+            instructions,
+            closing,
+            droppable,
+            filler=filler,
+            tool_answer=tool_answer,
+            no_tools=no_tools or filler,
+        )
+        self._want(req)
 
     def request_after_done(self) -> None:
         """Answer the caller once the active response is over."""
@@ -127,7 +144,7 @@ class Responses:
         self._seq += 1
         req.event_id = f"bridge_response_{self._seq}"
         self._in_flight = req
-        self.out.realtime(rt.response_create(req.instructions, req.event_id, no_tools=req.filler))
+        self.out.realtime(rt.response_create(req.instructions, req.event_id, no_tools=req.no_tools))
 
     def withdraw_closing(self) -> None:
         """The ending these last words were for was called off: don't say them."""
@@ -137,8 +154,16 @@ class Responses:
 
     def withdraw_fillers(self) -> None:
         """A tool's answer is wanted now: a filler not yet started is not said."""
-        self._waiting = [req for req in self._waiting if not req.filler]
-        if self._in_flight is not None and self._in_flight.filler:
+        self._withdraw(lambda req: req.filler)
+
+    def withdraw_tool_speech(self) -> None:
+        """The caller spoke: a filler or an answer to tool outputs not yet started is not
+        said over them (their turn's answer sees the outputs)."""
+        self._withdraw(lambda req: req.filler or req.tool_answer)
+
+    def _withdraw(self, which: Callable[[Request], bool]) -> None:
+        self._waiting = [req for req in self._waiting if not which(req)]
+        if self._in_flight is not None and which(self._in_flight):
             self._in_flight.withdrawn = True
 
     def was_cut_off(self, response_id: str | None) -> bool:

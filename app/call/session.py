@@ -126,7 +126,10 @@ def _audio_ok(text: object) -> bool:
 class CallSession:
     """One call, from Twilio's `start` to the end of both sockets."""
 
-    def __init__(self, config: CallConfig) -> None:
+    def __init__(self, config: CallConfig, *, replaying: bool = False) -> None:
+        """`replaying`: fed from a call fixture (`app.replay`): a redacted tool argument's
+        recorded verdict is taken as the live call's (`app.call.toolcalls`)."""
+        self._replaying = replaying
         self.out = Outbox(config.connect_buffer_ms)
         self.phase: Machine[Phase] = Machine("phase", PHASES, Phase.WAITING_START)
         self.stream_sid = ""
@@ -145,6 +148,8 @@ class CallSession:
         self._configure(config)
         #: A tool batch's answer waits to learn whether the caller's speech was a turn.
         self._tool_answer_owed = False
+        #: The last words have played, but a tool of theirs still runs ("booked, goodbye").
+        self._ending_waits_for_tools = False
         self.usage: dict[str, int] = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
         self.caller_audio_bytes = 0
         #: `error` events from the service by code (refusals of our requests excluded).
@@ -159,7 +164,7 @@ class CallSession:
         )
         self.ending = Ending(self.out, config)
         self.nudges = Nudges(self.out, config)
-        self.tools = ToolCalls(self.out, config, self.measures)
+        self.tools = ToolCalls(self.out, config, self.measures, trust_redacted=self._replaying)
         labels = tuple(str(entry.get("server_label")) for entry in config.mcp_servers)
         self.mcp = McpCalls(self.out, self.measures, labels)
 
@@ -325,6 +330,7 @@ class CallSession:
         if self.phase.state is not Phase.ENDED:
             self.phase.move(Input.CRASHED)
             self.end_reason, self.ended_ms = "bridge_error", now
+            self.tools.ended(now)  # for the record (the driver cancels every task)
             self.out.cancel_all_timers()
 
     # -- Twilio ---------------------------------------------------------------------------
@@ -469,6 +475,7 @@ class CallSession:
         elif kind == "response.created":
             response = ev["response"]
             self.measures.response_created(response["id"])
+            self.tools.turn_answering()
             if self.responses.created(response):
                 self.ending.response_created(response["id"])
             self.nudges.disarm()
@@ -555,6 +562,8 @@ class CallSession:
                 self._responses_failing(now)
             elif refusal is Refusal.FAILED:
                 self.responses.send_waiting()  # what waited behind it is still wanted
+            if not self.done:
+                self._maybe_arm(now)  # nothing is coming: the line may be quiet now
             return
         n = tally(self.realtime_errors, str(code)[:60])
         if logged(n):  # a bad frame every 20 ms would be a line every 20 ms
@@ -581,7 +590,10 @@ class CallSession:
         if item.get("status") != "completed":
             # Cut off while its arguments were being written: they may be truncated.
             log_event(logger, _INFO, "tool.ignored_incomplete", tool=short(name))
-            self.measures.tool_call(short(name) or "?", "cancelled", detail="incomplete")
+            label = None if self.tools.offers(name) or name in self.config.tools else "unknown"
+            self.measures.tool_call(
+                short(name) or "?", "cancelled", label=label, detail="incomplete"
+            )
             return
         rid = response_id or ""
         cut_off = self.responses.was_cut_off(response_id)
@@ -593,6 +605,9 @@ class CallSession:
         if kind is None or name not in self.config.tools:
             self.tools.unknown(now, item, rid)
             self._flush_tools(now)
+            return
+        if item["call_id"] in self.tools.runs:  # a repeated item: it was answered once
+            self.out.bad("realtime", "duplicate_call_id")
             return
         if cut_off:
             # The caller cut that response off: whatever it asked for, they are still
@@ -616,8 +631,8 @@ class CallSession:
 
     def _builtin_output(self, now: float, item: dict[str, Any], rid: str, output: str) -> None:
         """A built-in tool's output, in its place among the response's tool outputs."""
-        self.tools.answered(now, item, rid, output)
-        self._flush_tools(now)
+        if self.tools.answered(now, item, rid, output):
+            self._flush_tools(now)
 
     def _tool_result(self, now: float, answer: object) -> None:
         """A business tool's outcome (`RunTool` answered)."""
@@ -630,23 +645,30 @@ class CallSession:
 
     def _flush_tools(self, now: float) -> None:
         """Send the tool outputs due; a batch complete and unanswered gets its answer."""
-        for want in self.tools.flush():
-            if want is Flush.ANSWER:
-                self._answer_tools()
+        for want in self.tools.flush(self.responding):
+            if want is not Flush.NOTHING:
+                self._answer_tools(no_tools=want is Flush.ANSWER_NO_TOOLS)
+        if self._ending_waits_for_tools and not self.tools.running:
+            self._ending_waits_for_tools = False
+            self._ending_played_out(now)
 
-    def _answer_tools(self) -> None:
+    def _answer_tools(self, *, no_tools: bool = False) -> None:
         if self.ending.stage is not Stage.NONE:
             return  # the ending says the last words
         if self.turns.current is not None:
             self._tool_answer_owed = True  # a turn, or noise? `_speech_stopped` knows
             return
         self.responses.withdraw_fillers()
-        self.responses.request(droppable=True)
+        if no_tools:
+            log_event(logger, _WARNING, "tool.rounds_limit", rounds=self.tools.rounds)
+        self.responses.request(droppable=True, tool_answer=True, no_tools=no_tools)
 
     def _caller_spoke(self, now: float) -> None:
-        """The caller is taking a turn: `cancel` tools stop; open batches won't answer."""
+        """The caller is taking a turn: `cancel` tools stop; open batches won't answer
+        before it; a filler or a tools' answer not yet started is not said over them."""
         self._tool_answer_owed = False
         if self.tools.runs:
+            self.responses.withdraw_tool_speech()
             self.tools.caller_spoke(now)
             self._flush_tools(now)
 
@@ -706,6 +728,8 @@ class CallSession:
             self.nudges.caller_active()
             self.measures.turn_ended(now)
             self._caller_spoke(now)
+            if self.turns.automatic:
+                self.tools.turn_answering()  # the service has committed it to answer it
         elif self._tool_answer_owed:
             self._tool_answer_owed = False
             self._answer_tools()  # it was noise: the tools' answer is still wanted
@@ -770,8 +794,13 @@ class CallSession:
         self.responses.request(self._instructions(words), closing=True)
 
     def _ending_played_out(self, now: float) -> None:
-        """Everything sent has been heard: an ending playing out its last words acts."""
+        """Everything sent has been heard: an ending playing out its last words acts
+        (once the tools the model called with them are done: "booked, goodbye" books)."""
         if self.ending.stage is not Stage.PLAYING_OUT:
+            return
+        if self.tools.running:
+            log_event(logger, _INFO, "ending.waits_for_tools")
+            self._ending_waits_for_tools = True
             return
         utterance = self.turns.current
         if utterance is not None and not utterance.interrupted:
@@ -873,6 +902,10 @@ class CallSession:
                 self._begin_ending(now, "silence", "bot_hung_up", SILENCE_GOODBYE)
         elif timer is Timer.TOOL_FILLER:
             self._filler_timer(now)
+        elif timer is Timer.TOOL_DEADLINE:
+            self.tools.past_deadline(now)
+            self._flush_tools(now)
+            self._maybe_arm(now)
         elif timer is Timer.MAX_DURATION and self.nudges.max_duration(
             now, self.ending.stage is not Stage.NONE
         ):

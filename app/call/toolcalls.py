@@ -10,10 +10,13 @@ Rules (each one a failure seen elsewhere, see the README's "Agents and tools"):
    the tool is not called.
 3. **One batch per response.** The calls of one response run concurrently (`RunTool` each,
    as its item completes); their outputs go to the model in the order the model made the
-   calls, and once all are in and the response is done, the model is asked to answer —
-   unless the caller has started a new turn meanwhile (that turn's answer will see the
-   outputs), the caller is speaking right now (the answer is owed until we know whether
-   it was a turn, `caller_turn_over`), or the call is ending.
+   calls (built-in tools' outputs included), and once all are in and the response is done,
+   the model is asked to answer — unless the caller's own turn is still to be answered
+   (the caller is speaking, or has spoken and no response has started since: that answer
+   will see the outputs), every run was cancelled, or the call is ending. A result that
+   comes after the caller's turn was answered gets its own answer: it is never lost.
+   After `MAX_TOOL_ROUNDS` answers in a row with no word from the caller, the answer may
+   call no tool (a model looping on a failing tool stops).
 4. **Barge-in while a tool runs**: a `cancel` tool is stopped (`CancelTool`) and the model
    gets `{"error": "cancelled..."}`; a `continue` tool's result is still delivered. Either
    way the batch's answer is no longer the model's to give unasked: the caller has spoken.
@@ -26,12 +29,16 @@ Rules (each one a failure seen elsewhere, see the README's "Agents and tools"):
 6. **Results are inputs.** A run's outcome comes back as a `tool_result` input (recorded in
    call fixtures), so a replay feeds the recorded outcome at its recorded time and never
    calls anything. A result for a call that is not running (cancelled, unknown) is bad
-   input, skipped.
+   input, skipped. The core bounds every run itself: `timeout_ms` plus `TIMEOUT_GRACE_MS`
+   after it started, a run with no result is stopped and answered as a timeout (a Python
+   tool that ignores its cancellation can't hold the call).
 
-Values of a tool's `redact` arguments never reach a log line; a fixture holds `***` for
-them (`app.recording_lines`). So that a replay decides exactly as the live call did, a
-schema violation *at a redacted argument whose value is `***`* is not counted (live, the
-model would have to send that very string).
+Values of a tool's `redact` arguments never reach a log line, a record or an error output
+(a problem at a redacted argument reads `$.card: invalid (redacted)`); a fixture holds
+`***` for a valid one and `***!` for an invalid one (`redacted_arguments`, which the
+recorder uses), and a replaying core (`trust_redacted`) takes those verdicts instead of
+checking the value again, so the replay decides exactly as the live call did. A live call
+never trusts a marker: a model sending `***` is checked like any value.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from enum import Enum
 from functools import lru_cache
 from typing import Any, Final
 
+import orjson
 from jsonschema import Draft202012Validator
 
 from app.call.actions import CancelTool, RunTool
@@ -58,12 +66,19 @@ logger = logging.getLogger("app.call")
 
 #: What a redacted argument's value is recorded as (and replayed with).
 REDACTED: Final = "***"
+#: ... and an invalid one (the verdict the live call reached, for the replay).
+REDACTED_INVALID: Final = "***!"
+#: Tool answers in a row with no word from the caller before the answer may call no tool.
+MAX_TOOL_ROUNDS: Final = 5
+#: How long past its own timeout a run may go unanswered before the core gives up on it.
+TIMEOUT_GRACE_MS: Final = 2000
 #: Most schema problems named in one error output.
 MAX_PROBLEMS: Final = 5
 #: Arguments longer than this (JSON text) are not parsed: no tool takes a novel.
 MAX_ARGUMENT_CHARS: Final = 64 * 1024
 CANCELLED_OUTPUT: Final = '{"error": "cancelled: the caller interrupted before the tool finished"}'
 ENDED_OUTPUT: Final = '{"error": "cancelled: the call is over"}'
+NO_ANSWER_OUTPUT: Final = '{"error": "the tool did not answer in time"}'
 
 
 @lru_cache(maxsize=256)
@@ -72,29 +87,55 @@ def _validator(schema_json: str) -> Draft202012Validator:
     return Draft202012Validator(json.loads(schema_json))
 
 
-def schema_problems(spec: ToolSpec, arguments: dict[str, Any]) -> list[str]:
+def schema_problems(
+    spec: ToolSpec, arguments: dict[str, Any], *, trust_redacted: bool = False
+) -> list[str]:
     """What is wrong with `arguments` for `spec`, by JSON path and rule, without the values
-    (they may be a card number)."""
+    (they may be a card number): a redacted argument's problems are one generic line.
+    `trust_redacted` (a replay): a redacted argument recorded as `***` was valid live, one
+    recorded as `***!` was not (module docstring)."""
     validator = _validator(json.dumps(spec.parameters, sort_keys=True))
-    problems = []
-    for error in sorted(validator.iter_errors(arguments), key=lambda e: list(e.absolute_path)):
-        path = list(error.absolute_path)
-        if path and path[0] in spec.redact and _value_at(arguments, path) == REDACTED:
-            continue  # a replay of a redacted fixture: the live value was checked
+    found: dict[tuple[str, ...], str] = {}
+    try:
+        errors = list(validator.iter_errors(arguments))
+    except RecursionError:  # a recursive schema over a deep value
+        return ["$: the arguments are nested too deeply"]
+    for error in errors:
+        path = [str(step) for step in error.absolute_path]
+        if path and path[0] in spec.redact:
+            if not trust_redacted:
+                found[(path[0],)] = f"$.{path[0]}: invalid (redacted)"
+            continue
         rule = json.dumps(error.validator_value, default=str)
         if len(rule) > 80:
             rule = rule[:77] + "..."
-        problems.append(f"{error.json_path}: {error.validator} {rule}")
-        if len(problems) >= MAX_PROBLEMS:
-            break
-    return problems
+        key = (*path, "", str(error.validator))
+        found.setdefault(key, f"{error.json_path}: {error.validator} {rule}")
+    if trust_redacted:
+        for name in spec.redact:
+            if arguments.get(name) == REDACTED_INVALID:
+                found[(name,)] = f"$.{name}: invalid (redacted)"
+    return [found[key] for key in sorted(found)][:MAX_PROBLEMS]
 
 
-def _value_at(arguments: dict[str, Any], path: list[Any]) -> Any:
-    value: Any = arguments
-    for step in path[:1]:
-        value = value.get(step) if isinstance(value, dict) else None
-    return value
+def redacted_arguments(spec: ToolSpec, text: object) -> object:
+    """A function call's arguments (JSON text) as a fixture records them: each redacted
+    argument `***` (valid) or `***!` (invalid), so a replay reaches the same verdict;
+    text that doesn't parse is `***`, and JSON that isn't an object a value of the same
+    kind (both still refused alike in a replay)."""
+    if type(text) is not str:
+        return text
+    arguments, problem = parse_arguments(text)
+    if problem is not None:
+        return REDACTED
+    if not isinstance(arguments, dict):
+        return {list: "[]", str: '""', bool: "false", type(None): "null"}.get(type(arguments), "0")
+    bad = {p.split(":", 1)[0].removeprefix("$.") for p in schema_problems(spec, arguments)}
+    hidden = {
+        k: ((REDACTED_INVALID if k in bad else REDACTED) if k in spec.redact else v)
+        for k, v in arguments.items()
+    }
+    return json.dumps(hidden)
 
 
 def redacted(spec: ToolSpec | None, arguments: Any) -> Any:
@@ -103,6 +144,19 @@ def redacted(spec: ToolSpec | None, arguments: Any) -> Any:
     if spec is None or not spec.redact or not isinstance(arguments, dict):
         return arguments
     return {k: (REDACTED if k in spec.redact else v) for k, v in arguments.items()}
+
+
+def parse_arguments(text: str) -> tuple[Any, str | None]:
+    """The arguments' JSON value, or None and why not. orjson: its depth limit turns a
+    value nested past 1024 levels into an error, not a RecursionError."""
+    if len(text) > MAX_ARGUMENT_CHARS:
+        return None, "$: the arguments are not a JSON text of a sane size"
+    if not text.strip():
+        return {}, None
+    try:
+        return orjson.loads(text), None
+    except orjson.JSONDecodeError:
+        return None, "$: the arguments are not valid JSON"
 
 
 class State(Enum):
@@ -126,6 +180,8 @@ class Run:
     filler_at: float | None = None
     #: The filler came due while the line wasn't quiet: its wait restarts when it is.
     filler_waiting: bool = False
+    #: When the core gives up waiting for its result (`TIMEOUT_GRACE_MS` past its timeout).
+    deadline: float | None = None
 
 
 @dataclass(slots=True)
@@ -135,8 +191,10 @@ class Batch:
     response_id: str
     runs: list[Run] = field(default_factory=list)
     response_done: bool = False
-    #: The caller started a turn since: the model answers that turn, not the batch.
+    #: The caller spoke since the call was made (their turn, a barge-in, a key press).
     caller_spoke: bool = False
+    #: ... and no response has started since: that turn's answer will see the outputs.
+    turn_pending: bool = False
     filler_asked: bool = False
     settled: bool = False
 
@@ -146,17 +204,25 @@ class Flush(Enum):
 
     NOTHING = "nothing"
     ANSWER = "answer"  # ask the model to answer with the outputs
+    ANSWER_NO_TOOLS = "answer_no_tools"  # ... and it may not call a tool again
 
 
 class ToolCalls:
     """The business tool calls of one call."""
 
-    def __init__(self, outbox: Outbox, config: CallConfig, measures: Measures) -> None:
+    def __init__(
+        self, outbox: Outbox, config: CallConfig, measures: Measures, *, trust_redacted: bool
+    ) -> None:
         self.out = outbox
         self.config = config
         self.measures = measures
+        self.trust_redacted = trust_redacted
         self.runs: dict[str, Run] = {}
         self._batches: dict[str, Batch] = {}
+        #: Responses already done (a call item arriving after its `response.done`).
+        self._done: set[str] = set()
+        #: Batches answered in a row with no word from the caller.
+        self.rounds = 0
 
     # -- questions ------------------------------------------------------------------------
 
@@ -185,7 +251,7 @@ class ToolCalls:
         run = Run(call_id, name, spec, now)
         self.runs[call_id] = run
         batch.runs.append(run)
-        arguments, problems = _arguments(item.get("arguments"), spec)
+        arguments, problems = self._arguments(item.get("arguments"), spec)
         run.arguments = redacted(spec, arguments)
         if problems:
             log_event(
@@ -201,6 +267,8 @@ class ToolCalls:
         log_event(logger, logging.INFO, "tool.started", tool=name, call_id=short(call_id))
         assert isinstance(arguments, dict)
         self.out.emit(RunTool(call_id, name, arguments, spec.timeout_ms))
+        run.deadline = now + spec.timeout_ms + TIMEOUT_GRACE_MS
+        self._arm_deadline()
         if spec.filler_after_ms > 0:
             run.filler_at = now + spec.filler_after_ms
             self._arm_filler()
@@ -208,18 +276,27 @@ class ToolCalls:
     def unknown(self, now: float, item: dict[str, Any], response_id: str) -> None:
         """A completed call to a tool the call doesn't offer: an error output, in order."""
         name, call_id = item.get("name"), item["call_id"]
+        if call_id in self.runs:
+            self.out.bad("realtime", "duplicate_call_id")
+            return
         log_event(logger, logging.WARNING, "tool.unknown", tool=short(name))
         run = Run(call_id, short(name) or "?", None, now)
-        self.runs.setdefault(call_id, run)
+        self.runs[call_id] = run
         self._batch(response_id).runs.append(run)
         self._finish(now, run, "error", '{"error": "unknown tool"}', "unknown_tool")
 
-    def answered(self, now: float, item: dict[str, Any], response_id: str, output: str) -> None:
+    def answered(self, now: float, item: dict[str, Any], response_id: str, output: str) -> bool:
         """A built-in tool's call (`end_call`, `transfer_call`), answered at once by the
         session: its output takes its place in the batch's order (recorded by the
-        session, not here)."""
-        run = Run(item["call_id"], str(item.get("name")), None, now, State.DONE, output)
+        session, not here). False for a call id seen before (nothing is sent twice)."""
+        call_id = item["call_id"]
+        if call_id in self.runs:
+            self.out.bad("realtime", "duplicate_call_id")
+            return False
+        run = Run(call_id, str(item.get("name")), None, now, State.DONE, output)
+        self.runs[call_id] = run
         self._batch(response_id).runs.append(run)
+        return True
 
     def result(self, now: float, answer: dict[str, Any]) -> bool:
         """A `tool_result` input (the driver's, or a fixture's): True when it was taken."""
@@ -237,22 +314,53 @@ class ToolCalls:
         detail = answer.get("detail")
         self._finish(now, run, result, output, detail if type(detail) is str else "")
         self._arm_filler()
+        self._arm_deadline()
         return True
+
+    def past_deadline(self, now: float) -> None:
+        """The deadline timer fired: runs the driver never answered are given up."""
+        for run in self.runs.values():
+            if run.state is State.RUNNING and run.deadline is not None and run.deadline <= now:
+                self.out.emit(CancelTool(run.call_id))
+                log_event(logger, logging.WARNING, "tool.no_answer", tool=run.name)
+                self._finish(now, run, "timeout", NO_ANSWER_OUTPUT, "no_answer")
+        self._arm_deadline()
+        self._arm_filler()
+
+    def _arm_deadline(self) -> None:
+        due = [
+            run.deadline
+            for run in self.runs.values()
+            if run.state is State.RUNNING and run.deadline is not None
+        ]
+        if due:
+            self.out.set_timer(Timer.TOOL_DEADLINE, min(due))
+        else:
+            self.out.cancel_timer(Timer.TOOL_DEADLINE)
 
     # -- the call's other events ----------------------------------------------------------------
 
     def response_done(self, response_id: str) -> None:
+        self._done.add(response_id)
         batch = self._batches.get(response_id)
         if batch is not None:
             batch.response_done = True
+
+    def turn_answering(self) -> None:
+        """The caller's turn is being answered from now on (a response started, or the
+        service committed the turn to answer it by itself): outputs sent later are not
+        in view of that answer and need one of their own."""
+        for batch in self._open_batches():
+            batch.turn_pending = False
 
     def caller_spoke(self, now: float) -> None:
         """The caller cut the bot off, or took a turn while a tool ran: `cancel` tools
         stop, and no open batch answers unasked (the caller's turn gets the answer, and
         it will see the outputs)."""
+        self.rounds = 0
         now_cancelled = []
         for batch in self._open_batches():
-            batch.caller_spoke = True
+            batch.caller_spoke = batch.turn_pending = True
             for run in batch.runs:
                 if run.state is State.RUNNING and run.spec and run.spec.on_interrupt == "cancel":
                     now_cancelled.append(run)
@@ -270,6 +378,7 @@ class ToolCalls:
                 run.state, run.result, run.output = State.DONE, "cancelled", ENDED_OUTPUT
                 self._measure(now, run, "call_ended")
         self.out.cancel_timer(Timer.TOOL_FILLER)
+        self.out.cancel_timer(Timer.TOOL_DEADLINE)
 
     # -- fillers --------------------------------------------------------------------------
 
@@ -317,9 +426,10 @@ class ToolCalls:
 
     # -- outputs --------------------------------------------------------------------------
 
-    def flush(self) -> list[Flush]:
+    def flush(self, answering: bool = False) -> list[Flush]:
         """Send every output whose turn has come (in call order within each batch); for
-        each batch now complete, whether the model should answer it."""
+        each batch now complete, whether the model should answer it. `answering`: a
+        response is active or asked for (it began before these outputs)."""
         wants: list[Flush] = []
         for batch in list(self._batches.values()):
             if batch.settled:
@@ -335,21 +445,44 @@ class ToolCalls:
             if complete:
                 batch.settled = True
                 del self._batches[batch.response_id]
-                wants.append(Flush.NOTHING if batch.caller_spoke else Flush.ANSWER)
+                wants.append(self._want(batch, answering))
         return wants
+
+    def _want(self, batch: Batch, answering: bool) -> Flush:
+        if batch.caller_spoke and batch.turn_pending and not answering:
+            return Flush.NOTHING  # the caller's turn is answered next, outputs in view
+        tools = [run for run in batch.runs if run.spec is not None]
+        if tools and all(run.result == "cancelled" for run in tools):
+            return Flush.NOTHING  # nothing was done: nothing to say about it
+        self.rounds += 1
+        return Flush.ANSWER_NO_TOOLS if self.rounds > MAX_TOOL_ROUNDS else Flush.ANSWER
 
     def _batch(self, response_id: str) -> Batch:
         batch = self._batches.get(response_id)
         if batch is None:
             batch = self._batches[response_id] = Batch(response_id)
+            # An item after its response's end (or without a response id): nothing more
+            # of it is coming, so it completes as soon as its runs do.
+            batch.response_done = response_id in self._done or not response_id
         return batch
 
     def _open_batches(self) -> list[Batch]:
         return [b for b in self._batches.values() if not b.settled]
 
+    def _arguments(self, text: object, spec: ToolSpec) -> tuple[Any, list[str]]:
+        """The call's arguments, parsed, and what is wrong with them."""
+        if type(text) is not str:
+            return None, ["$: the arguments are not a JSON text"]
+        arguments, problem = parse_arguments(text)
+        if problem is not None:
+            return None, [problem]
+        if not isinstance(arguments, dict):
+            return None, ["$: the arguments are not a JSON object"]
+        return arguments, schema_problems(spec, arguments, trust_redacted=self.trust_redacted)
+
     def _finish(self, now: float, run: Run, result: str, output: str, detail: str) -> None:
         run.state, run.result, run.output = State.DONE, result, output
-        run.filler_at = None
+        run.filler_at = run.deadline = None
         self._measure(now, run, detail)
 
     def _measure(self, now: float, run: Run, detail: str) -> None:
@@ -360,21 +493,9 @@ class ToolCalls:
         if run.arguments is not None:
             extra["arguments"] = run.arguments
         ran = run.spec is not None and detail not in ("invalid_arguments", "interrupted")
-        self.measures.tool_call(run.name, run.result, ms, ran=ran, **extra)
+        label = None if run.spec is not None else "unknown"  # a name the model made up
+        self.measures.tool_call(run.name, run.result, ms, ran=ran, label=label, **extra)
         fields: dict[str, Any] = {"tool": run.name, "result": run.result, "ms": ms}
         if detail:
             fields["detail"] = detail
         log_event(logger, logging.INFO, "tool.done", **fields)
-
-
-def _arguments(text: object, spec: ToolSpec) -> tuple[Any, list[str]]:
-    """The call's arguments, parsed, and what is wrong with them."""
-    if type(text) is not str or len(text) > MAX_ARGUMENT_CHARS:
-        return None, ["$: the arguments are not a JSON text of a sane size"]
-    try:
-        arguments = json.loads(text) if text.strip() else {}
-    except ValueError:
-        return None, ["$: the arguments are not valid JSON"]
-    if not isinstance(arguments, dict):
-        return None, ["$: the arguments are not a JSON object"]
-    return arguments, schema_problems(spec, arguments)

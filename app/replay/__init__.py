@@ -217,7 +217,7 @@ def replay(fixture: Fixture, observe: Observer | None = None) -> Result:
 
     `observe(session, t_ms, actions)`, when given, sees every step (each input, each
     timer wake-up) right after the core has handled it."""
-    session = CallSession(fixture.config)
+    session = CallSession(fixture.config, replaying=True)
     inputs = [e for e in fixture.entries if e.is_input]
     recorded_marks = [n for e in fixture.entries if e.dir == "to_twilio" if (n := _mark_name(e))]
     mark_index = {name: i for i, name in enumerate(recorded_marks)}

@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 DEFAULT_MAX_REPLY_BYTES: Final = 64 * 1024
+MAX_OUTPUT_BYTES: Final = 256 * 1024
+"""The longest output a tool may hand the model (an HTTP tool's `max_reply_bytes` at most,
+a Python tool's JSON): it must fit in a call fixture's line, or a replay can't feed it
+back (`app.recording_lines.MAX_LINE_CHARS`)."""
 
 Result = Literal["ok", "error", "timeout"]
 

@@ -3,8 +3,10 @@
 Why: an in-process tool is the operator's own code, and it fails like any code does. A run
 is cut at `tool.timeout_s` (the function is cancelled), an exception becomes an error
 outcome instead of breaking the call, and the return value must be JSON (orjson: dicts,
-lists, dataclasses, datetimes...; `None` is `null`). Only `asyncio.CancelledError` gets
-through, so that the bridge can stop a run.
+lists, dataclasses, datetimes...; `None` is `null`; integers past 64 bits, which orjson
+can't write, through the standard library's `json`) of at most `MAX_OUTPUT_BYTES`, like an
+HTTP tool's reply. Only `asyncio.CancelledError` gets through, so that the bridge can stop
+a run.
 
 An exception is logged by its type only: its message and its frames' locals may hold the
 caller's data (a card number in a `ValueError`). At DEBUG, the frames' places (file, line,
@@ -23,12 +25,15 @@ from typing import Any, Final
 import orjson
 
 from app.observability import log_event
-from app.tools.defs import PythonTool, ToolContext, ToolOutcome
+from app.tools.defs import MAX_OUTPUT_BYTES, PythonTool, ToolContext, ToolOutcome
+from app.tools.http import TOO_LARGE_OUTPUT
 
 logger = logging.getLogger("app.tools")
 
 _MAX_FRAMES: Final = 12
 """Innermost frames logged at DEBUG for a failed run."""
+_BIG_INT: Final = "Integer exceeds 64-bit range"
+"""orjson's `JSONEncodeError` for an integer it can't write (which `json` can)."""
 
 
 def _error(sentence: str) -> str:
@@ -45,7 +50,8 @@ async def call_python(
 ) -> ToolOutcome:
     """Await `tool.function(context, arguments)` and turn what happens into an outcome:
     ok with the value as compact JSON; timeout; error with detail `bad_result` (not
-    JSON-serialisable) or the exception's class name (`ValueError`)."""
+    JSON-serialisable), `too_large` (longer than `MAX_OUTPUT_BYTES`) or the exception's
+    class name (`ValueError`)."""
     started = time.monotonic()
     try:
         async with asyncio.timeout(tool.timeout_s) as scope:
@@ -56,11 +62,26 @@ async def call_python(
         return _raised(tool, exc, started)  # the function's own TimeoutError
     except Exception as exc:
         return _raised(tool, exc, started)
-    try:
-        output = orjson.dumps(value).decode()
-    except orjson.JSONEncodeError:
+    output = _encoded(value)
+    if output is None:
         return _failed(tool, ToolOutcome("error", FAILED_OUTPUT, "bad_result"), started)
-    return ToolOutcome("ok", output)
+    if len(output) > MAX_OUTPUT_BYTES:
+        return _failed(tool, ToolOutcome("error", TOO_LARGE_OUTPUT, "too_large"), started)
+    return ToolOutcome("ok", output.decode())
+
+
+def _encoded(value: Any) -> bytes | None:
+    """`value` as compact JSON (UTF-8), or None when it is not JSON-serialisable."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        if _BIG_INT not in str(exc):
+            return None
+    try:  # an integer past 64 bits: the standard library writes it exactly
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return text.encode()  # a lone surrogate: UnicodeEncodeError, a ValueError
+    except (TypeError, ValueError, RecursionError):  # another type; NaN; a cycle; too deep
+        return None
 
 
 def _raised(tool: PythonTool, exc: Exception, started: float) -> ToolOutcome:

@@ -8,20 +8,29 @@ an early client waits in the kernel's backlog). Use it as ``async with ToolServe
 With a ``secret``, every request's ``X-Bridge-Signature`` is checked with
 ``app.tools.signing.verify`` (a bad or missing one is answered 401). Every request is
 recorded in ``server.requests`` (``ToolRequest``: path, query, headers, raw and parsed body,
-``signature_ok``, loop time received, and events for "the client went away" and "handled");
+``signature_ok``, loop time received, the client's address (one per connection), and events
+for "the client went away" and "handled");
 ``await server.wait_requests(n)`` waits on a condition, never by polling.
 
 Routes (query parameters in brackets):
 
 * ``/order`` [``delay_ms``]: ``{"order_id": <arguments.order_id>, "status": "shipped"}``;
 * ``/slow`` [``ms``]: waits ``ms``, then ``{"slept_ms": ms}``;
-* ``/fail`` [``status``, default 503]: that status, a JSON error body;
+* ``/fail`` [``status``, default 503; ``body``: ``text`` (default), ``json``, ``big``,
+  ``stall``]: that status, with a plain-text error body, a small JSON one, a JSON one of
+  5000 bytes, or a small JSON one that stops after its first bytes and never finishes;
 * ``/huge`` [``bytes``, ``chunked=1``, ``stall=1``]: a JSON string of ``bytes`` bytes, with
   a ``Content-Length`` or chunked; ``stall`` sends the head (and, chunked, the whole string
   as one chunk) and then never finishes, so only a client that stops early returns;
 * ``/badjson``: 200 with ``not json``;
 * ``/redirect``: 302 to ``/order``;
-* ``/hang``: never answers (until the client goes away or the server closes).
+* ``/hang``: never answers (until the client goes away or the server closes);
+* ``/trickle`` [``every_ms``, default 100; ``bytes``, default 100]: the head (with a
+  ``Content-Length``) at once, then a JSON string of ``bytes`` bytes one byte every
+  ``every_ms``: each read is prompt, the whole reply is slow.
+
+JSON answers are written compact (``{"status":"shipped"}``), which is how the bridge passes
+them on: it hands the model a reply as written.
 
 ``server.script(path, status=..., json=..., delay_ms=..., gate=...)`` replaces a path's
 answer; a ``gate`` (an ``asyncio.Event``) holds every answer until it is set, which lets a
@@ -72,6 +81,8 @@ class ToolRequest:
     """The signature check's verdict; None when the server has no secret."""
     time: float
     """Loop time when the request was fully read."""
+    client: tuple[str, int] | None = None
+    """The client's (host, port): requests sent over one connection share it."""
     status: int = 0
     """The status answered (0 while none has been)."""
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
@@ -213,6 +224,7 @@ class ToolServer:
             json=parsed,
             signature_ok=signature_ok,
             time=asyncio.get_running_loop().time(),
+            client=tuple(scope["client"]) if scope.get("client") else None,
         )
         async with self._cond:
             self.requests.append(req)
@@ -262,11 +274,12 @@ class ToolServer:
         if scripted is not None:
             if not await self._hold(req, scripted.delay_ms / 1000, scripted.gate):
                 return
+            own = scripted.headers
             if scripted.body is not None:
-                await self._answer(req, send, scripted.status, raw=scripted.body)
+                await self._answer(req, send, scripted.status, raw=scripted.body, headers=own)
             else:
                 payload = None if scripted.json is _UNSET else scripted.json
-                await self._answer(req, send, scripted.status, payload)
+                await self._answer(req, send, scripted.status, payload, headers=own)
             return
         if req.path == "/order":
             delay = float(query.get("delay_ms", 0)) / 1000
@@ -281,7 +294,20 @@ class ToolServer:
                 await self._answer(req, send, 200, {"slept_ms": ms})
         elif req.path == "/fail":
             status = int(query.get("status", 503))
-            await self._answer(req, send, status, {"error": "failed on purpose"})
+            kind = query.get("body", "text")
+            if kind == "json":
+                await self._answer(req, send, status, {"error": "failed on purpose"})
+            elif kind == "big":
+                await self._answer(req, send, status, {"error": "x" * (5000 - 13)})
+            elif kind == "stall":
+                head = [(b"content-type", b"application/json"), (b"content-length", b"100")]
+                req.status = status
+                await send({"type": "http.response.start", "status": status, "headers": head})
+                await send({"type": "http.response.body", "body": b'{"error"', "more_body": True})
+                await self._hold(req, None)
+            else:
+                failed = b"failed on purpose"
+                await self._answer(req, send, status, raw=failed, content_type="text/plain")
         elif req.path == "/huge":
             await self._huge(req, send, int(query.get("bytes", 1 << 20)))
         elif req.path == "/badjson":
@@ -291,6 +317,9 @@ class ToolServer:
             await self._answer(req, send, 302, {"moved": True}, headers=location)
         elif req.path == "/hang":
             await self._hold(req, None)
+        elif req.path == "/trickle":
+            every = float(query.get("every_ms", 100)) / 1000
+            await self._trickle(req, send, int(query.get("bytes", 100)), every)
         else:
             await self._answer(req, send, 404, {"error": "no such route"})
 
@@ -316,6 +345,17 @@ class ToolServer:
             await send({"type": "http.response.body", "body": piece, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
+    async def _trickle(self, req: ToolRequest, send: Send, size: int, every_s: float) -> None:
+        data = b'"' + b"x" * max(0, size - 2) + b'"'
+        head = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
+        req.status = 200
+        await send({"type": "http.response.start", "status": 200, "headers": head})
+        for i in range(len(data)):
+            if i and not await self._hold(req, every_s):
+                return  # the client went away (or the server is closing)
+            more = i < len(data) - 1
+            await send({"type": "http.response.body", "body": data[i : i + 1], "more_body": more})
+
     @staticmethod
     async def _answer(
         req: ToolRequest,
@@ -327,9 +367,14 @@ class ToolServer:
         content_type: str = "application/json",
         headers: dict[str, str] | None = None,
     ) -> None:
-        data = raw if raw is not None else json.dumps(payload).encode()
-        head = [(b"content-type", content_type.encode()), (b"content-length", b"%d" % len(data))]
-        head += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+        data = raw if raw is not None else json.dumps(payload, separators=(",", ":")).encode()
+        extra = [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()
+        ]
+        head = [(b"content-length", b"%d" % len(data))]
+        if not any(k == b"content-type" for k, _ in extra):  # a script's own wins
+            head.append((b"content-type", content_type.encode()))
+        head += extra
         req.status = status
         await send({"type": "http.response.start", "status": status, "headers": head})
         await send({"type": "http.response.body", "body": data, "more_body": False})
