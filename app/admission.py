@@ -61,7 +61,8 @@ class Admission:
         if self._token is not None:
             if self._account is not None and account_sid != self._account:
                 return "account_mismatch", None
-            if not check_stream_token(self._token, call_sid, params.get(STREAM_TOKEN_PARAMETER)):
+            token = params.get(STREAM_TOKEN_PARAMETER)
+            if not check_stream_token(self._token, call_sid, token, params):
                 return "bad_stream_token", None
         if call_sid in self.calls:
             return "duplicate_call", None

@@ -368,11 +368,15 @@ def create_app(
             ledger.turned_away(params, "busy", detail, **state.books())
             return Response(document, media_type=_XML)
         log_event(logger, logging.INFO, "webhook.incoming_call", caller=params.get("From"))
-        parameters = {name: params.get(name, "") for name in _STREAM_PARAMETERS}
+        parameters = twiml.stream_parameters(
+            {name: params.get(name, "") for name in _STREAM_PARAMETERS}
+        )
         token = settings.twilio_auth_token
         if settings.stream_token_enforced and token is not None and params.get("CallSid"):
+            # Over the parameters as the TwiML carries them: a `start` that changes the
+            # caller's number or the dialled one (which picks the agent) is refused.
             parameters[STREAM_TOKEN_PARAMETER] = stream_token(
-                token.get_secret_value(), params["CallSid"]
+                token.get_secret_value(), params["CallSid"], parameters
             )
         document = twiml.connect_stream(
             stream_url(base),

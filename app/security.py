@@ -12,9 +12,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from pydantic import SecretStr
 from twilio.request_validator import RequestValidator
@@ -132,21 +133,51 @@ class SignatureChecker:
 STREAM_TOKEN_PARAMETER = "StreamToken"
 
 
-def stream_token(auth_token: str, call_sid: str) -> str:
-    """A token binding one media stream to one call.
+#: Parameters a stream token does not cover: itself, and the CallSid (covered as the call).
+_UNBOUND_PARAMETERS: Final = frozenset({STREAM_TOKEN_PARAMETER, "CallSid"})
+
+
+def _bound(parameters: Mapping[str, object]) -> bytes:
+    """The stream's other parameters, canonically: what the token vouches for too."""
+    pairs = sorted(
+        (name, value)
+        for name, value in parameters.items()
+        if name not in _UNBOUND_PARAMETERS and isinstance(value, str) and value != ""
+    )
+    return json.dumps(pairs, ensure_ascii=True, separators=(",", ":")).encode()
+
+
+def stream_token(
+    auth_token: str,
+    call_sid: str,
+    parameters: Mapping[str, str] = {},
+) -> str:
+    """A token binding one media stream to one call and to the call's data.
 
     Twilio signs the media-stream upgrade over the fixed `wss://host/media-stream` URL, so
     that signature says "Twilio, some call" and is the same for every call. The webhook
-    (itself signed over the call's parameters) puts this HMAC of the CallSid into the
-    TwiML as a `<Parameter>`; the bridge accepts a stream's `start` only with the token
-    of the call it claims, so a replayed upgrade can't open streams for other calls.
+    (itself signed over the call's parameters) puts this HMAC of the CallSid and of the
+    stream's other `<Parameter>`s (`parameters`, as the TwiML carries them: the caller's
+    number, the dialled number that picks the agent, the location fields the instructions
+    quote) into the TwiML; the bridge accepts a stream's `start` only with the token of
+    the call it claims and of exactly those values, so a replayed upgrade can neither open
+    streams for other calls nor pass itself off as another caller or number.
     """
-    mac = hmac.new(auth_token.encode(), b"media-stream:" + call_sid.encode(), hashlib.sha256)
+    message = b"media-stream:" + call_sid.encode() + b"\n" + _bound(parameters)
+    mac = hmac.new(auth_token.encode(), message, hashlib.sha256)
     return base64.urlsafe_b64encode(mac.digest()[:24]).decode()
 
 
-def check_stream_token(auth_token: str, call_sid: str, token: object) -> bool:
+def check_stream_token(
+    auth_token: str,
+    call_sid: str,
+    token: object,
+    parameters: Mapping[str, object] = {},
+) -> bool:
+    """Whether `token` is the stream token of `call_sid` with these `parameters` (the
+    `start`'s custom parameters; the token itself among them is left out)."""
     if not isinstance(token, str):
         return False
-    expected = stream_token(auth_token, call_sid).encode()
+    bound = {k: v for k, v in parameters.items() if isinstance(v, str)}
+    expected = stream_token(auth_token, call_sid, bound).encode()
     return hmac.compare_digest(token.encode("utf-8", "replace"), expected)

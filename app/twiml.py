@@ -27,6 +27,20 @@ def _add_dial(
         response.dial(target, caller_id=caller_id, timeout=timeout_s)
 
 
+def stream_parameters(parameters: Mapping[str, str | None]) -> dict[str, str]:
+    """The `<Parameter>`s exactly as the TwiML carries them (and the stream's `start`
+    returns them): empty values skipped, long ones cut to Twilio's limit. The stream token
+    is computed over these."""
+    out: dict[str, str] = {}
+    for name, value in parameters.items():
+        if not name or value is None or value == "":
+            continue
+        room = MAX_PARAMETER_LENGTH - len(name)
+        if room > 0:
+            out[name] = str(value)[:room]
+    return out
+
+
 def connect_stream(
     stream_url: str,
     parameters: Mapping[str, str],
@@ -46,13 +60,8 @@ def connect_stream(
     """
     response = VoiceResponse()
     stream = response.connect().stream(url=stream_url)
-    for name, value in parameters.items():
-        if not name or value is None or value == "":
-            continue
-        room = MAX_PARAMETER_LENGTH - len(name)
-        if room <= 0:
-            continue
-        stream.parameter(name=name, value=str(value)[:room])
+    for name, value in stream_parameters(parameters).items():
+        stream.parameter(name=name, value=value)
     if fallback_message:
         response.say(fallback_message)
     if fallback_number:

@@ -86,7 +86,7 @@ class RunningApp:
         token = self.settings.twilio_auth_token
         if self.settings.stream_token_enforced:
             params.setdefault(
-                STREAM_TOKEN_PARAMETER, stream_token(token.get_secret_value(), call_sid)
+                STREAM_TOKEN_PARAMETER, stream_token(token.get_secret_value(), call_sid, params)
             )
         if self.settings.twilio_account_sid:
             kwargs.setdefault("account_sid", self.settings.twilio_account_sid)  # as Twilio

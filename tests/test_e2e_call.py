@@ -63,7 +63,7 @@ async def test_webhook_returns_connect_stream_with_parameters_and_fallback(
         assert stream.get("url") == "wss://bridge.example.com/media-stream"
         got = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
         token = got.pop("StreamToken")  # on by default whenever signatures are checked
-        assert token == stream_token(AUTH_TOKEN, params["CallSid"])
+        assert token == stream_token(AUTH_TOKEN, params["CallSid"], params)
         assert got == params  # the call's data, and nothing else
         assert say.text == "We are sorry." and dial.text == "+15550009999"
 
@@ -94,20 +94,30 @@ async def test_media_stream_upgrade_needs_a_valid_signature(app_with: AppFactory
         assert info.value.response.status_code == 403
 
 
-@pytest.mark.parametrize("forgery", ["no_token", "token_of_another_call", "other_account"])
+@pytest.mark.parametrize(
+    "forgery", ["no_token", "token_of_another_call", "other_account", "another_caller"]
+)
 async def test_a_stream_must_belong_to_the_call_it_claims(
     app_with: AppFactory, realtime: FakeRealtime, forgery: str, tmp_path: Path
 ) -> None:
     """A valid upgrade signature is the same for every call: by default (signatures on)
-    the `start` must prove the call."""
+    the `start` must prove the call, and the call's data (the caller's number, the
+    dialled number that picks the agent) as the webhook put it in the TwiML."""
     app = await app_with(twilio_account_sid=ACCOUNT_SID, record_dir=str(tmp_path))
+    call_sid = "CA" + "5" * 32
+    real = {"From": "+15551230000", "To": "+15559870000"}
     params = {
         "no_token": {"StreamToken": ""},
         "token_of_another_call": {"StreamToken": stream_token(AUTH_TOKEN, "CA" + "9" * 32)},
         "other_account": {},
+        "another_caller": {
+            "StreamToken": stream_token(AUTH_TOKEN, call_sid, real),
+            **real,
+            "From": "+15550006666",  # the token vouches for +15551230000
+        },
     }[forgery]
     extra = {"account_sid": "AC" + "b" * 32} if forgery == "other_account" else {}
-    async with app.call(custom_parameters=params, **extra) as call:
+    async with app.call(call_sid=call_sid, custom_parameters=params, **extra) as call:
         await call.start()
         await call.wait_closed(timeout=5)
     assert realtime.connections == []  # nothing was opened (or paid for) for it
@@ -126,7 +136,7 @@ async def test_with_stream_tokens_the_twiml_carries_the_calls_token_and_its_stre
     stream = ET.fromstring(resp.text).find("Connect/Stream")
     assert stream is not None
     got = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
-    assert got.pop("StreamToken") == stream_token(AUTH_TOKEN, params["CallSid"])
+    assert got.pop("StreamToken") == stream_token(AUTH_TOKEN, params["CallSid"], params)
     # Twilio passes the TwiML's parameters on: that stream is accepted.
     async with app.call(call_sid=params["CallSid"], custom_parameters=got) as call:
         await call.start()

@@ -211,7 +211,7 @@ async def test_a_caller_side_that_neither_reads_nor_closes_cannot_hold_the_exit(
             max_queue=1,  # past one unread message, the client stops reading its socket
             ping_interval=None,
         )
-        token = stream_token(AUTH_TOKEN, call_sid)
+        token = stream_token(AUTH_TOKEN, call_sid, {"From": "+15550001111"})  # as start_msg
         await ws.send(json.dumps(start_msg(call_sid, StreamToken=token)))
         conn = await realtime.wait_connection(timeout=15)
         await conn.wait_for("response.create", timeout=10)

@@ -138,6 +138,11 @@ def test_public_url_keeps_raw_query() -> None:
 def test_stream_tokens_bind_a_stream_to_its_call() -> None:
     from app.security import check_stream_token, stream_token
 
+    data = {"From": "+15551230000", "To": "+15559870000"}
+    bound = stream_token("auth-token", "CA" + "1" * 32, data)
+    assert check_stream_token("auth-token", "CA" + "1" * 32, bound, {**data, "StreamToken": bound})
+    for changed in ({**data, "From": "+15550006666"}, {"To": data["To"]}, {**data, "X": "y"}):
+        assert not check_stream_token("auth-token", "CA" + "1" * 32, bound, changed)
     token = stream_token("auth-token", "CA" + "1" * 32)
     assert check_stream_token("auth-token", "CA" + "1" * 32, token)
     assert not check_stream_token("auth-token", "CA" + "2" * 32, token)
