@@ -1010,3 +1010,26 @@ def test_python_m_app_exits_2_before_binding(tmp_path: Path) -> None:
         'named "default" or have default = true',
     ]
     assert "Uvicorn running" not in done.stdout + done.stderr
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_the_readme_example_loads_as_written() -> None:
+    """The README's "complete example" (its first TOML block under "Agents and tools")
+    validates, and its numbers reach their agents."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Agents and tools") :]
+    example = section[section.index("```toml\n") + 8 :]
+    example = example[: example.index("```")]
+    Path("instructions").mkdir()
+    Path("instructions/support.md").write_text("You help with orders.", encoding="utf-8")
+    env = {"CRM_TOKEN": "crm-token-value", "CALENDAR_TOKEN": "calendar-token-value"}
+    loaded = agents(example, env)
+    assert loaded.pick("+15550100") == "sales"
+    assert loaded.pick("+15550101") == "support"
+    assert loaded.pick("+15550999") == loaded.default == "default"
+    config = loaded.for_call({"From": "+15551234567", "To": "+15550100"}, base(), datetime.now(UTC))
+    assert config.agent == "sales" and '"+15551234567"' in config.instructions
+    assert [spec.name for spec in config.functions] == ["lookup_order"]
+    assert [entry["server_label"] for entry in config.mcp_servers] == ["calendar"]
