@@ -52,15 +52,16 @@ class McpCalls:
         self._labels: dict[str, str] = {}
         self._started: dict[str, float] = {}
         self._recorded: set[str] = set()
-        self.tools_listed: dict[str, int] = {}
 
     def label(self, item_id: str) -> str:
         return self._labels.get(item_id) or self._only or "unknown"
 
     def event(self, now: float, kind: str, item_id: str) -> None:
         """A progress event (`EVENTS`)."""
-        if kind.endswith("in_progress"):
+        if kind == "response.mcp_call.in_progress":  # a call's clock (listings have none)
             self._started.setdefault(item_id, now)
+            return
+        if kind == "mcp_list_tools.in_progress":
             return
         label = self.label(item_id)
         if kind == "mcp_list_tools.failed":
@@ -80,11 +81,7 @@ class McpCalls:
         if type(item_id) is str and type(label) is str:
             self._labels[item_id] = label[:64]
         label = self.label(item_id) if type(item_id) is str else "unknown"
-        if kind == "mcp_list_tools":
-            tools = item.get("tools")
-            if type(tools) is list and type(item_id) is str:
-                self.tools_listed[label] = len(tools)
-        elif kind == "mcp_call" and type(item_id) is str and item.get("name") is not None:
+        if kind == "mcp_call" and type(item_id) is str and item.get("name") is not None:
             self._call_done(now, item, item_id, label)
         elif kind == "mcp_approval_request" and type(item_id) is str:
             if item_id in self._recorded:

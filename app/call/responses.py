@@ -148,9 +148,7 @@ class Responses:
 
     def withdraw_closing(self) -> None:
         """The ending these last words were for was called off: don't say them."""
-        self._waiting = [req for req in self._waiting if not req.closing]
-        if self._in_flight is not None and self._in_flight.closing:
-            self._in_flight.withdrawn = True
+        self._withdraw(lambda req: req.closing)
 
     def withdraw_fillers(self) -> None:
         """A tool's answer is wanted now: a filler not yet started is not said."""

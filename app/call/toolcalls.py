@@ -196,7 +196,6 @@ class Batch:
     #: ... and no response has started since: that turn's answer will see the outputs.
     turn_pending: bool = False
     filler_asked: bool = False
-    settled: bool = False
 
 
 class Flush(Enum):
@@ -228,7 +227,7 @@ class ToolCalls:
 
     @property
     def running(self) -> bool:
-        return any(run.state is State.RUNNING for run in self.runs.values())
+        return bool(self._running())
 
     def offers(self, name: str | None) -> bool:
         return name is not None and self.config.function(name) is not None
@@ -328,15 +327,7 @@ class ToolCalls:
         self._arm_filler()
 
     def _arm_deadline(self) -> None:
-        due = [
-            run.deadline
-            for run in self.runs.values()
-            if run.state is State.RUNNING and run.deadline is not None
-        ]
-        if due:
-            self.out.set_timer(Timer.TOOL_DEADLINE, min(due))
-        else:
-            self.out.cancel_timer(Timer.TOOL_DEADLINE)
+        self._arm(Timer.TOOL_DEADLINE, [run.deadline for run in self._running()])
 
     # -- the call's other events ----------------------------------------------------------------
 
@@ -414,15 +405,18 @@ class ToolCalls:
         self._arm_filler()
 
     def _arm_filler(self) -> None:
-        due = [
-            run.filler_at
-            for run in self.runs.values()
-            if run.state is State.RUNNING and run.filler_at is not None
-        ]
+        self._arm(Timer.TOOL_FILLER, [run.filler_at for run in self._running()])
+
+    def _running(self) -> list[Run]:
+        return [run for run in self.runs.values() if run.state is State.RUNNING]
+
+    def _arm(self, timer: Timer, deadlines: list[float | None]) -> None:
+        """`timer` at the earliest of `deadlines` (None: that run has none), or off."""
+        due = [at for at in deadlines if at is not None]
         if due:
-            self.out.set_timer(Timer.TOOL_FILLER, min(due))
+            self.out.set_timer(timer, min(due))
         else:
-            self.out.cancel_timer(Timer.TOOL_FILLER)
+            self.out.cancel_timer(timer)
 
     # -- outputs --------------------------------------------------------------------------
 
@@ -432,8 +426,6 @@ class ToolCalls:
         response is active or asked for (it began before these outputs)."""
         wants: list[Flush] = []
         for batch in list(self._batches.values()):
-            if batch.settled:
-                continue
             for run in batch.runs:
                 if run.state is State.RUNNING:
                     break
@@ -442,8 +434,7 @@ class ToolCalls:
                     assert run.output is not None
                     self.out.realtime(rt.function_output(run.call_id, run.output))
             complete = batch.response_done and all(r.sent for r in batch.runs)
-            if complete:
-                batch.settled = True
+            if complete:  # settled: it leaves the open batches
                 del self._batches[batch.response_id]
                 wants.append(self._want(batch, answering))
         return wants
@@ -467,7 +458,7 @@ class ToolCalls:
         return batch
 
     def _open_batches(self) -> list[Batch]:
-        return [b for b in self._batches.values() if not b.settled]
+        return list(self._batches.values())
 
     def _arguments(self, text: object, spec: ToolSpec) -> tuple[Any, list[str]]:
         """The call's arguments, parsed, and what is wrong with them."""
