@@ -9,16 +9,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import typing
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Union
+from typing import Any
 
 import pytest
-from openai.types.realtime import RealtimeServerEvent
-from pydantic import Field, TypeAdapter
 from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -33,14 +30,17 @@ from tests.fakes.audio import (
     speech_ratio,
     tone,
 )
+from tests.fakes.realtime_client import (
+    API_KEY,
+    connect_to,
+    recv,
+    recv_until,
+    send,
+)
 from tests.fakes.realtime_server import FakeRealtime, ScriptedResponse
 from tests.fakes.twilio_caller import FakeTwilioCall
 from tests.fakes.twilio_rest import FakeTwilioRest, RestReply
 
-_SERVER_MEMBERS = typing.get_args(typing.get_args(RealtimeServerEvent)[0])
-SERVER_EVENT = TypeAdapter(Annotated[Union[_SERVER_MEMBERS], Field(discriminator="type")])  # noqa: UP007
-
-API_KEY = "sk-test-key"
 GA_SESSION_UPDATE: dict[str, Any] = {
     "type": "session.update",
     "session": {
@@ -118,36 +118,13 @@ async def rt() -> AsyncIterator[FakeRealtime]:
         yield fake
 
 
-async def _connect(fake: FakeRealtime, **headers: str) -> ClientConnection:
-    return await connect(
-        fake.url, additional_headers={"Authorization": f"Bearer {API_KEY}", **headers}
-    )
-
-
-async def _recv(ws: ClientConnection) -> dict[str, Any]:
-    ev = json.loads(await asyncio.wait_for(ws.recv(), 5))
-    SERVER_EVENT.validate_python(ev)  # everything the fake sends is a valid GA server event
-    return ev
-
-
-async def _recv_until(ws: ClientConnection, event_type: str) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
-    while not events or events[-1]["type"] != event_type:
-        events.append(await _recv(ws))
-    return events
-
-
-async def _send(ws: ClientConnection, ev: dict[str, Any]) -> None:
-    await ws.send(json.dumps(ev))
-
-
 async def test_realtime_accepts_valid_ga_session_update(rt: FakeRealtime) -> None:
-    async with await _connect(rt) as ws:
-        created = await _recv(ws)
+    async with await connect_to(rt) as ws:
+        created = await recv(ws)
         assert created["type"] == "session.created"
         assert created["session"]["type"] == "realtime" and created["session"]["id"]
-        await _send(ws, GA_SESSION_UPDATE)
-        updated = await _recv(ws)
+        await send(ws, GA_SESSION_UPDATE)
+        updated = await recv(ws)
         assert updated["type"] == "session.updated"
         assert updated["session"]["audio"]["input"]["format"] == {"type": "audio/pcmu"}
         assert updated["session"]["audio"]["output"]["voice"] == "marin"
@@ -167,21 +144,21 @@ async def test_realtime_flags_invalid_events(rt: FakeRealtime) -> None:
     }
     stray = _session_update()
     stray["session"]["input_audio_format"] = "g711_ulaw"
-    async with await _connect(rt) as ws:
-        await _recv(ws)
-        await _send(ws, beta)
-        err = await _recv(ws)
+    async with await connect_to(rt) as ws:
+        await recv(ws)
+        await send(ws, beta)
+        err = await recv(ws)
         assert err["type"] == "error"
         assert err["error"]["type"] == "invalid_request_error"
         assert err["error"]["code"] == "missing_required_parameter"
-        await _send(ws, stray)  # GA shape plus a beta field: the real API rejects unknowns
-        err = await _recv(ws)
+        await send(ws, stray)  # GA shape plus a beta field: the real API rejects unknowns
+        err = await recv(ws)
         assert err["error"]["code"] == "unknown_parameter"
         assert err["error"]["param"] == "session.input_audio_format"
         await ws.send("not json")
-        assert (await _recv(ws))["error"]["code"] == "invalid_json"
-        await _send(ws, {"type": "response.cancel", "event_id": "evt_1"})  # valid: not flagged
-        await _recv(ws)
+        assert (await recv(ws))["error"]["code"] == "invalid_json"
+        await send(ws, {"type": "response.cancel", "event_id": "evt_1"})  # valid: not flagged
+        await recv(ws)
     assert [e["event"] for e in rt.invalid_events] == [beta, stray, "not json"]
     assert "unknown parameter" in rt.invalid_events[1]["error"]
     conn = rt.connections[0]
@@ -189,8 +166,8 @@ async def test_realtime_flags_invalid_events(rt: FakeRealtime) -> None:
 
 
 async def test_realtime_rejects_beta_header(rt: FakeRealtime) -> None:
-    async with await _connect(rt, **{"OpenAI-Beta": "realtime=v1"}) as ws:
-        err = await _recv(ws)
+    async with await connect_to(rt, **{"OpenAI-Beta": "realtime=v1"}) as ws:
+        err = await recv(ws)
         assert err["error"]["code"] == "beta_api_shape_disabled"
         with pytest.raises(ConnectionClosed) as closed:
             await ws.recv()
@@ -208,30 +185,30 @@ async def test_realtime_auth_refusal_and_stop_accepting() -> None:
         assert no_key.value.response.status_code == 401
         fake.refuse = True
         with pytest.raises(InvalidStatus) as refused:
-            await _connect(fake)
+            await connect_to(fake)
         assert refused.value.response.status_code == 503
         fake.refuse = False
-        async with await _connect(fake) as live:
-            await _recv(live)
+        async with await connect_to(fake) as live:
+            await recv(live)
             fake.stop_accepting()
             with pytest.raises(OSError):
-                await _connect(fake)
-            await _send(live, {"type": "input_audio_buffer.clear"})  # old call still works
-            assert (await _recv(live))["type"] == "input_audio_buffer.cleared"
+                await connect_to(fake)
+            await send(live, {"type": "input_audio_buffer.clear"})  # old call still works
+            assert (await recv(live))["type"] == "input_audio_buffer.cleared"
         assert [h["status"] for h in fake.handshakes] == [401, 401, 503, 101]
 
 
 async def test_scripted_response_follows_ga_sequence() -> None:
     audio = tone(1050)
     script = ScriptedResponse(audio=audio, transcript="Hello there, how can I help?")
-    async with FakeRealtime([script]) as fake, await _connect(fake) as ws:
-        await _recv(ws)
-        await _send(ws, _session_update())
-        await _recv(ws)
+    async with FakeRealtime([script]) as fake, await connect_to(fake) as ws:
+        await recv(ws)
+        await send(ws, _session_update())
+        await recv(ws)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        await _send(ws, {"type": "response.create"})
-        events = await _recv_until(ws, "rate_limits.updated")
+        await send(ws, {"type": "response.create"})
+        events = await recv_until(ws, "rate_limits.updated")
         elapsed = loop.time() - t0
     types = [e["type"] for e in events]
     assert types[:5] == [
@@ -272,10 +249,10 @@ async def test_scripted_response_follows_ga_sequence() -> None:
 
 async def test_response_cancel_and_create_conflicts() -> None:
     script = ScriptedResponse(audio=tone(3000), transcript="a long answer " * 5)
-    async with FakeRealtime([script], generation_speed=1.0) as fake, await _connect(fake) as ws:
-        await _recv(ws)
-        await _send(ws, {"type": "response.cancel", "event_id": "evt_cancel_1"})
-        err = (await _recv(ws))["error"]
+    async with FakeRealtime([script], generation_speed=1.0) as fake, await connect_to(fake) as ws:
+        await recv(ws)
+        await send(ws, {"type": "response.cancel", "event_id": "evt_cancel_1"})
+        err = (await recv(ws))["error"]
         assert err == {
             "type": "invalid_request_error",
             "code": "response_cancel_not_active",
@@ -283,14 +260,14 @@ async def test_response_cancel_and_create_conflicts() -> None:
             "param": None,
             "event_id": "evt_cancel_1",
         }
-        await _send(ws, {"type": "response.create"})
-        await _recv_until(ws, "response.output_audio.delta")
-        await _send(ws, {"type": "response.create", "event_id": "evt_again"})
-        err = (await _recv_until(ws, "error"))[-1]["error"]
+        await send(ws, {"type": "response.create"})
+        await recv_until(ws, "response.output_audio.delta")
+        await send(ws, {"type": "response.create", "event_id": "evt_again"})
+        err = (await recv_until(ws, "error"))[-1]["error"]
         assert err["code"] == "conversation_already_has_active_response"
         assert err["event_id"] == "evt_again"
-        await _send(ws, {"type": "response.cancel"})
-        events = await _recv_until(ws, "rate_limits.updated")
+        await send(ws, {"type": "response.cancel"})
+        events = await recv_until(ws, "rate_limits.updated")
     types = [e["type"] for e in events]
     tail = types[types.index("response.output_audio.done") :]
     assert tail == [
@@ -313,12 +290,12 @@ async def test_response_cancel_and_create_conflicts() -> None:
 
 async def test_truncate_checks_item_audio_length() -> None:
     script = [ScriptedResponse(audio=tone(1000), transcript="Hi")]
-    async with FakeRealtime(script) as fake, await _connect(fake) as ws:
-        await _recv(ws)
-        await _send(ws, {"type": "response.create"})
-        events = await _recv_until(ws, "response.done")
+    async with FakeRealtime(script) as fake, await connect_to(fake) as ws:
+        await recv(ws)
+        await send(ws, {"type": "response.create"})
+        events = await recv_until(ws, "response.done")
         item_id = events[-1]["response"]["output"][0]["id"]
-        await _send(
+        await send(
             ws,
             {
                 "type": "conversation.item.truncate",
@@ -328,7 +305,7 @@ async def test_truncate_checks_item_audio_length() -> None:
                 "audio_end_ms": 1500,
             },
         )
-        err = (await _recv_until(ws, "error"))[-1]["error"]
+        err = (await recv_until(ws, "error"))[-1]["error"]
         assert err == {
             "type": "invalid_request_error",
             "code": "invalid_value",
@@ -337,12 +314,12 @@ async def test_truncate_checks_item_audio_length() -> None:
             "event_id": "evt_t1",
         }
         trunc = {"item_id": item_id, "content_index": 0, "audio_end_ms": 600}
-        await _send(ws, {"type": "conversation.item.truncate", **trunc})
-        ok = await _recv(ws)
+        await send(ws, {"type": "conversation.item.truncate", **trunc})
+        ok = await recv(ws)
         assert ok["type"] == "conversation.item.truncated"
         assert {k: ok[k] for k in trunc} == trunc
-        await _send(ws, {**trunc, "type": "conversation.item.truncate", "item_id": "item_x"})
-        assert (await _recv(ws))["type"] == "error"
+        await send(ws, {**trunc, "type": "conversation.item.truncate", "item_id": "item_x"})
+        assert (await recv(ws))["type"] == "error"
     assert [t["audio_end_ms"] for t in fake.truncates] == [600]
     assert [t["audio_end_ms"] for t in fake.rejected_truncates] == [1500, 600]
     assert fake.rejected_truncates[0]["item_audio_ms"] == 1000
@@ -352,15 +329,15 @@ async def test_vad_detects_speech_in_appended_audio() -> None:
     caller = silence(400) + speech(SPOKEN) + silence(800)
     async with (
         FakeRealtime(caller_transcripts=["book a table"]) as fake,
-        await _connect(fake) as ws,
+        await connect_to(fake) as ws,
     ):
-        await _recv(ws)
-        await _send(ws, _session_update(create_response=False))
-        await _recv(ws)
+        await recv(ws)
+        await send(ws, _session_update(create_response=False))
+        await recv(ws)
         for i in range(0, len(caller), 160):
             chunk = base64.b64encode(caller[i : i + 160]).decode()
-            await _send(ws, {"type": "input_audio_buffer.append", "audio": chunk})
-        events = await _recv_until(ws, "conversation.item.input_audio_transcription.completed")
+            await send(ws, {"type": "input_audio_buffer.append", "audio": chunk})
+        events = await recv_until(ws, "conversation.item.input_audio_transcription.completed")
         conn = fake.connections[0]
     types = [e["type"] for e in events]
     assert types == [
@@ -388,17 +365,17 @@ async def test_vad_barge_in_cancels_and_answers() -> None:
         ScriptedResponse(audio=tone(4000), transcript="a long greeting"),
         ScriptedResponse(audio=tone(300), transcript="Sure."),
     ]
-    async with FakeRealtime(script, generation_speed=1.0) as fake, await _connect(fake) as ws:
-        await _recv(ws)
-        await _send(ws, _session_update(create_response=True))
-        await _recv(ws)
+    async with FakeRealtime(script, generation_speed=1.0) as fake, await connect_to(fake) as ws:
+        await recv(ws)
+        await send(ws, _session_update(create_response=True))
+        await recv(ws)
         conn = await fake.wait_connection()
         first = await conn.start_response()
-        await _recv_until(ws, "response.output_audio.delta")
+        await recv_until(ws, "response.output_audio.delta")
         caller = speech("Stop, wait a moment.") + silence(700)
         audio = base64.b64encode(caller).decode()
-        await _send(ws, {"type": "input_audio_buffer.append", "audio": audio})
-        events = await _recv_until(ws, "response.created")
+        await send(ws, {"type": "input_audio_buffer.append", "audio": audio})
+        events = await recv_until(ws, "response.created")
         second = await conn.wait_sent("response.done", count=2)
     types = [e["type"] for e in events]
     started = types.index("input_audio_buffer.speech_started")
@@ -416,10 +393,10 @@ async def test_function_call_response() -> None:
         transcript="Goodbye!",
         function_call={"name": "end_call", "arguments": {"reason": "done"}, "call_id": "call_1"},
     )
-    async with FakeRealtime([script]) as fake, await _connect(fake) as ws:
-        await _recv(ws)
-        await _send(ws, {"type": "response.create"})
-        events = await _recv_until(ws, "response.done")
+    async with FakeRealtime([script]) as fake, await connect_to(fake) as ws:
+        await recv(ws)
+        await send(ws, {"type": "response.create"})
+        events = await recv_until(ws, "response.done")
     args_done = next(e for e in events if e["type"] == "response.function_call_arguments.done")
     assert args_done["name"] == "end_call" and args_done["call_id"] == "call_1"
     assert json.loads(args_done["arguments"]) == {"reason": "done"}
@@ -433,16 +410,16 @@ async def test_function_call_response() -> None:
 
 
 async def test_realtime_failure_modes(rt: FakeRealtime) -> None:
-    async with await _connect(rt) as ws:
-        await _recv(ws)
+    async with await connect_to(rt) as ws:
+        await recv(ws)
         conn = await rt.wait_connection()
         await conn.send_raw("}{ garbage")
         assert await ws.recv() == "}{ garbage"
         await conn.send({"type": "input_audio_buffer.cleared"})
-        assert (await _recv(ws))["type"] == "input_audio_buffer.cleared"
+        assert (await recv(ws))["type"] == "input_audio_buffer.cleared"
         waiter = asyncio.create_task(conn.wait_until(lambda: len(conn.appended_audio) > 0))
         audio = base64.b64encode(silence(20)).decode()
-        await _send(ws, {"type": "input_audio_buffer.append", "audio": audio})
+        await send(ws, {"type": "input_audio_buffer.append", "audio": audio})
         assert await waiter is True  # a boolean predicate's False is "not yet"
         assert conn.appended_audio == silence(20)
         await conn.drop()
@@ -450,8 +427,8 @@ async def test_realtime_failure_modes(rt: FakeRealtime) -> None:
             await ws.recv()
         assert closed.value.rcvd is None  # no close frame: abrupt TCP close
     await conn.wait_closed()
-    async with await _connect(rt) as ws2:
-        await _recv(ws2)
+    async with await connect_to(rt) as ws2:
+        await recv(ws2)
         conn2 = await rt.wait_connection()
         await conn2.drop(1011, "server error")
         with pytest.raises(ConnectionClosed) as closed2:
@@ -466,19 +443,19 @@ async def test_realtime_hung_handshake_and_silent_service() -> None:
                 fake.url, additional_headers={"Authorization": "Bearer k"}, open_timeout=0.2
             )
         assert len(fake.handshakes) == 1 and fake.connections == []
-    async with FakeRealtime(silent=True) as fake, await _connect(fake) as ws:
-        await _send(ws, {"type": "response.create"})
+    async with FakeRealtime(silent=True) as fake, await connect_to(fake) as ws:
+        await send(ws, {"type": "response.create"})
         conn = await fake.wait_connection()
         await conn.wait_for("response.create")
         assert conn.sent == [] and conn.responses == []
         await conn.send({"type": "input_audio_buffer.cleared"})
-        assert (await _recv(ws))["type"] == "input_audio_buffer.cleared"
+        assert (await recv(ws))["type"] == "input_audio_buffer.cleared"
 
 
 async def test_realtime_refuse_at_start() -> None:
     async with FakeRealtime(refuse=True) as fake:
         with pytest.raises(InvalidStatus) as refused:
-            await _connect(fake)
+            await connect_to(fake)
         assert refused.value.response.status_code == 503
         assert fake.connections == []
 

@@ -12,22 +12,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import typing
-from typing import Annotated, Any, Union
+from typing import Any
 
-from openai.types.realtime import RealtimeServerEvent
-from pydantic import Field, TypeAdapter
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 
 from tests.fakes.audio import silence, tone
+from tests.fakes.realtime_client import (
+    SERVER_EVENT,
+    connect_to,
+    recv,
+    recv_until,
+    send,
+)
 from tests.fakes.realtime_server import FakeRealtime, RealtimeConnection, ScriptedResponse
 
-_SERVER_MEMBERS = typing.get_args(typing.get_args(RealtimeServerEvent)[0])
-SERVER_EVENT: TypeAdapter[Any] = TypeAdapter(
-    Annotated[Union[_SERVER_MEMBERS], Field(discriminator="type")]  # noqa: UP007
-)
-
-API_KEY = "sk-test-key"
 CRM = {
     "type": "mcp",
     "server_label": "crm",
@@ -58,31 +56,11 @@ def _session_update(*tools: dict[str, Any], turn_detection: Any = None) -> dict[
     }
 
 
-async def _connect(fake: FakeRealtime) -> ClientConnection:
-    return await connect(fake.url, additional_headers={"Authorization": f"Bearer {API_KEY}"})
-
-
-async def _recv(ws: ClientConnection) -> dict[str, Any]:
-    ev: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 5))
-    return ev
-
-
-async def _recv_until(ws: ClientConnection, event_type: str) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
-    while not events or events[-1]["type"] != event_type:
-        events.append(await _recv(ws))
-    return events
-
-
-async def _send(ws: ClientConnection, ev: dict[str, Any]) -> None:
-    await ws.send(json.dumps(ev))
-
-
 async def _start(ws: ClientConnection, *tools: dict[str, Any]) -> None:
     """Read session.created, configure the session and read up to session.updated."""
-    await _recv(ws)
-    await _send(ws, _session_update(*tools))
-    await _recv_until(ws, "session.updated")
+    await recv(ws)
+    await send(ws, _session_update(*tools))
+    await recv_until(ws, "session.updated")
 
 
 def _check_sent(fake: FakeRealtime, conn: RealtimeConnection) -> None:
@@ -126,10 +104,10 @@ async def test_parallel_function_calls_follow_the_audio() -> None:
             {"name": "check_stock", "arguments": '{"sku": "X"}'},
         ],
     )
-    async with FakeRealtime([script]) as fake, await _connect(fake) as ws:
+    async with FakeRealtime([script]) as fake, await connect_to(fake) as ws:
         await _start(ws)
-        await _send(ws, {"type": "response.create"})
-        events = await _recv_until(ws, "response.done")
+        await send(ws, {"type": "response.create"})
+        events = await recv_until(ws, "response.done")
         conn = fake.connections[0]
     output = events[-1]["response"]["output"]
     assert [o["type"] for o in output] == ["message", *["function_call"] * 3]
@@ -167,14 +145,14 @@ async def test_cancel_while_arguments_stream_leaves_the_call_incomplete() -> Non
         ],
         function_call_delay_ms=5000,
     )
-    async with FakeRealtime([script]) as fake, await _connect(fake) as ws:
+    async with FakeRealtime([script]) as fake, await connect_to(fake) as ws:
         await _start(ws)
         loop = asyncio.get_running_loop()
-        await _send(ws, {"type": "response.create"})
-        first = (await _recv_until(ws, "response.function_call_arguments.delta"))[-1]
+        await send(ws, {"type": "response.create"})
+        first = (await recv_until(ws, "response.function_call_arguments.delta"))[-1]
         t0 = loop.time()
-        await _send(ws, {"type": "response.cancel"})
-        events = await _recv_until(ws, "response.done")
+        await send(ws, {"type": "response.cancel"})
+        events = await recv_until(ws, "response.done")
         assert loop.time() - t0 < 1  # the cancel woke the pause up
         conn = fake.connections[0]
     full = json.dumps(arguments)
@@ -197,15 +175,15 @@ async def test_barge_in_while_arguments_stream_leaves_the_call_incomplete() -> N
         function_call_delay_ms=5000,
     )
     vad = {"type": "server_vad", "create_response": False, "interrupt_response": True}
-    async with FakeRealtime([script]) as fake, await _connect(fake) as ws:
-        await _recv(ws)
-        await _send(ws, _session_update(turn_detection=vad))
-        await _recv_until(ws, "session.updated")
-        await _send(ws, {"type": "response.create"})
-        await _recv_until(ws, "response.function_call_arguments.delta")
+    async with FakeRealtime([script]) as fake, await connect_to(fake) as ws:
+        await recv(ws)
+        await send(ws, _session_update(turn_detection=vad))
+        await recv_until(ws, "session.updated")
+        await send(ws, {"type": "response.create"})
+        await recv_until(ws, "response.function_call_arguments.delta")
         audio = base64.b64encode(silence(100) + tone(300)).decode()
-        await _send(ws, {"type": "input_audio_buffer.append", "audio": audio})
-        events = await _recv_until(ws, "response.done")
+        await send(ws, {"type": "input_audio_buffer.append", "audio": audio})
+        events = await recv_until(ws, "response.done")
         conn = fake.connections[0]
     types = [e["type"] for e in events]
     assert types.index("input_audio_buffer.speech_started") < types.index("response.done")
@@ -224,20 +202,20 @@ async def test_function_outputs_are_recorded_and_kept_in_the_conversation() -> N
             {"name": "check_stock", "arguments": {}, "call_id": "call_2"},
         ]
     )
-    async with FakeRealtime([script]) as fake, await _connect(fake) as ws:
+    async with FakeRealtime([script]) as fake, await connect_to(fake) as ws:
         await _start(ws)
-        await _send(ws, {"type": "response.create"})
-        await _recv_until(ws, "rate_limits.updated")
+        await send(ws, {"type": "response.create"})
+        await recv_until(ws, "rate_limits.updated")
         ids = []
         for call_id, output in (("call_2", '{"stock": 3}'), ("call_1", '{"status": "sent"}')):
             item = {"type": "function_call_output", "call_id": call_id, "output": output}
-            await _send(ws, {"type": "conversation.item.create", "item": item})
-            added = await _recv(ws)
+            await send(ws, {"type": "conversation.item.create", "item": item})
+            added = await recv(ws)
             assert added["type"] == "conversation.item.added"
-            assert (await _recv(ws))["type"] == "conversation.item.done"
+            assert (await recv(ws))["type"] == "conversation.item.done"
             ids.append(added["item"]["id"])
-        await _send(ws, {"type": "conversation.item.retrieve", "item_id": ids[0]})
-        retrieved = (await _recv(ws))["item"]
+        await send(ws, {"type": "conversation.item.retrieve", "item_id": ids[0]})
+        retrieved = (await recv(ws))["item"]
         conn = fake.connections[0]
     assert conn.function_outputs == [
         {"call_id": "call_2", "output": '{"stock": 3}'},
@@ -256,13 +234,13 @@ async def test_tool_choice_none_is_recorded_and_makes_no_calls() -> None:
         function_calls=[{"name": "end_call", "arguments": {}}],
         mcp_calls=[{"server_label": "crm", "name": "lookup_customer", "output": "{}"}],
     )
-    async with FakeRealtime([with_call, with_call]) as fake, await _connect(fake) as ws:
+    async with FakeRealtime([with_call, with_call]) as fake, await connect_to(fake) as ws:
         await _start(ws, CRM)
         create = {"type": "response.create", "response": {"tool_choice": "none"}}
-        await _send(ws, create)
-        first = (await _recv_until(ws, "response.done"))[-1]["response"]
-        await _send(ws, {"type": "response.create"})
-        second = (await _recv_until(ws, "response.done"))[-1]["response"]
+        await send(ws, create)
+        first = (await recv_until(ws, "response.done"))[-1]["response"]
+        await send(ws, {"type": "response.create"})
+        second = (await recv_until(ws, "response.done"))[-1]["response"]
         conn = fake.connections[0]
     assert [o["type"] for o in first["output"]] == ["message"]
     assert [o["type"] for o in second["output"]] == ["mcp_call", "message", "function_call"]
@@ -281,15 +259,15 @@ async def test_mcp_listing_at_session_update_records_servers() -> None:
             mcp_tools={"calendar": ["find_slot", "cancel_booking"]},
             failing_mcp_servers={"broken"},
         ) as fake,
-        await _connect(fake) as ws,
+        await connect_to(fake) as ws,
     ):
         broken = {"type": "mcp", "server_label": "broken", "server_url": "https://x.example/mcp"}
         function = {"type": "function", "name": "end_call", "parameters": {"type": "object"}}
-        await _recv(ws)
-        await _send(ws, _session_update(function, CRM, CALENDAR, broken))
-        events = await _recv_until(ws, "session.updated")
+        await recv(ws)
+        await send(ws, _session_update(function, CRM, CALENDAR, broken))
+        events = await recv_until(ws, "session.updated")
         assert [e["type"] for e in events] == ["session.updated"]
-        listing = [await _recv(ws) for _ in range(12)]
+        listing = [await recv(ws) for _ in range(12)]
         conn = fake.connections[0]
     assert conn.mcp_servers == [CRM, CALENDAR, broken]
     assert conn.mcp_servers[0]["headers"] == {
@@ -320,11 +298,11 @@ async def test_mcp_listing_at_session_update_records_servers() -> None:
 async def test_mcp_tools_are_narrowed_to_allowed_tools() -> None:
     async with (
         FakeRealtime(mcp_tools={"crm": ["lookup_customer", "delete_everything"]}) as fake,
-        await _connect(fake) as ws,
+        await connect_to(fake) as ws,
     ):
-        await _recv(ws)
-        await _send(ws, _session_update(CRM))
-        events = await _recv_until(ws, "conversation.item.done")
+        await recv(ws)
+        await send(ws, _session_update(CRM))
+        events = await recv_until(ws, "conversation.item.done")
         conn = fake.connections[0]
     assert [t["name"] for t in events[-1]["item"]["tools"]] == ["lookup_customer"]
     _check_sent(fake, conn)
@@ -345,13 +323,13 @@ async def test_mcp_calls_ok_and_failed() -> None:
         "error": {"type": "http_error", "code": 503, "message": "Service Unavailable"},
     }
     script = ScriptedResponse(audio=tone(200), transcript="Ada, hello.", mcp_calls=[ok, failed])
-    async with FakeRealtime([script]) as fake, await _connect(fake) as ws:
+    async with FakeRealtime([script]) as fake, await connect_to(fake) as ws:
         await _start(ws, CRM)
-        await _recv_until(ws, "conversation.item.done")  # the listing
+        await recv_until(ws, "conversation.item.done")  # the listing
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        await _send(ws, {"type": "response.create"})
-        events = await _recv_until(ws, "response.done")
+        await send(ws, {"type": "response.create"})
+        events = await recv_until(ws, "response.done")
         elapsed = loop.time() - t0
         conn = fake.connections[0]
     output = events[-1]["response"]["output"]
@@ -392,13 +370,13 @@ async def test_mcp_call_after_audio_and_cancelled_mid_call() -> None:
     script = ScriptedResponse(
         audio=tone(100), transcript="One moment.", mcp_calls=[slow, slow], mcp_after_audio=True
     )
-    async with FakeRealtime([script]) as fake, await _connect(fake) as ws:
+    async with FakeRealtime([script]) as fake, await connect_to(fake) as ws:
         await _start(ws, CRM)
-        await _recv_until(ws, "conversation.item.done")
-        await _send(ws, {"type": "response.create"})
-        await _recv_until(ws, "response.mcp_call.in_progress")
-        await _send(ws, {"type": "response.cancel"})
-        events = await _recv_until(ws, "response.done")
+        await recv_until(ws, "conversation.item.done")
+        await send(ws, {"type": "response.create"})
+        await recv_until(ws, "response.mcp_call.in_progress")
+        await send(ws, {"type": "response.cancel"})
+        events = await recv_until(ws, "response.done")
         conn = fake.connections[0]
     done = events[-1]["response"]
     assert done["status"] == "cancelled"
@@ -426,11 +404,11 @@ async def test_mcp_approval_request_and_recorded_response() -> None:
         ScriptedResponse(audio=tone(100), transcript="I may not.", mcp_calls=[cancel]),
         ScriptedResponse(audio=tone(100), transcript="Not cancelled."),
     ]
-    async with FakeRealtime(script) as fake, await _connect(fake) as ws:
+    async with FakeRealtime(script) as fake, await connect_to(fake) as ws:
         await _start(ws, CALENDAR)
-        await _recv_until(ws, "conversation.item.done")
-        await _send(ws, {"type": "response.create"})
-        events = await _recv_until(ws, "response.done")
+        await recv_until(ws, "conversation.item.done")
+        await send(ws, {"type": "response.create"})
+        events = await recv_until(ws, "response.done")
         request = events[-1]["response"]["output"][0]
         assert _of_item(events, request["id"]) == [
             "response.output_item.added",
@@ -444,12 +422,12 @@ async def test_mcp_approval_request_and_recorded_response() -> None:
             "approval_request_id": request["id"],
             "approve": True,
         }
-        await _send(ws, {"type": "conversation.item.create", "item": approve})
-        await _recv_until(ws, "conversation.item.done")
-        await _send(ws, {"type": "response.create"})
-        approved = (await _recv_until(ws, "response.done"))[-1]["response"]["output"]
-        await _send(ws, {"type": "response.create"})
-        events = await _recv_until(ws, "response.done")
+        await send(ws, {"type": "conversation.item.create", "item": approve})
+        await recv_until(ws, "conversation.item.done")
+        await send(ws, {"type": "response.create"})
+        approved = (await recv_until(ws, "response.done"))[-1]["response"]["output"]
+        await send(ws, {"type": "response.create"})
+        events = await recv_until(ws, "response.done")
         second_request = events[-1]["response"]["output"][0]
         deny = {
             "type": "mcp_approval_response",
@@ -458,10 +436,10 @@ async def test_mcp_approval_request_and_recorded_response() -> None:
             "approve": False,
             "reason": "Nobody can approve during a call.",
         }
-        await _send(ws, {"type": "conversation.item.create", "item": deny})
-        await _recv_until(ws, "conversation.item.done")
-        await _send(ws, {"type": "response.create"})
-        denied = (await _recv_until(ws, "response.done"))[-1]["response"]["output"]
+        await send(ws, {"type": "conversation.item.create", "item": deny})
+        await recv_until(ws, "conversation.item.done")
+        await send(ws, {"type": "response.create"})
+        denied = (await recv_until(ws, "response.done"))[-1]["response"]["output"]
         conn = fake.connections[0]
     assert request == {
         "id": request["id"],
@@ -485,7 +463,7 @@ async def test_mcp_approval_request_and_recorded_response() -> None:
 
 
 async def test_unknown_approval_response_is_a_problem() -> None:
-    async with FakeRealtime() as fake, await _connect(fake) as ws:
+    async with FakeRealtime() as fake, await connect_to(fake) as ws:
         await _start(ws)
         item = {
             "type": "mcp_approval_response",
@@ -493,8 +471,8 @@ async def test_unknown_approval_response_is_a_problem() -> None:
             "approval_request_id": "mcpr_nope",
             "approve": True,
         }
-        await _send(ws, {"type": "conversation.item.create", "item": item})
-        await _recv_until(ws, "conversation.item.done")
+        await send(ws, {"type": "conversation.item.create", "item": item})
+        await recv_until(ws, "conversation.item.done")
         conn = fake.connections[0]
     assert conn.approval_responses == [item]
     assert len(fake.problems) == 1 and "mcpr_nope" in fake.problems[0]
