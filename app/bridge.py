@@ -70,6 +70,8 @@ logger = logging.getLogger("app.bridge")
 
 _loads = orjson.loads
 _IGNORED_PREFIXES: Final = tuple(b'{"type":"' + t.encode() + b'"' for t in sorted(IGNORED_EVENTS))
+#: ... and, for a call with no MCP server, the item events the core reads only for MCP.
+_IGNORED_WITHOUT_MCP: Final = (*_IGNORED_PREFIXES, b'{"type":"conversation.item.done"')
 _DELTA: Final = "response.output_audio.delta"
 #: `start` parameters a tool never sees (`app.security`'s stream token).
 _PRIVATE_PARAMETERS: Final = frozenset({"streamtoken"})
@@ -161,6 +163,7 @@ class Bridge:
         self.tools = tools
         self.outgoing = outgoing
         self._tool_tasks: dict[str, asyncio.Task[Any]] = {}
+        self._ignored = self._ignored_prefixes()
         #: The end-of-call summary (`call.summary`), once the call is over.
         self.summary: dict[str, Any] | None = None
         self.link: RealtimeLink | None = None
@@ -406,9 +409,14 @@ class Bridge:
             logger.exception("agents.configure_failed")
             return
         self.session.configure(config)
+        self._ignored = self._ignored_prefixes()
         if self.recorder is not None:
             self.recorder.configure(config)
         self.call_facts["agent"] = config.agent
+
+    def _ignored_prefixes(self) -> tuple[bytes, ...]:
+        """The first bytes of the server events dropped unparsed for this call."""
+        return _IGNORED_PREFIXES if self.session.config.mcp_servers else _IGNORED_WITHOUT_MCP
 
     def _refuse(self, reason: str, start: dict[str, Any]) -> None:
         log_event(logger, logging.WARNING, "stream.refused", reason=reason)
@@ -436,7 +444,7 @@ class Bridge:
         if not text:
             self._input("from_openai", {"_frame_error": "binary_frame"})
             return
-        if self.recorder is None and data.startswith(_IGNORED_PREFIXES):
+        if self.recorder is None and data.startswith(self._ignored):
             return  # an event the core ignores: not even parsed
         ev = _parse(data)
         if isinstance(ev, str):
