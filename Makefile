@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: run test lint bench load fixtures clean tools demo
+.PHONY: run test lint bench bench-noise load fixtures clean tools demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,12 +70,22 @@ test: $(STAMP) tools lint
 
 # What a call costs: the server beside a floor relay under N concurrent calls (server on
 # CPU 0, simulated callers + fake Realtime on CPU 1; about 3 minutes with the defaults),
-# then the fixture replay speed. Options: make bench BENCH_ARGS="--calls 50,100 --runs 3".
+# then the fixture replay speed, then the noise benchmark (bench-noise).
+# Options: make bench BENCH_ARGS="--calls 50,100 --runs 3".
 BENCH_ARGS ?= --calls 100,200,400 --seconds 15 --runs 1
-bench: $(STAMP)
+bench: $(STAMP) tools
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(BIN)/python -m bench.replay_speed
 	$(BIN)/python -m bench.frame_cost
+	$(BIN)/python -m bench.noise.run $(NOISE_ARGS)
+
+# How the turn-taking modes (INTERRUPT_MODE...) cope with a noisy line: one call per clip
+# (noises, backchannels, echoes, interruptions) per mode, in real time, about a minute and
+# a half; the table and per-clip JSON land in bench/results/. Options: NOISE_ARGS="--quick"
+# (one clip of each kind), "--configs cancel,resume", "--clips noise:fan,...".
+NOISE_ARGS ?=
+bench-noise: $(STAMP) tools
+	$(BIN)/python -m bench.noise.run $(NOISE_ARGS)
 
 # The old name of `make bench`.
 load: bench

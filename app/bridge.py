@@ -41,9 +41,11 @@ import orjson
 from app.call.actions import (
     Action,
     CancelTool,
+    CheckVoice,
     CloseRealtime,
     CloseTwilio,
     ConnectRealtime,
+    FindPause,
     Measure,
     Metric,
     RestRequest,
@@ -55,6 +57,7 @@ from app.call.config import CallConfig
 from app.call.session import IGNORED_EVENTS, CallSession
 from app.limits import power_of_two
 from app.observability import bind_call, log_event
+from app.pauses import resume_point
 from app.protocol import realtime as rt
 from app.protocol import twilio as tw
 from app.realtime_socket import RealtimeLink, RealtimeTransport, RealtimeUnavailable
@@ -65,6 +68,7 @@ from app.telephony import RestOutcome, Telephony
 from app.tools.defs import ToolContext, ToolOutcome
 from app.tools.runner import ToolRunner
 from app.twilio_socket import TwilioSocket
+from app.voice import VoiceDetector, VoiceRing
 
 logger = logging.getLogger("app.bridge")
 
@@ -73,6 +77,8 @@ _IGNORED_PREFIXES: Final = tuple(b'{"type":"' + t.encode() + b'"' for t in sorte
 #: ... and, for a call with no MCP server, the item events the core reads only for MCP.
 _IGNORED_WITHOUT_MCP: Final = (*_IGNORED_PREFIXES, b'{"type":"conversation.item.done"')
 _DELTA: Final = "response.output_audio.delta"
+#: Caller audio the local speech detector can look back on (`CheckVoice` asks for less).
+_VOICE_RING_MS: Final = 1600
 #: `start` parameters a tool never sees (`app.security`'s stream token).
 _PRIVATE_PARAMETERS: Final = frozenset({"streamtoken"})
 _TOOL_CRASHED: Final = ToolOutcome("error", '{"error": "the tool failed"}', "bridge_error")
@@ -164,6 +170,15 @@ class Bridge:
         self.outgoing = outgoing
         self._tool_tasks: dict[str, asyncio.Task[Any]] = {}
         self._ignored = self._ignored_prefixes()
+        #: Resume mode's local speech detector: the last caller frames (appended as they
+        #: pass, never decoded there) and the detector run over them on `CheckVoice`.
+        self._ring: VoiceRing | None = None
+        self._ring_append: Callable[[str], None] | None = None
+        self._detector: VoiceDetector | None = None
+        #: The core's questions about audio (`CheckVoice`, `FindPause`), answered as inputs
+        #: once the actions of the input that asked them are done.
+        self._questions: list[CheckVoice | FindPause] = []
+        self._voice_setup()
         #: The end-of-call summary (`call.summary`), once the call is over.
         self.summary: dict[str, Any] | None = None
         self.link: RealtimeLink | None = None
@@ -365,6 +380,9 @@ class Bridge:
             if recorder is not None:
                 recorder.record(now, "to_openai", rt.input_audio_append(payload))  # type: ignore[arg-type]
             self._append(rt.encode_append(payload))  # type: ignore[arg-type]
+            ring = self._ring_append
+            if ring is not None:
+                ring(payload)  # type: ignore[arg-type]
 
     def _twilio_closed(self, code: int | None) -> None:
         if code not in _NORMAL_CLOSE_CODES:  # 1009: a frame over TWILIO_MAX_FRAME_BYTES
@@ -410,9 +428,36 @@ class Bridge:
             return
         self.session.configure(config)
         self._ignored = self._ignored_prefixes()
+        self._voice_setup()
         if self.recorder is not None:
             self.recorder.configure(config)
         self.call_facts["agent"] = config.agent
+
+    def _voice_setup(self) -> None:
+        """A ring and a detector when this call's config asks for the local detector."""
+        mode = self.session.config.local_vad
+        if mode is None or self.session.false_turns is None:
+            self._ring = self._ring_append = self._detector = None
+            return
+        self._ring = VoiceRing(_VOICE_RING_MS)
+        self._ring_append = self._ring.append
+        self._detector = VoiceDetector(mode)
+
+    def _answer_questions(self) -> None:
+        """Answer the core's questions about audio, each with an input (recorded, so a
+        replay needs no audio): the detector's report, or where a resume starts."""
+        questions, self._questions = self._questions, []
+        for question in questions:
+            if self._finished:
+                return
+            if type(question) is FindPause:
+                at = resume_point(question.chunks, question.heard, question.rewind_ms)
+                self._input("rest", {"pause": {"item_id": question.item_id, "resume_at": at}})
+            elif self._ring is not None and self._detector is not None:
+                check: CheckVoice = question  # type: ignore[assignment]
+                report: dict[str, Any] = self._detector.check(self._ring, check.window_ms).to_dict()
+                report["at_decision"] = check.at_decision
+                self._input("rest", {"voice": report})
 
     def _ignored_prefixes(self) -> tuple[bytes, ...]:
         """The first bytes of the server events dropped unparsed for this call."""
@@ -593,8 +638,12 @@ class Bridge:
                     self._start_tool(action)  # type: ignore[arg-type]
                 elif kind is CancelTool:
                     self._cancel_tool(action.call_id)  # type: ignore[union-attr]
+                elif kind is CheckVoice or kind is FindPause:
+                    self._questions.append(action)  # type: ignore[arg-type]
                 elif kind is Measure and self.meter is not None:
                     self._measure(now, action)  # type: ignore[arg-type]
+            if self._questions:
+                self._answer_questions()  # after this input's actions: the next inputs
             if self.session.done:
                 self._over()
         self._rearm()

@@ -191,6 +191,13 @@ class Metrics:
             "Bot audio sent to the caller but cut by a barge-in before it was heard.",
             registry=r,
         )
+        self.speech_over_bot = Counter(
+            "bridge_speech_over_bot",
+            "Resume mode: caller speech over the bot, by verdict (real: a barge-in; false: the "
+            'answer resumed) and the rule that decided it (README "Noisy lines").',
+            ["verdict", "reason"],
+            registry=r,
+        )
         self.reprompts = Counter(
             "bridge_reprompts", "Times the bot asked again after the caller's silence.", registry=r
         )
@@ -279,6 +286,7 @@ class Metrics:
                 *self._tool_names(m.labels)
             ).observe(m.value),
             CallMetric.MCP_ERROR: lambda m: self.mcp_errors.labels(*self._mcp(m.labels)).inc(),
+            CallMetric.FALSE_TURN: lambda m: self.speech_over_bot.labels(*m.labels).inc(),
         }
 
     # -- wiring -----------------------------------------------------------------------------

@@ -64,9 +64,11 @@ from typing import Any, Final
 from app.call.actions import (
     Action,
     CancelTool,
+    CheckVoice,
     CloseRealtime,
     CloseTwilio,
     ConnectRealtime,
+    FindPause,
     RestRequest,
     RunTool,
     ToRealtime,
@@ -477,6 +479,12 @@ def action_record(action: Action) -> tuple[str, Message] | None:
         return "rest", {"tool_request": request}
     if type(action) is CancelTool:
         return "rest", {"tool_cancel": {"call_id": action.call_id}}
+    if type(action) is CheckVoice:
+        check = {"window_ms": action.window_ms, "at_decision": action.at_decision}
+        return "rest", {"voice_check": check}
+    if type(action) is FindPause:  # its chunks are audio: the question alone is kept
+        find = {"item_id": action.item_id, "heard": action.heard, "rewind_ms": action.rewind_ms}
+        return "rest", {"pause_find": find}
     if type(action) is ConnectRealtime:
         return "to_openai", {"_socket": "connect"}
     if type(action) is CloseTwilio:

@@ -206,6 +206,14 @@ class Settings(BaseSettings):
     vad_eagerness: Literal["low", "medium", "high", "auto"] = "auto"
     noise_reduction: Literal["near_field", "far_field", "off"] = "near_field"
     interrupt_min_speech_ms: int = Field(default=0, ge=0)
+    # README "Noisy lines": pause the answer on speech over it, resume it after a false turn.
+    interrupt_mode: Literal["resume", "cancel"] = "resume"
+    interrupt_decide_ms: int = Field(default=1000, ge=200, le=3000)  # < the 4 s limit
+    backchannel_words: str | None = None  # unset: the list for TRANSCRIPTION_LANGUAGE
+    resume_rewind_ms: int = Field(default=400, ge=0, le=2000)
+    local_vad: Literal["off", "0", "1", "2", "3"] = "3"
+    echo_guard_ms: int = Field(default=0, ge=0, le=5000)
+    hangup_tail_ms: int = Field(default=300, ge=0, le=3000)
 
     # --- Fallback -----------------------------------------------------------------------
     fallback_message: str = DEFAULT_FALLBACK_MESSAGE
@@ -311,7 +319,13 @@ class Settings(BaseSettings):
         return value.strip()
 
     @field_validator(
-        "turn_detection", "vad_eagerness", "noise_reduction", "log_format", mode="before"
+        "turn_detection",
+        "vad_eagerness",
+        "noise_reduction",
+        "log_format",
+        "interrupt_mode",
+        "local_vad",
+        mode="before",
     )
     @classmethod
     def _lower(cls, value: Any) -> Any:
@@ -354,6 +368,22 @@ class Settings(BaseSettings):
                 "while the min-speech confirmation assumes server_vad's silence window. Use "
                 "TURN_DETECTION=server_vad, or INTERRUPT_MIN_SPEECH_MS=0"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _min_speech_is_cancel_mode(self) -> Settings:
+        """INTERRUPT_MIN_SPEECH_MS > 0 is the min-speech policy (the bot talks on until the
+        speech is confirmed), which `resume` replaces: asking for both is a contradiction.
+        Without an explicit INTERRUPT_MODE, a min-speech setting keeps working as before."""
+        if self.interrupt_min_speech_ms > 0 and self.interrupt_mode == "resume":
+            if "interrupt_mode" in self.model_fields_set:
+                raise ValueError(
+                    f"INTERRUPT_MIN_SPEECH_MS={self.interrupt_min_speech_ms} needs "
+                    "INTERRUPT_MODE=cancel: with INTERRUPT_MODE=resume the bot stops at once "
+                    "and resumes after a false turn, so there is no speech to wait for. "
+                    "Unset one of them"
+                )
+            self.interrupt_mode = "cancel"
         return self
 
     @model_validator(mode="after")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import replace
-from typing import Any
+from typing import Any, Final
 
 from app.call.actions import Action, ToRealtime, ToTwilio
 from app.call.config import CallConfig
@@ -28,9 +28,23 @@ def config(**overrides: Any) -> CallConfig:
     return replace(default_config(), **overrides)
 
 
-#: The quietest config: no greeting, no silence reprompts, no time limit.
+#: The turn-taking of `INTERRUPT_MODE=cancel`: any speech over the bot interrupts at once,
+#: and the hang-up goes out at the last mark echo. The core's older scenario tests are
+#: about exactly that, so `quiet()` (and `greeted()`) ask for it; resume mode, the default,
+#: and the hang-up tail have their own scenarios (tests/test_resume.py) with `RESUME`.
+CANCEL: Final = {"interrupt_mode": "cancel", "hangup_tail_ms": 0}
+#: The production defaults of turn-taking (resume mode, the hang-up tail).
+RESUME: Final = {
+    "interrupt_mode": "resume",
+    "hangup_tail_ms": default_config().hangup_tail_ms,
+}
+
+
+#: The quietest config: no greeting, no silence reprompts, no time limit, cancel mode.
 def quiet(**overrides: Any) -> CallConfig:
-    return config(**{"greeting": "", "silence_reprompt_ms": 0, "max_call_ms": 0, **overrides})
+    return config(
+        **{"greeting": "", "silence_reprompt_ms": 0, "max_call_ms": 0, **CANCEL, **overrides}
+    )
 
 
 def greeted(**overrides: Any) -> CallConfig:

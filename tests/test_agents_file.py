@@ -286,6 +286,7 @@ def test_for_call_applies_the_agent_answering_the_dialled_number() -> None:
         vad_prefix_padding_ms=100,
         vad_silence_duration_ms=900,
         interrupt_min_speech_ms=250,
+        interrupt_mode="cancel",  # as INTERRUPT_MIN_SPEECH_MS alone makes it
     )
     # An outbound call names its agent; its context fills the agent's declared names.
     chosen = directory.for_call({"To": "+15550999"}, config, NOW, agent="sales")
@@ -1033,3 +1034,34 @@ def test_the_readme_example_loads_as_written() -> None:
     assert config.agent == "sales" and '"+15551234567"' in config.instructions
     assert [spec.name for spec in config.functions] == ["lookup_order"]
     assert [entry["server_label"] for entry in config.mcp_servers] == ["calendar"]
+
+
+def test_an_agent_sets_its_own_turn_taking() -> None:
+    front = (
+        "[agents.front]\ndefault = true\n"
+        'backchannel_words = ["vale", "Mm-hmm"]\n'
+        '[agents.old]\nnumbers = ["+15550102"]\ninterrupt_min_speech_ms = 300\n'
+    )
+    bad = '[agents.bad]\nnumbers = ["+15550103"]\ninterrupt_min_speech_ms = 300\n'
+    bad += 'interrupt_mode = "resume"\n'
+    assert mistakes(front + bad) == [
+        'agents.toml: agents.bad.interrupt_mode: interrupt_mode = "resume" stops the bot at '
+        "once, so interrupt_min_speech_ms has no speech to wait for: set interrupt_mode = "
+        '"cancel", or drop one of them'
+    ]
+    directory = agents(front)
+    own = directory.for_call({"To": "+15550100"}, base(), NOW)
+    assert own.interrupt_mode == "resume" and own.backchannels == ("vale", "mm hmm")
+    old = directory.for_call({"To": "+15550102"}, base(), NOW)
+    assert old.interrupt_mode == "cancel" and old.interrupt_min_speech_ms == 300
+
+
+def test_an_agents_resume_mode_wins_over_a_global_min_speech_and_an_empty_list_is_none() -> None:
+    text = '[agents.front]\ndefault = true\ninterrupt_mode = "Resume"\nbackchannel_words = []\n'
+    directory = agents(text, interrupt_min_speech_ms=300)
+    cfg = directory.for_call({"To": "+15550100"}, base(interrupt_min_speech_ms=300), NOW)
+    assert (cfg.interrupt_mode, cfg.interrupt_min_speech_ms, cfg.backchannels) == (
+        "resume",
+        0,
+        (),
+    )

@@ -63,7 +63,9 @@ async def _call(
 
 async def test_a_whole_call_in_process(caplog: pytest.LogCaptureFixture) -> None:
     transport, ws = MockTransport(), AsgiWebsocket()
-    task, link, _ = await _call(transport, ws, **QUIET)
+    # Cancel mode: the caller's speech over the bot interrupts at once (resume mode's
+    # barge-in waits for a verdict: tests/test_resume.py, tests/test_e2e_noise.py).
+    task, link, _ = await _call(transport, ws, **QUIET, interrupt_mode="cancel")
     # Caller audio passes through as the same string.
     frames = [b64(160, byte) for byte in (1, 2, 3)]
     for payload in frames:

@@ -74,3 +74,20 @@ def test_a_fixture_header_missing_fields_gets_todays_defaults(keys: tuple[str, .
     for f in fields(CallConfig):
         expected = getattr(default_config() if f.name in keys else recorded, f.name)
         assert getattr(back, f.name) == expected, f.name
+
+
+def test_a_fixture_from_before_resume_mode_replays_with_the_turn_taking_it_ran() -> None:
+    """Fields added with resume mode have a recorded-before value (`absent`), not today's
+    default: an old fixture replays in cancel mode, hanging up at the last mark echo."""
+    from app.call.config import CallConfig
+    from app.replay import default_config
+
+    today = default_config()
+    assert (today.interrupt_mode, today.hangup_tail_ms, today.local_vad) == ("resume", 300, 3)
+    old = dict(today.to_dict())
+    for name in ("interrupt_mode", "hangup_tail_ms", "local_vad", "echo_guard_ms"):
+        del old[name]
+    replayed = CallConfig.from_dict(old, defaults=today)
+    assert (replayed.interrupt_mode, replayed.hangup_tail_ms) == ("cancel", 0)
+    assert (replayed.local_vad, replayed.echo_guard_ms) == (None, 0)
+    assert CallConfig.from_dict(today.to_dict(), defaults=today) == today

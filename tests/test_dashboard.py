@@ -46,6 +46,7 @@ _MEASURE_LABELS: dict[Metric, tuple[str, ...]] = {
     Metric.REST: ("hangup", "error"),
     Metric.TOOL_DURATION: ("lookup_order",),
     Metric.MCP_ERROR: ("calendar", "call"),
+    Metric.FALSE_TURN: ("false", "backchannel"),
 }
 
 

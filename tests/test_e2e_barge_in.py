@@ -54,7 +54,7 @@ async def test_barge_in_clears_cancels_and_truncates_to_what_was_heard(
     app_with: AppFactory, realtime: FakeRealtime, caplog: pytest.LogCaptureFixture
 ) -> None:
     realtime.add_responses(*script(LONG_1, SHORT))
-    app = await app_with()
+    app = await app_with(interrupt_mode="cancel")  # at once (resume mode: test_e2e_noise.py)
     async with app.call() as call:
         await call.start()
         conn = await realtime.wait_connection()

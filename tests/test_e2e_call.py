@@ -312,7 +312,9 @@ async def test_two_concurrent_calls_never_mix_audio(
     voices = [speech("This is the first caller."), speech("And here is the second one.")]
     answers = [speech("Answer for caller one."), speech("Answer number two, different.")]
     realtime.add_responses(*(ScriptedResponse(audio=a, transcript="a") for a in answers))
-    app = await app_with()
+    # The caller speaks first: a greeting being made as they start would be speech over
+    # the bot (resume mode judges it a turn, as the service's auto-interrupt would).
+    app = await app_with(bot_greeting="")
 
     async def one_call(i: int) -> tuple[bytes, bytes, bytes]:
         async with app.call() as call:

@@ -178,6 +178,12 @@ async def start_app(
     )
 
 
+#: The tests of what a barge-in does to tools run the cancel mode's barge-in, where the
+#: service cancels and answers by itself (`turn_detected`); resume mode's real turns act
+#: on tools through the same core paths (tests/test_resume.py).
+CANCEL_MODE: dict[str, Any] = {"interrupt_mode": "cancel"}
+
+
 def dial(app: RunningApp, to: str = MAIN_LINE) -> FakeTwilioCall:
     return app.call(custom_parameters={"From": CALLER, "To": to})
 
@@ -524,7 +530,7 @@ async def cancelled_by_the_caller(
     tools = {
         "lookup_order": http_tool(server, "/hang", on_interrupt="cancel", redact=["card"]),
     }
-    app = await start_app(app_with, directory, tools, **kw)
+    app = await start_app(app_with, directory, tools, **{**CANCEL_MODE, **kw})
     async with dial(app) as call:
         await call.start()
         conn = await realtime.wait_connection()
@@ -669,7 +675,9 @@ async def test_a_function_call_cut_off_by_a_barge_in_never_runs(
         function_call_delay_ms=5000,
     )
     realtime.add_responses(slow_args, answer())
-    app = await start_app(app_with, tmp_path, {"lookup_order": http_tool(tool_server, "/order")})
+    app = await start_app(
+        app_with, tmp_path, {"lookup_order": http_tool(tool_server, "/order")}, **CANCEL_MODE
+    )
     async with dial(app) as call:
         await call.start()
         conn = await realtime.wait_connection()
@@ -854,7 +862,9 @@ async def test_a_continue_tool_still_delivers_but_asks_for_no_answer_over_the_ca
     tool_server.script("/gated", json={"status": "shipped"}, gate=gate)
     looking = said(LOOKING_IT_UP, function_call=fc("lookup_order", {"order_id": "A1"}, "call_1"))
     realtime.add_responses(looking, answer())
-    app = await start_app(app_with, tmp_path, {"lookup_order": http_tool(tool_server, "/gated")})
+    app = await start_app(
+        app_with, tmp_path, {"lookup_order": http_tool(tool_server, "/gated")}, **CANCEL_MODE
+    )
     async with dial(app) as call:
         await call.start()
         conn = await realtime.wait_connection()
@@ -904,6 +914,7 @@ async def test_end_call_beside_a_business_tool_never_hangs_up_on_a_barge_in(
         {"lookup_order": http_tool(tool_server, "/order")},
         twilio_account_sid=ACCOUNT_SID,
         twilio_api_base_url=rest.base_url,
+        **CANCEL_MODE,
     )
     async with dial(app) as call:
         rest.register_call(call)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -357,6 +358,35 @@ async def test_vad_detects_speech_in_appended_audio() -> None:
     assert events[-1]["transcript"] == "book a table"
     assert bytes(conn.appended_audio) == caller
     assert not any(e["type"] == "response.created" for e in conn.sent)
+    assert fake.invalid_events == [] and fake.problems == []
+
+
+async def test_a_connection_can_have_its_own_script_and_late_empty_transcripts() -> None:
+    """Opt-in knobs (the noise benchmark runs concurrent calls): a connection's own script
+    and caller transcripts, where "" stays an empty transcript (a cough), instead of the
+    server's shared ones; and transcripts that come `transcription_delay_ms` late."""
+    caller = speech(SPOKEN) + silence(800)
+    async with (
+        FakeRealtime(caller_transcripts=["shared"], transcription_delay_ms=200) as fake,
+        await connect_to(fake) as ws,
+    ):
+        await recv(ws)
+        conn = await fake.wait_connection()
+        conn.caller_transcripts = deque([""])
+        conn.script = deque([ScriptedResponse(audio=tone(100), transcript="mine")])
+        await send(ws, _session_update(create_response=True))
+        await recv(ws)
+        for i in range(0, len(caller), 160):
+            chunk = base64.b64encode(caller[i : i + 160]).decode()
+            await send(ws, {"type": "input_audio_buffer.append", "audio": chunk})
+        events = await recv_until(ws, "conversation.item.input_audio_transcription.completed")
+    types = [e["type"] for e in events]
+    # The answer was generated (and done) well before the transcript came.
+    assert types.index("input_audio_buffer.committed") < types.index("response.done")
+    assert types.index("response.done") < len(types) - 1
+    assert events[-1]["transcript"] == ""
+    assert [r.script.transcript for r in conn.responses] == ["mine"]
+    assert list(fake.caller_transcripts) == ["shared"] and not fake.script
     assert fake.invalid_events == [] and fake.problems == []
 
 

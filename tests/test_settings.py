@@ -576,3 +576,39 @@ def test_the_default_connection_limit_leaves_room_for_every_call() -> None:
 def test_a_connection_limit_below_the_call_limit_is_a_warning() -> None:
     settings = load_settings(_env_file=None, max_concurrent_calls=100, max_connections=100)
     assert any("MAX_CONNECTIONS=100 leaves no room" in w for w in settings.warnings())
+
+
+def test_min_speech_alone_keeps_the_cancel_mode_and_refuses_resume(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings(_env_file=None).interrupt_mode == "resume"
+    monkeypatch.setenv("INTERRUPT_MIN_SPEECH_MS", "300")
+    assert load_settings(_env_file=None).interrupt_mode == "cancel"  # as before the mode
+    monkeypatch.setenv("INTERRUPT_MODE", "resume")
+    with pytest.raises(SettingsError) as info:
+        load_settings(_env_file=None)
+    [line] = info.value.problems
+    assert "INTERRUPT_MIN_SPEECH_MS=300 needs INTERRUPT_MODE=cancel" in line
+    monkeypatch.setenv("INTERRUPT_MODE", "cancel")
+    assert load_settings(_env_file=None).interrupt_mode == "cancel"
+
+
+def test_local_vad_and_backchannels_reach_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.call.config import CallConfig
+
+    monkeypatch.setenv("LOCAL_VAD", "off")
+    monkeypatch.setenv("BACKCHANNEL_WORDS", "ja, genau")
+    cfg = CallConfig.from_settings(load_settings(_env_file=None))
+    assert cfg.local_vad is None and cfg.backchannels == ("ja", "genau")
+    monkeypatch.setenv("LOCAL_VAD", "2")
+    monkeypatch.delenv("BACKCHANNEL_WORDS")
+    monkeypatch.setenv("TRANSCRIPTION_LANGUAGE", "fr")
+    cfg = CallConfig.from_settings(load_settings(_env_file=None))
+    assert cfg.local_vad == 2 and "d'accord" in cfg.backchannels and "yeah" not in cfg.backchannels
+
+
+def test_the_new_turn_settings_take_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INTERRUPT_MODE", "Resume")
+    monkeypatch.setenv("LOCAL_VAD", "OFF")
+    settings = load_settings(_env_file=None)
+    assert (settings.interrupt_mode, settings.local_vad) == ("resume", "off")

@@ -309,19 +309,34 @@ SCENARIOS: dict[str, Callable[[], object]] = {
     ),
     "noise over the last word": lambda: _over_last_words(audio_end_ms=600),
     "a turn over the last word": lambda: _over_last_words(audio_end_ms=2_000),
+    "the last sound's tail before the hang-up": lambda: _tail(noise=False),
+    "noise over the last word, then the tail": lambda: _tail(noise=True),
     "time limit hard while closing": lambda: _hard_limit("closing"),
     "time limit hard while playing out": lambda: _hard_limit("playing_out"),
     "time limit hard over the last word": lambda: _hard_limit("waiting"),
 }
 
 
-def _over_last_words(audio_end_ms: int) -> None:
+def _over_last_words(audio_end_ms: int, **extra: Any) -> None:
     """Min-speech policy: the caller talks while the goodbye plays out; noise or a turn?"""
-    s, marks = tool_ending(quiet(**REST, **MIN_SPEECH))
+    s, marks = tool_ending(quiet(**REST, **MIN_SPEECH, **extra))
     realtime(s, 125, speech_started(audio_start_ms=0))  # unconfirmed: the bot goes on
     hear(s, 125, marks)  # played out with the caller still speaking
     assert s.ending.stage is Stage.WAITING_FOR_CALLER
     realtime(s, 700, speech_stopped(audio_end_ms=audio_end_ms))
+
+
+def _tail(noise: bool) -> None:
+    """HANGUP_TAIL_MS: the update waits for the last sound to reach the caller's ear."""
+    tail = {"hangup_tail_ms": 300}
+    if not noise:
+        s = rest_out(quiet(**REST, **tail))
+        assert s.ending.stage is Stage.TAIL
+    else:
+        _over_last_words(audio_end_ms=600, **tail)
+        return
+    fire(s, Timer.HANGUP_TAIL)
+    assert s.ending.stage is Stage.REST
 
 
 def _hard_limit(where: str) -> None:

@@ -189,10 +189,64 @@ def test_every_library_call_renders_as_xml(path: Path) -> None:
             assert el.find(SVG + "title") is not None
 
 
+def _resumed(fixture: Fixture, clear: Any) -> bool:
+    """Resume mode: audio of an item queued at `clear` is sent again after it, before any
+    truncate: the clear only paused the answer."""
+    before = {
+        mark.split(".")[0]
+        for e in fixture.entries
+        if e.t_ms <= clear.t_ms and e.dir == "to_twilio" and e.msg.get("event") == "mark"
+        for mark in [e.msg["mark"]["name"]]
+    }
+    for e in fixture.entries:
+        if e.t_ms <= clear.t_ms or e.line <= clear.line:
+            continue
+        if e.msg.get("type") == "conversation.item.truncate":
+            return False
+        if e.dir == "to_twilio" and e.msg.get("event") == "mark":
+            return bool(e.msg["mark"]["name"].split(".")[0] in before)
+    return False
+
+
 @pytest.mark.parametrize("path", BARGE_INS, ids=lambda p: p.stem)
+def test_a_pause_that_resumed_is_drawn_as_a_pause_not_a_cut(path: Path) -> None:
+    fixture = load(path)
+    all_clears = [
+        e for e in fixture.entries if e.dir == "to_twilio" and e.msg.get("event") == "clear"
+    ]
+    paused = [c for c in all_clears if _resumed(fixture, c)]
+    lines = _all(_svg(fixture), "line", "pause")
+    assert len(lines) == len(paused)
+    for line, clear in zip(lines, paused, strict=True):
+        assert float(line.get("x1", "nan")) == pytest.approx(x_of(clear.t_ms), abs=0.006)
+        assert float(line.get("data-resumed-ms", -1)) > float(line.get("data-ms", 0))
+    if path.stem in ("noise_resumes", "backchannel_resumes", "noise_during_goodbye"):
+        assert len(paused) == 1  # the library's false turns each pause once
+    if path.stem == "real_interruption_resume":
+        assert paused == []  # a real turn's clear is a barge-in
+
+
+def _cuts(fixture: Fixture) -> list[Entry]:
+    """The clears that were barge-ins (not pauses that resumed)."""
+    return [
+        e
+        for e in fixture.entries
+        if e.dir == "to_twilio" and e.msg.get("event") == "clear" and not _resumed(fixture, e)
+    ]
+
+
+CUTS = [p for p in BARGE_INS if _cuts(load(p))]
+
+
+def test_the_library_has_pauses_and_barge_ins() -> None:
+    assert set(BARGE_INS) - set(CUTS)  # calls whose only clears paused and resumed
+    assert CUTS
+
+
+@pytest.mark.parametrize("path", CUTS, ids=lambda p: p.stem)
 def test_barge_in_cut_at_the_clear_as_the_marks_say(path: Path) -> None:
     fixture = load(path)
-    clears = [e for e in fixture.entries if e.dir == "to_twilio" and e.msg.get("event") == "clear"]
+    clears = _cuts(fixture)
     truncates = [
         e.msg for e in fixture.entries if e.msg.get("type") == "conversation.item.truncate"
     ]

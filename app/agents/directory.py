@@ -24,6 +24,7 @@ from app.agents.envrefs import process_environment
 from app.agents.load import Agent, LoadedAgents, load
 from app.agents.model import TURN_FIELDS
 from app.agents.templates import call_values
+from app.call.backchannel import phrases_for
 from app.call.config import DEFAULT_AGENT, CallConfig
 from app.settings import Settings
 from app.tools.defs import ToolDef
@@ -150,6 +151,15 @@ class Agents:
         for key in TURN_FIELDS:
             if (value := getattr(entry, key)) is not None:
                 changes[key] = value
+        if entry.interrupt_mode is not None:
+            changes["interrupt_mode"] = entry.interrupt_mode
+            if entry.interrupt_mode == "resume":
+                changes["interrupt_min_speech_ms"] = 0  # resume stops at once (load checks)
+        elif (entry.interrupt_min_speech_ms or 0) > 0:
+            changes["interrupt_mode"] = "cancel"  # as INTERRUPT_MIN_SPEECH_MS alone does
+        if entry.backchannel_words is not None:
+            listed = ",".join(entry.backchannel_words)
+            changes["backchannels"] = phrases_for(None, listed) if listed else ()
         return replace(base, **changes)
 
 

@@ -408,7 +408,14 @@ class _Loader:
                 )
 
     def _turn_detection(self, where: KeyPath, entry: AgentEntry) -> None:
-        """As in the settings: min-speech confirmation needs server_vad's silence window."""
+        """As in the settings: min-speech confirmation needs server_vad's silence window,
+        and is a policy of the cancel mode."""
+        if (entry.interrupt_min_speech_ms or 0) > 0 and entry.interrupt_mode == "resume":
+            self.problems.add(
+                (*where, "interrupt_mode"),
+                'interrupt_mode = "resume" stops the bot at once, so interrupt_min_speech_ms '
+                'has no speech to wait for: set interrupt_mode = "cancel", or drop one of them',
+            )
         turn = entry.turn_detection or self.settings.turn_detection
         own = entry.interrupt_min_speech_ms
         min_speech = own if own is not None else self.settings.interrupt_min_speech_ms

@@ -20,7 +20,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 from app.call.toolspec import DEFAULT_FILLER, DEFAULT_FILLER_AFTER_MS, DEFAULT_TIMEOUT_MS
 from app.settings import (
@@ -139,6 +146,11 @@ class AgentEntry(_Table):
     vad_silence_duration_ms: int | None = _like("vad_silence_duration_ms")
     vad_eagerness: Eagerness | None = None
     interrupt_min_speech_ms: int | None = _like("interrupt_min_speech_ms")
+    #: README "Noisy lines"; unset: INTERRUPT_MODE (or cancel with a min-speech value).
+    interrupt_mode: Annotated[Literal["resume", "cancel"], BeforeValidator(_lower)] | None = None
+    interrupt_decide_ms: int | None = _like("interrupt_decide_ms")
+    #: The agent's backchannels (its language's words that don't take the turn).
+    backchannel_words: list[Annotated[str, StringConstraints(min_length=1)]] | None = None
     reasoning_effort: Annotated[ReasoningEffort, BeforeValidator(_lower)] | None = None
     parallel_tool_calls: bool | None = None
     #: Outbound call context values its templates may name.
@@ -155,6 +167,7 @@ TURN_FIELDS: Final = (
     "vad_silence_duration_ms",
     "vad_eagerness",
     "interrupt_min_speech_ms",
+    "interrupt_decide_ms",
 )
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from app.call.playback import Chunk
+
 
 @dataclass(frozen=True, slots=True)
 class ToTwilio:
@@ -77,6 +79,30 @@ class CancelTool:
     call_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class CheckVoice:
+    """Resume mode: ask the driver's local speech detector (`app.voice`) about the last
+    `window_ms` of caller audio; answer at once with the input `{"voice": {...report,
+    "at_decision": at_decision}}` (direction `rest`). Only a driver with a detector gets
+    one (`CallConfig.local_vad` set)."""
+
+    window_ms: int
+    at_decision: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FindPause:
+    """Resume mode: where may item `item_id`, heard up to byte `heard`, resume, at most
+    `rewind_ms` before that (the last pause between words: `app.pauses`)? `chunks` are its
+    audio around there, base64 as the service sent it (the core never decodes audio).
+    Answer at once with the input `{"pause": {"item_id", "resume_at"}}` (direction `rest`)."""
+
+    item_id: str
+    heard: int
+    rewind_ms: int
+    chunks: tuple[Chunk, ...]
+
+
 class Metric(Enum):
     """What a call reports to the operator's metrics (`app.metrics` names the series)."""
 
@@ -90,6 +116,7 @@ class Metric(Enum):
     TOOL_DURATION = "tool_duration"  # value: s a tool ran; labels: (tool,)
     MCP_ERROR = "mcp_error"  # labels: (server, kind) an MCP list or call failure
     REST = "rest"  # labels: (action, result) a Twilio REST answer (or none)
+    FALSE_TURN = "false_turn"  # labels: (verdict, reason) speech over the bot, judged
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,5 +139,7 @@ Action = (
     | RestRequest
     | RunTool
     | CancelTool
+    | CheckVoice
+    | FindPause
     | Measure
 )

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Final, Literal
 
+from app.call.backchannel import phrases_for
 from app.call.toolspec import ToolSpec
 
 #: An `app.settings.Settings` (the core doesn't import the settings layer, not even for
@@ -25,6 +26,7 @@ from app.call.toolspec import ToolSpec
 Settings = Any
 
 TurnDetection = Literal["server_vad", "semantic_vad"]
+InterruptMode = Literal["resume", "cancel"]
 
 #: The agent of a call when no agents file names one (`AGENTS_FILE`).
 DEFAULT_AGENT: Final = "default"
@@ -37,9 +39,16 @@ def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
-def _setting(name: str, convert: Callable[[Any], Any] | None = None) -> Any:
-    """A field filled from setting `name` (through `convert`, if given)."""
-    return field(metadata={"setting": name, "convert": convert})
+_PRESENT: Final = object()
+
+
+def _setting(
+    name: str, convert: Callable[[Any], Any] | None = None, *, absent: Any = _PRESENT
+) -> Any:
+    """A field filled from setting `name` (through `convert`, if given). `absent`: the
+    value a call fixture recorded before the field existed ran with (when it differs from
+    today's default), so old fixtures replay as they ran."""
+    return field(metadata={"setting": name, "convert": convert, "absent": absent})
 
 
 def _derived(read: Callable[[Settings], Any]) -> Any:
@@ -53,6 +62,10 @@ def _transcription(settings: Settings) -> str | None:
 
 def _noise(value: str) -> str | None:
     return None if value == "off" else value
+
+
+def _vad(value: str) -> int | None:
+    return None if value == "off" else int(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +89,25 @@ class CallConfig:
     #: 0: interrupt the bot as soon as the caller starts speaking. N > 0: only once the
     #: caller has kept speaking for N ms (the bot keeps talking meanwhile).
     interrupt_min_speech_ms: int = _setting("interrupt_min_speech_ms")
+    #: "resume": speech over the bot pauses it; a false turn resumes the answer, a real
+    #: one interrupts it (`app.call.falseturn`). "cancel": any speech interrupts at once
+    #: (or after `interrupt_min_speech_ms`). Fixtures from before the mode ran "cancel".
+    interrupt_mode: InterruptMode = _setting("interrupt_mode", absent="cancel")  # noqa: RUF009
+    #: Resume mode: speech over the bot still going this long after it started is a turn.
+    interrupt_decide_ms: int = _setting("interrupt_decide_ms")
+    #: Resume mode: the words that don't take the turn ("mm-hmm"), as normalised phrases.
+    backchannels: tuple[str, ...] = _derived(
+        lambda s: phrases_for(s.transcription_language, s.backchannel_words)
+    )
+    #: Resume mode: how far before the heard position a resume may start (to a pause).
+    resume_rewind_ms: int = _setting("resume_rewind_ms")
+    #: Resume mode: the driver's local speech detector (webrtcvad mode 0-3), or None.
+    local_vad: int | None = _setting("local_vad", convert=_vad, absent=None)
+    #: Resume mode: speech starting this soon after the bot's audio started playing needs
+    #: words to interrupt (a speakerphone's echo); 0 = off.
+    echo_guard_ms: int = _setting("echo_guard_ms", absent=0)
+    #: After the last mark echo of the last words, before the hang-up or transfer.
+    hangup_tail_ms: int = _setting("hangup_tail_ms", absent=0)
     #: The caller never waits in silence longer than this for the Realtime service.
     realtime_ready_timeout_ms: int = _setting("realtime_connect_timeout_seconds", convert=_ms)
     #: Tools offered to the model (names from `app.call.tools`).
@@ -127,6 +159,7 @@ class CallConfig:
         data["tools"] = list(self.tools)
         data["functions"] = [spec.to_dict() for spec in self.functions]
         data["mcp_servers"] = [dict(entry) for entry in self.mcp_servers]
+        data["backchannels"] = list(self.backchannels)
         return data
 
     def function(self, name: str) -> ToolSpec | None:
@@ -142,12 +175,18 @@ class CallConfig:
         come from `defaults`; unknown keys (from newer versions) are ignored."""
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
+        for f in fields(cls):
+            absent = f.metadata.get("absent", _PRESENT)
+            if f.name not in data and absent is not _PRESENT:
+                kwargs[f.name] = absent
         if "tools" in kwargs:
             kwargs["tools"] = tuple(kwargs["tools"])
         if "functions" in kwargs:
             kwargs["functions"] = tuple(ToolSpec.from_dict(d) for d in kwargs["functions"])
         if "mcp_servers" in kwargs:
             kwargs["mcp_servers"] = tuple(kwargs["mcp_servers"])
+        if "backchannels" in kwargs:
+            kwargs["backchannels"] = tuple(kwargs["backchannels"])
         return replace(defaults, **kwargs)
 
 

@@ -65,8 +65,8 @@ _CALLED_OFF: Final = (
     "is still going on. Listen to the caller and continue the conversation."
 )
 
-_UNDER_WAY: Final = (*WORDS_STAGES, Stage.WAITING_FOR_CALLER, Stage.REST)
-_COMMITTED: Final = (Stage.REST, Stage.DONE, Stage.FAILED)
+_UNDER_WAY: Final = (*WORDS_STAGES, Stage.WAITING_FOR_CALLER, Stage.TAIL, Stage.REST)
+_COMMITTED: Final = (Stage.TAIL, Stage.REST, Stage.DONE, Stage.FAILED)
 
 
 class Progress(Enum):
@@ -189,6 +189,18 @@ class Ending:
         self.out.realtime(rt.system_text(_CALLED_OFF.format(what=what)))
 
     # -- acting ---------------------------------------------------------------------------
+
+    def tail(self, now: float) -> bool:
+        """The last words have played: True when the update waits `hangup_tail_ms` first
+        (`HANGUP_TAIL_MS`: Twilio echoes the last mark as it hands the last audio on, a
+        little before the caller hears it), False when it goes now."""
+        tail_ms = self.config.hangup_tail_ms
+        if tail_ms <= 0:
+            return False
+        self.machine.move(Input.TAIL_START)
+        self.out.cancel_timer(Timer.LAST_WORDS)
+        self.out.set_timer(Timer.HANGUP_TAIL, now + tail_ms)
+        return True
 
     def act(self, via: Input) -> bool:
         """Move to REST along `via` and send the update. False when there are no REST

@@ -64,6 +64,11 @@ class Timer(Enum):
     MAX_DURATION = "max_duration"  # the call's length limit
     TOOL_FILLER = "tool_filler"  # a slow tool: time the caller hears a filler
     TOOL_DEADLINE = "tool_deadline"  # a run the driver never answered is given up
+    DECIDE = "turn_decide"  # resume mode: speech over the bot still going is a turn
+    WORDS = "turn_words"  # resume mode: the suspect's transcript is due by now
+    HANGUP_TAIL = "hangup_tail"  # the last words' tail plays before the hang-up
+    RESUME = "resume"  # resume mode: the driver never said where the pause is
+    JUDGE_LIMIT = "turn_judge_limit"  # resume mode: the longest a paused answer waits
 
 
 class Outbox:

@@ -33,6 +33,8 @@ from enum import Enum
 BYTES_PER_MS = 8
 #: Cleared-mark names remembered for late echoes (a few per barge-in are normal).
 _CLEARED_MEMORY = 4096
+#: Played chunks kept for a resume's rewind (the service's deltas are 50-200 ms).
+_RECENT = 16
 
 
 class Echo(Enum):
@@ -74,6 +76,23 @@ class _Mark:
     item_id: str
     item_end: int  # bytes of the item sent up to and including this chunk
     stream_end: int  # bytes sent on the call up to and including this chunk
+    nbytes: int = 0  # bytes of audio in the chunk
+    payload: str = ""  # the chunk's audio as sent (base64): kept for a resume
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of an item's audio as the service sent it (base64, never decoded here):
+    bytes `start` to `start + nbytes` of item `item_id`."""
+
+    item_id: str
+    start: int
+    nbytes: int
+    payload: str
+
+    @property
+    def end(self) -> int:
+        return self.start + self.nbytes
 
 
 def mark_generation(name: str) -> int | None:
@@ -100,22 +119,58 @@ class PlaybackTracker:
         self._by_name: dict[str, _Mark] = {}
         self._cleared: dict[str, None] = {}  # insertion-ordered set, oldest first
         self._anchor: tuple[float, int] | None = None  # (time, stream position) known playing
+        #: The last chunks played, newest last: what a resume may rewind into.
+        self.recent: deque[_Mark] = deque(maxlen=_RECENT)
+        #: When the bot's audio last started playing from silence (the echo guard's clock).
+        self.started_at: float | None = None
 
     # -- inputs ---------------------------------------------------------------------------
 
-    def sent(self, now: float, item_id: str, nbytes: int) -> str:
-        """Record a chunk of `item_id` sent to Twilio; returns the mark name to send after it."""
-        if not self._pending:
-            # Twilio's queue is empty, so this chunk starts playing as it arrives.
-            self._anchor = (now, self._stream_sent)
+    def sent(self, now: float, item_id: str, nbytes: int, payload: str = "") -> str:
+        """Record a chunk of `item_id` sent to Twilio; returns the mark name to send after it.
+        `payload` (the chunk as sent, a reference: never copied nor decoded) is kept until
+        the chunk has played, for a resume."""
         item = self.items.get(item_id)
         if item is None:
             item = self.items[item_id] = ItemPlayback(item_id)
         item.sent += nbytes
+        # `_queue`, inlined: this runs for every delta of the bot's audio.
+        if not self._pending:
+            # Twilio's queue is empty, so this chunk starts playing as it arrives.
+            self._anchor = (now, self._stream_sent)
+            self.started_at = now
         self._stream_sent += nbytes
         self._seq += 1
         name = f"{item_id}.g{self.generation}.m{self._seq}"
-        mark = _Mark(name, item_id, item.sent, self._stream_sent)
+        mark = _Mark(name, item_id, item.sent, self._stream_sent, nbytes, payload)
+        self._pending.append(mark)
+        self._by_name[name] = mark
+        return name
+
+    def received(self, item_id: str, nbytes: int) -> int:
+        """A chunk of `item_id` arrived but is held, not sent (a paused answer): it counts
+        as audio received for the item. Returns where in the item it starts (bytes)."""
+        item = self.items.get(item_id)
+        if item is None:
+            item = self.items[item_id] = ItemPlayback(item_id)
+        start = item.sent
+        item.sent += nbytes
+        return start
+
+    def resent(self, now: float, chunk: Chunk) -> str:
+        """Send again (a resume) bytes `chunk.start..chunk.end` of an item already counted as
+        received; returns the mark name to send after it."""
+        return self._queue(now, chunk.item_id, chunk.end, chunk.nbytes, chunk.payload)
+
+    def _queue(self, now: float, item_id: str, item_end: int, nbytes: int, payload: str) -> str:
+        if not self._pending:
+            # Twilio's queue is empty, so this chunk starts playing as it arrives.
+            self._anchor = (now, self._stream_sent)
+            self.started_at = now
+        self._stream_sent += nbytes
+        self._seq += 1
+        name = f"{item_id}.g{self.generation}.m{self._seq}"
+        mark = _Mark(name, item_id, item_end, self._stream_sent, nbytes, payload)
         self._pending.append(mark)
         self._by_name[name] = mark
         return name
@@ -137,11 +192,20 @@ class PlaybackTracker:
             del self._by_name[done.name]
             item = self.items[done.item_id]
             item.played = max(item.played, done.item_end)
+            self.recent.append(done)
             if done is mark:
                 break
         self._played_pos = mark.stream_end
         self._anchor = (now, mark.stream_end)
         return Echo.PLAYED
+
+    def pending_chunks(self) -> list[Chunk]:
+        """The audio sent and not yet played, in play order (call before `clear`)."""
+        return [_chunk(m) for m in self._pending]
+
+    def played_chunks(self, item_id: str) -> list[Chunk]:
+        """The last chunks of `item_id` that played, oldest first (a resume's rewind)."""
+        return [_chunk(m) for m in self.recent if m.item_id == item_id]
 
     def clear(self) -> list[str]:
         """We sent Twilio `clear`: pending marks will echo as cleared. Returns the items
@@ -183,3 +247,7 @@ class PlaybackTracker:
     def queued_ms(self) -> int:
         """Audio sent but not confirmed played, in ms."""
         return (self._stream_sent - self._played_pos) // BYTES_PER_MS
+
+
+def _chunk(mark: _Mark) -> Chunk:
+    return Chunk(mark.item_id, mark.item_end - mark.nbytes, mark.nbytes, mark.payload)

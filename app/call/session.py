@@ -33,8 +33,17 @@ import json
 import logging
 from typing import Any, Final
 
-from app.call.actions import Action, CloseRealtime, CloseTwilio, ConnectRealtime
-from app.call.bargein import BargeIn
+from app.call.actions import (
+    Action,
+    CheckVoice,
+    CloseRealtime,
+    CloseTwilio,
+    ConnectRealtime,
+    FindPause,
+    Measure,
+    Metric,
+)
+from app.call.bargein import BargeIn, Held
 from app.call.config import CallConfig
 from app.call.ending import (
     CLOSING_WORDS,
@@ -44,6 +53,14 @@ from app.call.ending import (
     Progress,
     RestVerdict,
     tool_reason,
+)
+from app.call.falseturn import (
+    JUDGE_LIMIT_MS,
+    TRANSCRIPT_WAIT_MS,
+    VOICE_WINDOW_MS,
+    FalseTurns,
+    Suspect,
+    Verdict,
 )
 from app.call.inbound import (
     FUNCTION_CALL,
@@ -64,8 +81,9 @@ from app.call.mcp import McpCalls
 from app.call.measures import Measures
 from app.call.nudges import SILENCE_GOODBYE, WRAP_UP, Nudges, Silence
 from app.call.outbox import Outbox, Timer, logged, tally
-from app.call.playback import Echo, PlaybackTracker
+from app.call.playback import BYTES_PER_MS, Chunk, Echo, PlaybackTracker
 from app.call.responses import Refusal, Responses
+from app.call.resume import Resume, around, plan
 from app.call.setup import session_update
 from app.call.state import PHASES, WORDS_STAGES, Input, Machine, Phase, Stage
 from app.call.toolcalls import Flush, ToolCalls
@@ -80,6 +98,12 @@ logger = logging.getLogger("app.call")
 
 #: What the model is told to say while a slow tool runs (its words: the tool's filler).
 FILLER: Final = 'A tool is still working. Say only this, in the language of the call: "{text}"'
+
+#: Resume mode: how long a false turn's resume waits for the driver to find the pause
+#: (it answers at once; this bounds a driver that doesn't), and how far before the heard
+#: position a resume starts without one (marks know the position to about a frame).
+RESUME_WAIT_MS: Final = 100
+RESUME_LEAD_MS: Final = 20
 
 #: A media stream that never sends `start` is closed after this long.
 START_TIMEOUT_MS: Final = 10_000
@@ -157,11 +181,27 @@ class CallSession:
 
     def _configure(self, config: CallConfig) -> None:
         self.config = config
+        server_vad = config.turn_detection == "server_vad"
+        silence_ms = config.vad_silence_duration_ms if server_vad else 500
+        resume = config.interrupt_mode == "resume" and config.interrupt_min_speech_ms == 0
         self.turns = TurnPolicy(
-            config.interrupt_min_speech_ms,
-            config.vad_prefix_padding_ms,
-            config.vad_silence_duration_ms if config.turn_detection == "server_vad" else 500,
+            config.interrupt_min_speech_ms, config.vad_prefix_padding_ms, silence_ms, resume=resume
         )
+        #: Resume mode's judge of speech over the bot (None in cancel mode).
+        self.false_turns: FalseTurns | None = None
+        if resume:
+            self.false_turns = FalseTurns(
+                decide_ms=config.interrupt_decide_ms,
+                prefix_padding_ms=config.vad_prefix_padding_ms,
+                silence_ms=silence_ms,
+                backchannels=config.backchannels,
+                transcribing=config.transcription_model is not None,
+                local_vad=config.local_vad is not None,
+            )
+        #: The paused answer while speech over it is judged (resume mode).
+        self.held: Held | None = None
+        self.false_turn_count = 0
+        self.resume_count = 0
         self.ending = Ending(self.out, config)
         self.nudges = Nudges(self.out, config)
         self.tools = ToolCalls(self.out, config, self.measures, trust_redacted=self._replaying)
@@ -262,6 +302,10 @@ class CallSession:
         elif direction == "rest":
             if "tool_result" in msg:
                 self._tool_result(now, msg["tool_result"])
+            elif "voice" in msg:
+                self._voice(now, msg["voice"])
+            elif "pause" in msg:
+                self._pause_found(now, msg["pause"])
             else:
                 self._rest_answer(now, msg.get("response"))
         else:
@@ -303,7 +347,13 @@ class CallSession:
             self.transcript.assistant(item_id)  # the bot's turn starts with its first audio
             self.measures.audio_sent(item_id, rid)
         self.nudges.disarm()
-        return self.playback.sent(now, item_id, decoded_len(delta))  # type: ignore[arg-type]
+        nbytes = decoded_len(delta)  # type: ignore[arg-type]
+        held = self.held
+        if held is not None:  # paused: kept for the resume, not played (yet)
+            start = self.playback.received(item_id, nbytes)
+            held.chunks.append(Chunk(item_id, start, nbytes, delta))  # type: ignore[arg-type]
+            return None
+        return self.playback.sent(now, item_id, nbytes, delta)  # type: ignore[arg-type]
 
     def refuse(self, now: float, reason: str, start: dict[str, Any] | None = None) -> list[Action]:
         """The stream's `start` failed the I/O layer's checks (a stream token or account
@@ -368,6 +418,8 @@ class CallSession:
         elif event == "connected":
             log_event(logger, _DEBUG, "twilio.connected", protocol=preview(msg.get("protocol")))
         elif event == "dtmf":
+            if self.false_turns is not None and self.false_turns.pending:
+                self._verdict(now, self.false_turns.key_pressed())  # a key is a turn
             if self.nudges.dtmf(msg["dtmf"]["digit"], self.ending.committed):
                 self._caller_spoke(now)  # a key press is the caller's turn
                 self.measures.unanswered()  # the answer is to the key, not to speech
@@ -411,6 +463,9 @@ class CallSession:
         """The media stream ended (`stop`, or the socket closed without one)."""
         if self.deliberate:  # Twilio ending the stream after our own REST update
             self._end(now, Input.TWILIO_GONE, self.end_reason, close_twilio=False)
+        elif self.ending.stage is Stage.TAIL and self.ending.kind == "hangup":
+            # The caller hung up on the last word's tail: the goodbye was said.
+            self._end(now, Input.TWILIO_GONE, self.ending.intended_reason(), close_twilio=False)
         elif self.ending.stage is Stage.REST:
             self.ending.stream_ended()
             self._end(now, Input.TWILIO_GONE, self.ending.intended_reason(), close_twilio=False)
@@ -506,8 +561,17 @@ class CallSession:
             if item_id not in self.playback.items:  # its answer was cut off first
                 turn.interrupted, turn.heard_ms = True, 0
         elif kind == "conversation.item.input_audio_transcription.completed":
+            ft = self.false_turns
+            if ft is not None:
+                echo = ft.suspect.echo_item if ft.suspect is not None else None
+                bot_text = self.transcript.assistant(echo).text if echo else ""
+                self._verdict(now, ft.transcript(ev["item_id"], ev["transcript"], bot_text))
             if ev["item_id"] not in self.turns.noise_items:
                 self.transcript.caller(ev["item_id"], ev["transcript"])
+        elif kind == "conversation.item.input_audio_transcription.failed":
+            ft = self.false_turns
+            if ft is not None and ft.owns(ev.get("item_id")):
+                self._verdict(now, ft.no_words())
         elif kind == "session.updated":
             if not self.realtime_ready:
                 self.realtime_ready = True
@@ -531,6 +595,12 @@ class CallSession:
             response_id=short(response["id"]),
             status=short(response.get("status")),
         )
+        ft = self.false_turns
+        if ft is not None and ft.pending and self.held is not None:
+            details = response.get("status_details")
+            reason = details.get("reason") if type(details) is dict else None
+            if response.get("status") == "cancelled" and reason == "turn_detected":
+                self._verdict(now, ft.service_cancelled())
         finished = self.responses.done(response)
         self.measures.response_done(finished.response_id)
         self.tools.response_done(finished.response_id)
@@ -538,7 +608,7 @@ class CallSession:
             self._responses_failing(now)
             return
         progress = self.ending.response_done(
-            now, finished.response_id, finished.had_audio, self.playback.playing
+            now, finished.response_id, finished.had_audio, self._bot_holds_floor
         )
         if progress is Progress.ASK_FOR_WORDS:
             words = self._instructions(CLOSING_WORDS[self.ending.kind])
@@ -655,8 +725,8 @@ class CallSession:
     def _answer_tools(self, *, no_tools: bool = False) -> None:
         if self.ending.stage is not Stage.NONE:
             return  # the ending says the last words
-        if self.turns.current is not None:
-            self._tool_answer_owed = True  # a turn, or noise? `_speech_stopped` knows
+        if self.turns.current is not None or self._judging:
+            self._tool_answer_owed = True  # a turn, or noise? its verdict knows
             return
         self.responses.withdraw_fillers()
         if no_tools:
@@ -678,12 +748,23 @@ class CallSession:
             self.out.realtime(reply)
             self.responses.request(droppable=True)  # the model tells the caller
 
+    @property
+    def _bot_holds_floor(self) -> bool:
+        """The bot's answer is playing, or paused while speech over it is judged."""
+        return self.playback.playing or self.held is not None
+
+    @property
+    def _judging(self) -> bool:
+        """Speech over the bot awaits its verdict (resume mode)."""
+        return self.false_turns is not None and self.false_turns.pending
+
     def _line_quiet(self) -> bool:
         """Neither the bot nor the caller is speaking, and the call isn't ending."""
         return (
-            not self.playback.playing
+            not self._bot_holds_floor
             and not self.responding
             and self.turns.current is None
+            and not self._judging
             and self.ending.stage is Stage.NONE
         )
 
@@ -701,6 +782,15 @@ class CallSession:
         self.measures.speech_started(now)
         self.nudges.disarm()
         decision = self.turns.speech_started(ev.get("item_id"), start_ms, self.playback.playing)
+        if self.false_turns is not None:
+            # Over the bot: it is heard, or an answer of its is being made or asked for.
+            over_bot = self._bot_holds_floor or self.responses.responding
+            item_id = ev.get("item_id")
+            if over_bot or self.false_turns.pending:
+                self._suspect(now, item_id if type(item_id) is str else None, start_ms)
+            elif self.ending.active:
+                self._call_off(now)  # speech while the bot is silent is a turn
+            return
         if self.turns.automatic:
             self._caller_spoke(now)  # the service takes any speech as a turn
         if decision is Start.INTERRUPT:
@@ -717,7 +807,32 @@ class CallSession:
             self._call_off(now)
 
     def _speech_stopped(self, now: float, ev: dict[str, Any]) -> None:
-        outcome = self.turns.speech_stopped(ev.get("audio_end_ms") or 0)
+        audio_end_ms: int = ev.get("audio_end_ms") or 0
+        ft = self.false_turns
+        stopped_item = ev.get("item_id")
+        if ft is not None and type(stopped_item) is str and stopped_item in self.turns.noise_items:
+            # The end of speech already judged no turn (a fan the detector called no voice,
+            # while the service still heard speech): nothing of a turn happens now, but
+            # what waited for the speech to end goes on, as after noise.
+            self.turns.speech_stopped(audio_end_ms)
+            if self._tool_answer_owed:
+                self._tool_answer_owed = False
+                self._answer_tools()  # the tools' answer waited for the speech to end
+            if self.ending.waiting_for_caller:
+                self._act(now, Input.NOISE)  # the last words have played: go ahead
+            self._maybe_arm(now)
+            return
+        if ft is not None and ft.pending:
+            self.turns.speech_stopped(audio_end_ms)
+            ft.stopped(now, audio_end_ms)
+            self.out.cancel_timer(Timer.DECIDE)
+            if ft.local_vad:
+                self.out.emit(CheckVoice(VOICE_WINDOW_MS, at_decision=False))
+            elif not ft.transcribing:
+                self._verdict(now, ft.no_words())
+            self._maybe_arm(now)
+            return
+        outcome = self.turns.speech_stopped(audio_end_ms)
         if not self.turns.automatic:
             self.out.cancel_timer(Timer.CONFIRM)
         if outcome is Stop.TURN_INTERRUPT and self.playback.playing:
@@ -746,6 +861,14 @@ class CallSession:
         """The caller's turn is in the conversation (its place in the transcript); under the
         min-speech policy the bridge, not the service, answers real turns."""
         item_id: str | None = ev.get("item_id")
+        ft = self.false_turns
+        if ft is not None and ft.owns(item_id):
+            # Judged by its words (or their absence) once it is committed.
+            assert ft.suspect is not None and item_id is not None
+            ft.suspect.committed.add(item_id)
+            if ft.transcribing:
+                self.out.set_timer(Timer.WORDS, now + TRANSCRIPT_WAIT_MS)
+            return
         if item_id is not None and item_id not in self.turns.noise_items:
             self.transcript.caller_committed(item_id)
         if self.turns.automatic:
@@ -774,6 +897,9 @@ class CallSession:
     def _interrupt(self, now: float) -> None:
         """Stop the bot (`BargeIn`); its answer's late audio is dropped, never played, and a
         pending hang-up or transfer is called off once the model's memory is right."""
+        if self.held is not None:
+            self._cut_held(now)
+            return
         interruption = self.barge_in.interrupt(now, self.stream_sid)
         if interruption.audible:
             self.measures.barged_in(now, interruption.unheard_ms)
@@ -781,6 +907,221 @@ class CallSession:
         self._caller_spoke(now)
         if interruption.audible or self.ending.active:
             self._call_off(now)  # the caller spoke up: no hang-up on top of them
+
+    # -- resume mode: speech over the bot, judged ---------------------------------------
+
+    def _suspect(self, now: float, item_id: str | None, start_ms: int) -> None:
+        """Speech over the bot: stop it at once, but only pause its answer (unless the echo
+        guard wants words first), and judge the speech (`app.call.falseturn`)."""
+        ft = self.false_turns
+        assert ft is not None
+        guarded = self._echo_guarded(now)
+        heard = self.playback.heard(now) if guarded else None
+        echo_item = heard.item_id if heard else None
+        if not ft.pending:
+            self.out.set_timer(Timer.JUDGE_LIMIT, now + JUDGE_LIMIT_MS)
+        ft.started(now, item_id, start_ms, paused=not guarded, echo_item=echo_item)
+        if not guarded and self.held is None:
+            self.held = self.barge_in.pause(now, self.stream_sid)
+        self.out.set_timer(Timer.DECIDE, now + ft.decide_ms)
+        self.out.cancel_timer(Timer.WORDS)
+
+    def _echo_guarded(self, now: float) -> bool:
+        """The speech began so soon after the bot's audio started playing that it may be
+        the bot's own voice coming back (a speakerphone): it needs words to interrupt."""
+        guard = self.config.echo_guard_ms
+        started = self.playback.started_at
+        if guard <= 0 or started is None or not self.playback.playing or self.held is not None:
+            return False
+        if now - started < guard:
+            log_event(logger, _INFO, "turn.echo_guarded", since_audio_ms=round(now - started))
+            return True
+        return False
+
+    def _voice(self, now: float, report: object) -> None:
+        """The local detector's report (`CheckVoice` answered)."""
+        ft = self.false_turns
+        if type(report) is not dict:
+            self.out.bad("rest", "malformed_voice_report")
+            return
+        if ft is None or not ft.pending:
+            return
+        at_decision = report.get("at_decision") is True
+        verdict = ft.voice(report, at_decision)
+        if verdict is Verdict.PENDING:
+            if at_decision:
+                # The voice ended and the service's silence window runs: ask again later.
+                self.out.set_timer(Timer.DECIDE, now + ft.decide_ms)
+            elif not ft.transcribing:
+                verdict = ft.no_words()
+        self._verdict(now, verdict)
+
+    def _decide_timer(self, now: float) -> None:
+        ft = self.false_turns
+        if ft is None or not ft.pending:
+            return
+        if ft.local_vad:
+            self.out.emit(CheckVoice(VOICE_WINDOW_MS, at_decision=True))
+        else:
+            self._verdict(now, ft.decision_due())
+
+    def _verdict(self, now: float, verdict: Verdict) -> None:
+        """A suspect was judged: interrupt for real, or resume."""
+        if verdict is Verdict.PENDING:
+            return
+        ft = self.false_turns
+        assert ft is not None
+        suspect = ft.settled()
+        assert suspect is not None
+        self.out.cancel_timer(Timer.DECIDE)
+        self.out.cancel_timer(Timer.WORDS)
+        self.out.cancel_timer(Timer.JUDGE_LIMIT)
+        log_event(
+            logger,
+            _INFO,
+            "turn.real" if verdict is Verdict.REAL else "turn.false",
+            reason=suspect.reason,
+            after_ms=round(now - suspect.started_at),
+        )
+        self.out.emit(Measure(Metric.FALSE_TURN, labels=(verdict.value, suspect.reason)))
+        if verdict is Verdict.REAL:
+            self._real_turn(now, suspect)
+        else:
+            self._false_turn(now, suspect)
+
+    def _real_turn(self, now: float, suspect: Suspect) -> None:
+        """The caller took the turn: the paused answer is cut where they stopped hearing
+        it (or, echo-guarded, the bot is stopped now), and their turn gets its answer."""
+        if self.held is not None:
+            self._cut_held(now)
+        elif self.playback.playing:
+            self._interrupt(now)
+        else:
+            self._caller_spoke(now)
+            self._call_off(now)  # a turn over the last words (they played out meanwhile)
+        if suspect.stopped_at is not None:
+            self.nudges.caller_active()
+            self.measures.turn_ended(suspect.stopped_at)
+        for item_id in suspect.item_ids:
+            if item_id in suspect.committed:
+                self.transcript.caller_committed(item_id)
+        # The turn is answered now if it is in the conversation, unless the caller is still
+        # speaking (that utterance's commit answers all of it) or pressed a key (the key's
+        # own answer does).
+        if suspect.committed and self.turns.current is None and suspect.reason != "key":
+            self._answer_turn(now)
+        self._maybe_arm(now)
+
+    def _cut_held(self, now: float) -> None:
+        held, self.held = self.held, None
+        assert held is not None
+        # `response.cancel` even when no response is active: the contract's barge-in sends
+        # it, and "not active" is an expected answer (the service is told not to cancel).
+        interruption = self.barge_in.confirm(held, cancel=True)
+        if interruption.audible:
+            self.measures.barged_in(held.at, interruption.unheard_ms)
+        self.responses.cut_off()
+        self._caller_spoke(now)
+        if interruption.audible or self.ending.active:
+            self._call_off(now)
+
+    def _answer_turn(self, now: float) -> None:
+        """The bridge answers a committed turn (the service doesn't, in resume mode)."""
+        active = self.responses.active
+        if active is not None:
+            if not self.responses.was_cut_off(active):
+                self._interrupt(now)
+            self.responses.request_after_done()
+        else:
+            self.responses.request()
+
+    def _false_turn(self, now: float, suspect: Suspect) -> None:
+        """Not a turn: the model never hears it (its input items leave the conversation),
+        and the caller hears the rest of the answer."""
+        self.false_turn_count += 1
+        for item_id in suspect.item_ids:
+            self.turns.noise_items.add(item_id)
+            if item_id in suspect.committed:
+                self.out.realtime(rt.item_delete(item_id))
+        held = self.held
+        if held is not None:
+            heard = held.heard
+            rewind = self.config.resume_rewind_ms
+            if heard is not None and rewind > 0:
+                # Where the last pause before the heard position ends is the driver's to
+                # find (the core decodes no audio); meanwhile the answer stays paused.
+                at = heard.ms * BYTES_PER_MS
+                chunks = around(heard.item_id, at, rewind, held.played, held.chunks)
+                self.out.emit(FindPause(heard.item_id, at, rewind, chunks))
+                self.out.set_timer(Timer.RESUME, now + RESUME_WAIT_MS)
+            else:
+                self._resume(now, None)
+        if self._tool_answer_owed and self.turns.current is None and not self._judging:
+            self._tool_answer_owed = False
+            self._answer_tools()  # the tools' answer is still wanted
+        if self.ending.waiting_for_caller:
+            self._act(now, Input.NOISE)
+        self._maybe_arm(now)
+
+    def _pause_found(self, now: float, answer: object) -> None:
+        """The driver's answer to `FindPause`: resume from there."""
+        held = self.held
+        if type(answer) is not dict or type(answer.get("resume_at")) is not int:
+            self.out.bad("rest", "malformed_pause")
+            return
+        if held is None or held.heard is None or answer.get("item_id") != held.heard.item_id:
+            return  # too late (the fallback resumed) or not ours
+        if self._judging:
+            return  # more speech came meanwhile: its verdict decides (and asks again)
+        self._resume(now, answer["resume_at"])
+
+    def _resume_timer(self, now: float) -> None:
+        """The driver never said where the pause is: resume a frame before the position."""
+        if self.held is not None and self.false_turns is not None and not self._judging:
+            log_event(logger, _WARNING, "turn.resume_without_pause")
+            self._resume(now, None)
+
+    def _resume(self, now: float, start: int | None) -> None:
+        """Play the paused answer on from item byte `start` (the driver's pause, clamped to
+        the rewind window; None: a frame before the heard position), with new marks."""
+        held, self.held = self.held, None
+        assert held is not None
+        self.out.cancel_timer(Timer.RESUME)
+        heard = held.heard
+        if heard is not None:
+            at = heard.ms * BYTES_PER_MS
+            lowest = at - self.config.resume_rewind_ms * BYTES_PER_MS
+            if start is None:
+                start = at - min(RESUME_LEAD_MS, self.config.resume_rewind_ms) * BYTES_PER_MS
+            start = max(lowest, min(at, start))
+            resumed = plan(heard.item_id, at, start, held.played, held.chunks)
+        else:
+            resumed = Resume(held.chunks, 0)
+        sid = self.stream_sid
+        sent = 0
+        for chunk in resumed.chunks:
+            if not chunk.payload or chunk.nbytes <= 0:
+                continue
+            name = self.playback.resent(now, chunk)
+            for part in tw.media_parts(chunk.payload):
+                self.out.twilio(tw.media(sid, part))
+            self.out.twilio(tw.mark(sid, name))
+            sent += chunk.nbytes
+        if sent:
+            self.resume_count += 1
+        log_event(
+            logger,
+            _INFO,
+            "turn.resumed",
+            item_id=short(heard.item_id) if heard else None,
+            heard_ms=heard.ms if heard else 0,
+            rewind_ms=resumed.rewind_ms,
+            resumed_ms=sent // BYTES_PER_MS,
+            paused_ms=round(now - held.at),
+        )
+        if not self.playback.playing:
+            self._ending_played_out(now)  # all of it had been heard
+        self._maybe_arm(now)
 
     # -- endings --------------------------------------------------------------------------
 
@@ -796,19 +1137,21 @@ class CallSession:
     def _ending_played_out(self, now: float) -> None:
         """Everything sent has been heard: an ending playing out its last words acts
         (once the tools the model called with them are done: "booked, goodbye" books)."""
-        if self.ending.stage is not Stage.PLAYING_OUT:
+        if self.ending.stage is not Stage.PLAYING_OUT or self.held is not None:
             return
         if self.tools.running:
             log_event(logger, _INFO, "ending.waits_for_tools")
             self._ending_waits_for_tools = True
             return
         utterance = self.turns.current
-        if utterance is not None and not utterance.interrupted:
+        if (utterance is not None and not utterance.interrupted) or self._judging:
             self.ending.caller_over_last_words()
         else:
             self._act(now, Input.PLAYED_OUT)
 
     def _act(self, now: float, via: Input) -> None:
+        if via in (Input.PLAYED_OUT, Input.NOISE) and self.ending.tail(now):
+            return  # the last sound still reaches the caller: the update waits for it
         if not self.ending.act(via):
             reason = self.ending.intended_reason()
             self._end(now, Input.NO_REST, reason, detail="no_rest_credentials")
@@ -885,6 +1228,19 @@ class CallSession:
                 self._end(now, Input.NOT_READY, "failure", detail="realtime_unavailable")
         elif timer is Timer.CONFIRM:
             self._confirm_timer(now)
+        elif timer is Timer.DECIDE:
+            self._decide_timer(now)
+        elif timer is Timer.JUDGE_LIMIT:
+            if self.false_turns is not None:
+                self._verdict(now, self.false_turns.limit())
+        elif timer is Timer.RESUME:
+            self._resume_timer(now)
+        elif timer is Timer.WORDS:
+            if self.false_turns is not None:
+                self._verdict(now, self.false_turns.no_words())
+        elif timer is Timer.HANGUP_TAIL:
+            if self.ending.stage is Stage.TAIL:
+                self._act(now, Input.TAIL_OVER)
         elif timer is Timer.LAST_WORDS:
             self._last_words_timeout(now)
         elif timer is Timer.REST_RETRY:
@@ -893,7 +1249,7 @@ class CallSession:
             self._end(now, Input.STOP_GRACE, self.end_reason)
         elif timer is Timer.SILENCE:
             ending = self.ending.stage is not Stage.NONE
-            busy = self.playback.playing or self.responding or self.tools.running
+            busy = self._bot_holds_floor or self.responding or self.tools.running
             silence = self.nudges.silence(ending or busy)
             if silence is Silence.REPROMPT:
                 self.measures.reprompted()
@@ -919,10 +1275,11 @@ class CallSession:
         quiet = (
             self.phase.state is Phase.LIVE
             and not self.ending.active
-            and not self.playback.playing
+            and not self._bot_holds_floor
             and not self.responding
             and not self.tools.running  # waiting for a tool is not the caller's silence
             and self.turns.current is None
+            and not self._judging
         )
         self.nudges.maybe_arm(now, quiet)
 
@@ -965,6 +1322,8 @@ class CallSession:
             "end_detail": self.end_detail or None,
             "duration_s": round(max(0.0, self.ended_ms - self.started_ms) / 1000, 3),
             "barge_ins": self.barge_ins,
+            "false_turns": self.false_turn_count,
+            "resumes": self.resume_count,
             "reprompts": self.nudges.reprompts_total,
             "heard_latency_ms": self.measures.median_latency_ms(),
             "unheard_audio_ms": self.measures.unheard_ms,

@@ -3,8 +3,9 @@
 The wire shape lives in `app.protocol.realtime`; this module decides its content: the
 caller's turns detected by server or semantic VAD, and who answers and interrupts. With
 an immediate interruption policy the service both answers and cancels by itself; with a
-minimum-speech policy the bridge decides whether speech was a real turn, so the service
-must neither cancel (`interrupt_response`) nor answer noise (`create_response`).
+minimum-speech policy, or in resume mode (`INTERRUPT_MODE=resume`, the default), the bridge
+decides whether speech was a real turn, so the service must neither cancel
+(`interrupt_response`) nor answer noise (`create_response`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from app.protocol import realtime as rt
 
 
 def turn_detection(cfg: CallConfig) -> dict[str, Any]:
-    automatic = cfg.interrupt_min_speech_ms == 0
+    automatic = cfg.interrupt_mode == "cancel" and cfg.interrupt_min_speech_ms == 0
     if cfg.turn_detection == "semantic_vad":
         return rt.semantic_vad(cfg.vad_eagerness, automatic=automatic)
     return rt.server_vad(

@@ -54,6 +54,7 @@ class Stage(Enum):
     CLOSING = "closing"  # the bridge asked for closing words and waits for that response
     PLAYING_OUT = "playing_out"  # words generated; waiting for the last mark echo
     WAITING_FOR_CALLER = "waiting_for_caller"  # played out while the caller talked over it
+    TAIL = "tail"  # the last mark echoed; the last sound still reaching the caller's ear
     REST = "rest"  # the REST update is out (or being retried): too late to call it off
     DONE = "done"  # Twilio accepted it: the `stop` that follows is the expected end
     FAILED = "failed"  # Twilio refused it: the call ends through the fallback TwiML
@@ -87,6 +88,8 @@ class Input(Enum):
     PLAYED_OUT = "last mark echo"
     CALLER_OVER_LAST_WORDS = "last mark echo, caller speaking"
     NOISE = "caller's speech was noise"
+    TAIL_START = "played out, tail to play"
+    TAIL_OVER = "tail played"
     CALLED_OFF = "caller spoke"
     PLAYOUT_TIMEOUT = "last-words timeout"
     HARD_LIMIT = "time limit, second time"
@@ -184,6 +187,11 @@ ENDINGS: tuple[Transition[Stage], ...] = (
     Transition(_S.PLAYING_OUT, _I.PLAYED_OUT, _S.REST, _ACT),
     Transition(_S.PLAYING_OUT, _I.CALLER_OVER_LAST_WORDS, _S.WAITING_FOR_CALLER),
     Transition(_S.WAITING_FOR_CALLER, _I.NOISE, _S.REST, _ACT),
+    # HANGUP_TAIL_MS > 0: the last mark's echo comes while the last sound is still on its
+    # way to the caller's ear; the update waits for it (and can no longer be called off).
+    Transition(_S.PLAYING_OUT, _I.TAIL_START, _S.TAIL, ("timer:hangup_tail",)),
+    Transition(_S.WAITING_FOR_CALLER, _I.TAIL_START, _S.TAIL, ("timer:hangup_tail",)),
+    Transition(_S.TAIL, _I.TAIL_OVER, _S.REST, _ACT),
     *(Transition(s, _I.PLAYOUT_TIMEOUT, _S.REST, _ACT) for s in WORDS_STAGES),
     *(Transition(s, _I.CALLED_OFF, _S.NONE, _CALLED_OFF) for s in _OPEN),
     *(Transition(s, _I.HARD_LIMIT, _S.REST, _ACT) for s in _OPEN if s is not _S.SPEAKING),

@@ -1,6 +1,8 @@
 """Interruption policy: does the caller's speech stop the bot, and is it a turn at all?
 
-Two policies, chosen by `interrupt_min_speech_ms`:
+Two policies of `INTERRUPT_MODE=cancel`, chosen by `interrupt_min_speech_ms` (the default
+mode, `resume`, is judged in `app.call.falseturn`; here it tracks the utterance like the
+first policy, except that the bridge answers):
 
 * **0 (default): interrupt at once.** The first `speech_started` while the caller is
   hearing the bot stops it. The Realtime service cancels its own response and answers
@@ -51,8 +53,13 @@ class Utterance:
 class TurnPolicy:
     """Sans-I/O state of the caller's current utterance under one interruption policy."""
 
-    def __init__(self, min_speech_ms: int, prefix_padding_ms: int, silence_ms: int) -> None:
+    def __init__(
+        self, min_speech_ms: int, prefix_padding_ms: int, silence_ms: int, *, resume: bool = False
+    ) -> None:
         self.min_speech_ms = min_speech_ms
+        #: Resume mode (`app.call.falseturn`): speech over the bot stops it at once, but
+        #: the bridge, not the service, judges it and answers.
+        self.resume = resume
         self._prefix_ms = prefix_padding_ms
         self._silence_ms = silence_ms
         self.current: Utterance | None = None
@@ -61,7 +68,7 @@ class TurnPolicy:
     @property
     def automatic(self) -> bool:
         """True when the service interrupts and answers by itself."""
-        return self.min_speech_ms == 0
+        return self.min_speech_ms == 0 and not self.resume
 
     @property
     def confirm_after_ms(self) -> int:
@@ -72,7 +79,7 @@ class TurnPolicy:
         self.current = Utterance(item_id, audio_start_ms, over_bot=bot_audible)
         if not bot_audible:
             return Start.NOTHING
-        if self.automatic:
+        if self.min_speech_ms == 0:
             self.current.interrupted = True
             return Start.INTERRUPT
         return Start.WAIT

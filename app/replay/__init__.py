@@ -70,7 +70,7 @@ class Entry:
     @property
     def is_input(self) -> bool:
         if self.dir == "rest":
-            return "response" in self.msg or "tool_result" in self.msg
+            return any(key in self.msg for key in ("response", "tool_result", "voice", "pause"))
         return self.dir in ("from_twilio", "from_openai")
 
 
@@ -327,9 +327,16 @@ _TOOL_WHO: Final = "bridge <-> tools "
 _TOOL_KEYS: Final = ("tool_request", "tool_result", "tool_cancel")
 
 
+#: `rest` lines about the driver's audio analysis (the detector, the resume's pause).
+_VOICE_WHO: Final = "bridge <-> vad   "
+_VOICE_KEYS: Final = ("voice_check", "voice", "pause_find", "pause")
+
+
 def _who(e: Entry) -> str:
     if e.dir == "rest" and any(key in e.msg for key in _TOOL_KEYS):
         return _TOOL_WHO
+    if e.dir == "rest" and any(key in e.msg for key in _VOICE_KEYS):
+        return _VOICE_WHO
     return _WHO[e.dir]
 
 
@@ -379,6 +386,15 @@ def describe(e: Entry) -> str:
         if "tool_result" in m:
             tool, result = _get(m, "tool_result", "name"), _get(m, "tool_result", "result")
             return f"tool result {tool}: {result} {_get(m, 'tool_result', 'output')}"
+        if "voice_check" in m:
+            return f"voice check, last {_get(m, 'voice_check', 'window_ms')} ms"
+        if "voice" in m:
+            voiced, tail = _get(m, "voice", "voiced_ms"), _get(m, "voice", "tail_voiced_ms")
+            return f"voice report: {voiced} ms voiced, {tail} ms at the end"
+        if "pause_find" in m:
+            return f"find a pause before byte {_get(m, 'pause_find', 'heard')}"
+        if "pause" in m:
+            return f"resume at byte {_get(m, 'pause', 'resume_at')}"
         return f"REST answer {_get(m, 'response')}"
     if "event" in m:
         event = m["event"]

@@ -15,7 +15,9 @@ To draw a call or rebuild its audio we replay Twilio's queue, as Twilio plays it
    the one the tracker computed for the truncate (`audio_end_ms`).
 3. A `clear` cuts the queue at its time: the chunk playing is cut there, later chunks
    never play. Twilio then echoes every pending mark at once; those echoes (and any late
-   ones) name marks no longer pending and are not played audio.
+   ones) name marks no longer pending and are not played audio. In resume mode the
+   bridge may send the cut answer's audio again after a false turn: those are new chunks,
+   played like any other, and the clear is drawn as a pause, not a barge-in.
 4. The end of the call (the last socket close or Twilio `stop`) cuts playout like a
    clear: a caller who hung up heard nothing after it.
 
@@ -90,11 +92,21 @@ class Span:
 
 @dataclass(slots=True)
 class Clear:
-    """A `clear` sent to Twilio, with the truncate that followed it (if any)."""
+    """A `clear` sent to Twilio, with the truncate that followed it (if any).
+
+    In resume mode a clear may only pause the answer: when audio of an item that was
+    queued at the clear is sent again after it (before any truncate), the answer resumed
+    at `resumed_ms`, and the clear was no barge-in."""
 
     t_ms: float
     heard_ms: int | None = None
     item_id: str | None = None
+    queued: frozenset[str] = frozenset()  # the items with audio sent before the clear
+    resumed_ms: float | None = None
+
+    @property
+    def paused(self) -> bool:
+        return self.resumed_ms is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +333,11 @@ def playout(fixture: Fixture) -> Playout:
             chunk = next(next_chunk)
             queue.send(chunk)
             last_sent = chunk.index
+            if out.clears:
+                last = out.clears[-1]
+                resends = chunk.item_id in last.queued and last.heard_ms is None
+                if resends and last.resumed_ms is None:
+                    last.resumed_ms = e.t_ms  # the paused answer goes on
         elif e.dir == "to_twilio" and (name := _mark(e)) is not None:
             if last_sent is not None:
                 queue.live[name] = last_sent
@@ -330,9 +347,10 @@ def playout(fixture: Fixture) -> Playout:
         elif e.dir == "to_twilio" and e.msg.get("event") == "clear":
             queue.cut(e.t_ms)
             last_sent = None
-            out.clears.append(Clear(e.t_ms))
+            sent_items = frozenset(c.item_id for c in chunks if c.sent_ms <= e.t_ms)
+            out.clears.append(Clear(e.t_ms, queued=sent_items))
         elif e.dir == "to_openai" and e.msg.get("type") == "conversation.item.truncate":
-            if out.clears and out.clears[-1].heard_ms is None:
+            if out.clears and out.clears[-1].heard_ms is None and not out.clears[-1].paused:
                 heard, item = e.msg.get("audio_end_ms"), e.msg.get("item_id")
                 out.clears[-1].heard_ms = heard if type(heard) is int else None
                 out.clears[-1].item_id = item if type(item) is str else None

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
-from typing import Final
+from typing import Any, Final
 from xml.sax.saxutils import escape, quoteattr
 
 from app.call.playback import BYTES_PER_MS
@@ -54,6 +54,7 @@ _COLOURS: Final = {
     "sent": "#475569",
     "played": "#166534",
     "cut": "#b91c1c",
+    "pause": "#b45309",
     "tool": "#6b21a8",
     "key": "#92400e",
     "rest": "#1f2937",
@@ -244,6 +245,26 @@ def _events(model: Playout, height: float) -> list[str]:
     out = []
     for clear in model.clears:
         at = _px(x_of(clear.t_ms))
+        if clear.resumed_ms is not None:
+            after = _ms(clear.resumed_ms - clear.t_ms)
+            title = f"clear at {_s(clear.t_ms)}: the answer paused, resumed {after} ms later"
+            label = _text(
+                x_of(clear.t_ms) + 3, lane + 12, f"paused {after} ms", fill=_COLOURS["pause"]
+            )
+            attrs: dict[str, Any] = {
+                "class": "pause",
+                "data-ms": _ms(clear.t_ms),
+                "data-resumed-ms": _ms(clear.resumed_ms),
+                "x1": at,
+                "x2": at,
+                "y1": _px(TOP - 4),
+                "y2": _px(bottom),
+                "stroke": _COLOURS["pause"],
+                "stroke-width": 2,
+                "stroke-dasharray": "2 3",
+            }
+            out += [_el("line", title, attrs), label]
+            continue
         heard = "unknown" if clear.heard_ms is None else f"{clear.heard_ms} ms"
         of = f" of {clear.item_id}" if clear.item_id else ""
         title = f"clear at {_s(clear.t_ms)}: the caller heard {heard}{of}"
@@ -311,7 +332,8 @@ def render_svg(fixture: Fixture) -> str:
     - `<rect class="sent" data-item data-start-ms data-last-sent-ms data-bytes>`;
     - `<rect class="played" data-item data-start-ms data-end-ms data-bytes data-chunks>`,
       `class="played cut"` when a clear (or the end) cut it;
-    - `<line class="clear" data-ms data-heard-ms x1 x2>`;
+    - `<line class="clear" data-ms data-heard-ms x1 x2>` (a barge-in), or
+      `<line class="pause" data-ms data-resumed-ms x1 x2>` (resume mode: the answer went on);
     - `<g class="tool|key|rest|end" data-ms>`;
     - every one of them with a `<title>` child giving its exact times.
     x of a time is `x_of(ms)`; `data-*` times are call ms.

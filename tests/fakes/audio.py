@@ -12,6 +12,7 @@ Python (the classic ITU-T table).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -110,6 +111,21 @@ def tone(duration_ms: int, freq_hz: float = 440.0, amplitude: int = 8000) -> byt
     n = duration_ms * BYTES_PER_MS
     step = 2 * math.pi * freq_hz / 8000
     return bytes(linear_to_ulaw(int(amplitude * math.sin(step * i))) for i in range(n))
+
+
+@functools.cache
+def synth(*effect: str) -> bytes:
+    """A sox ``synth`` sound (``synth("0.3", "brownnoise", "vol", "0.05")``: a noise, a
+    tone) as raw 8 kHz mono mu-law. ``sox -R`` makes it repeatable (the same bytes every
+    run)."""
+    sox = shutil.which("sox")
+    if sox is None:
+        raise AudioToolMissingError("synth() needs sox on PATH: apt-get install -y sox")
+    command = [sox, "-R", "-n", "-r", "8000", "-c", "1", "-e", "mu-law", "-t", "raw", "-"]
+    out = subprocess.run([*command, "synth", *effect], check=True, capture_output=True).stdout
+    if not out:
+        raise RuntimeError(f"sox synth {' '.join(effect)} produced no audio")
+    return out
 
 
 def _require_tools() -> tuple[str, str]:

@@ -272,6 +272,11 @@ class RealtimeConnection:
         """``mcp_approval_request`` item id -> the scripted MCP call it asks approval for."""
         self.approved_calls: deque[tuple[str, dict[str, Any]]] = deque()
         """Approved ``(approval_request_id, call)``s, run at the start of the next response."""
+        self.script: deque[ScriptedResponse] | None = None
+        """When set, this connection's own responses (instead of the server's shared
+        ``script``): concurrent calls each follow their own script."""
+        self.caller_transcripts: deque[str] | None = None
+        """When set, this connection's own caller transcripts (instead of the server's)."""
         self._watch = Watch()
         # Input buffer and VAD state, all in audio time (bytes appended).
         self._uncommitted = 0
@@ -775,18 +780,37 @@ class RealtimeConnection:
         )
         if (self.session.get("audio") or {}).get("input", {}).get("transcription"):
             srv = self.server
-            transcript = srv.caller_transcripts.popleft() if srv.caller_transcripts else None
-            transcript = transcript or srv.default_caller_transcript
-            item["content"][0]["transcript"] = transcript
-            await self._send(
-                {
-                    "type": "conversation.item.input_audio_transcription.completed",
-                    "item_id": item_id,
-                    "content_index": 0,
-                    "transcript": transcript,
-                    "usage": {"type": "duration", "seconds": committed_ms / 1000},
-                }
-            )
+            own = self.caller_transcripts
+            queue = own if own is not None else srv.caller_transcripts
+            transcript = queue.popleft() if queue else None
+            if transcript is None or (transcript == "" and own is None):
+                transcript = srv.default_caller_transcript
+            completed = {
+                "type": "conversation.item.input_audio_transcription.completed",
+                "item_id": item_id,
+                "content_index": 0,
+                "transcript": transcript,
+                "usage": {"type": "duration", "seconds": committed_ms / 1000},
+            }
+            if srv.transcription_delay_ms > 0:
+                task = asyncio.create_task(
+                    self._transcribed_later(srv.transcription_delay_ms, item, completed),
+                    name=f"fake-realtime-transcribe-{item_id}",
+                )
+                srv._tasks.add(task)
+                task.add_done_callback(srv._tasks.discard)
+            else:
+                item["content"][0]["transcript"] = transcript
+                await self._send(completed)
+
+    async def _transcribed_later(
+        self, delay_ms: int, item: dict[str, Any], completed: dict[str, Any]
+    ) -> None:
+        """The transcript, ``delay_ms`` after the commit (as the service's runs late)."""
+        await asyncio.sleep(delay_ms / 1000)
+        item["content"][0]["transcript"] = completed["transcript"]
+        with contextlib.suppress(ConnectionClosed):
+            await self._send(completed)
 
     # ------------------------------------------------------------------ responses
 
@@ -801,7 +825,8 @@ class RealtimeConnection:
             raise RuntimeError(f"response {self.active_response.id} is still active")
         srv = self.server
         if script is None:
-            script = srv.script.popleft() if srv.script else default_response()
+            queue = self.script if self.script is not None else srv.script
+            script = queue.popleft() if queue else default_response()
         resp = FakeResponse(
             id=new_id("resp"), script=script, trigger=trigger, create_event=create_event
         )
@@ -1169,7 +1194,10 @@ class FakeRealtime:
 
     Use as ``async with FakeRealtime(responses=[ScriptedResponse(...)]) as rt:`` and point the
     bridge at ``rt.url``.  Shared state (script, transcripts, truncates, invalid events) spans
-    all connections so reconnect scenarios continue the same conversation script.
+    all connections so reconnect scenarios continue the same conversation script; a
+    connection given its own ``script`` / ``caller_transcripts`` (e.g. by a
+    ``connection_class`` subclass, as the noise benchmark does) uses those instead, where an
+    empty transcript stays empty (what the service transcribes from a cough).
     """
 
     def __init__(
@@ -1185,6 +1213,7 @@ class FakeRealtime:
         silent: bool = False,
         mcp_tools: dict[str, list[Any]] | None = None,
         failing_mcp_servers: set[str] | None = None,
+        transcription_delay_ms: int = 0,
     ) -> None:
         self.script: deque[ScriptedResponse] = deque(responses or [])
         """Remaining scripted responses, consumed in order by any connection."""
@@ -1202,6 +1231,9 @@ class FakeRealtime:
         """Audio generation speed as a multiple of real time (0 or inf = no pause at all)."""
         self.caller_transcripts: deque[str] = deque(caller_transcripts or [])
         self.default_caller_transcript = default_caller_transcript
+        self.transcription_delay_ms = transcription_delay_ms
+        """Caller transcripts arrive this long after the commit (0: with it, at once); the
+        real service's transcription runs asynchronously, a few hundred ms behind."""
         self.mcp_tools: dict[str, list[Any]] = dict(mcp_tools or {})
         """MCP server label -> the tool names (or full tool dicts) its listing returns; a
         server not named here lists its ``allowed_tools`` (when a list)."""
