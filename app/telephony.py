@@ -1,4 +1,5 @@
-"""Twilio REST: update a live call (hang up, or replace its TwiML to transfer it).
+"""Twilio REST: update a live call (hang up, or replace its TwiML to transfer it), and
+create an outbound one.
 
 twilio-python is synchronous, so each request runs in a worker thread and never blocks
 the event loop. This layer makes exactly one attempt per request and reports what
@@ -12,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
+import requests
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
 _QUIET = logging.getLogger("app.telephony.twilio_http")
 _QUIET.setLevel(logging.WARNING)
@@ -31,6 +35,36 @@ class RestOutcome:
     status: int
     code: int | None = None
     error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """The answer to creating a call: HTTP status (0: none), the new CallSid, Twilio's error
+    code and text, and whether the request can have reached Twilio at all (False only when
+    the connection itself failed: then no call can exist, and asking again is safe)."""
+
+    status: int
+    call_sid: str | None = None
+    code: int | None = None
+    error: str = ""
+    reached: bool = True
+
+
+#: `Calls.json` form parameter -> twilio-python keyword, for the calls the bridge places.
+_CREATE_KWARGS = {
+    "To": "to",
+    "From": "from_",
+    "Twiml": "twiml",
+    "StatusCallback": "status_callback",
+    "StatusCallbackEvent": "status_callback_event",
+    "StatusCallbackMethod": "status_callback_method",
+    "MachineDetection": "machine_detection",
+    "MachineDetectionTimeout": "machine_detection_timeout",
+    "AsyncAmd": "async_amd",
+    "AsyncAmdStatusCallback": "async_amd_status_callback",
+    "AsyncAmdStatusCallbackMethod": "async_amd_status_callback_method",
+    "Timeout": "timeout",
+}
 
 
 class Telephony:
@@ -61,3 +95,34 @@ class Telephony:
         except Exception as exc:  # network errors, timeouts, malformed answers
             return RestOutcome(0, None, type(exc).__name__)
         return RestOutcome(200)
+
+    async def create_call(self, params: dict[str, str | list[str]]) -> Created:
+        """POST /2010-04-01/Accounts/{AccountSid}/Calls.json with `params` (form names;
+        `StatusCallbackEvent` a list). One attempt: a retry is the caller's decision, and
+        safe only when `Created.reached` is False or Twilio answered 429 (not created)."""
+        kwargs: dict[str, Any] = {_CREATE_KWARGS[key]: value for key, value in params.items()}
+        return await asyncio.to_thread(self._create, kwargs)
+
+    def _create(self, kwargs: dict[str, Any]) -> Created:
+        try:
+            call = self._client.api.v2010.accounts(self.account_sid).calls.create(**kwargs)
+        except TwilioRestException as exc:
+            code = exc.code if isinstance(exc.code, int) else None
+            return Created(exc.status, None, code, str(exc.msg)[:200])
+        except requests.exceptions.ConnectionError as exc:
+            return Created(0, None, None, type(exc).__name__, reached=not _never_sent(exc))
+        except Exception as exc:  # timeouts, malformed answers
+            return Created(0, None, None, type(exc).__name__)
+        sid = call.sid if isinstance(call.sid, str) else None
+        return Created(201, sid)
+
+
+def _never_sent(exc: requests.exceptions.ConnectionError) -> bool:
+    """Whether the connection failed before the request went out (refused, unresolvable,
+    connect timeout). A connection dropped while waiting for the answer is not one: the
+    request may have been read, and the call may exist."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    reason = exc.args[0] if exc.args else None
+    inner = getattr(reason, "reason", reason)  # urllib3's MaxRetryError wraps the cause
+    return isinstance(inner, (NewConnectionError, ConnectTimeoutError, NameResolutionError))

@@ -10,6 +10,14 @@ twilio-python's sync ``requests`` client and its aiohttp-based async client.
 Calls can be linked to a ``FakeTwilioCall`` with ``register_call``: a successful update that
 ends or redirects the call (``Status=completed|canceled``, ``Twiml``, ``Url``) then ends that
 media stream (``stop`` + close) like Twilio does.
+
+Outbound calls: ``POST .../Calls.json`` validates ``To``/``From`` (E.164) and ``Twiml``/``Url``,
+answers 201 with the Call JSON (or what ``script_create`` scripts), then plays the call as
+``tests.fakes.twilio_outbound`` describes: signed status and AMD callbacks, and for an
+answered call the TwiML's ``<Connect><Stream>`` opened as a ``FakeTwilioCall``
+(``await rest.wait_for_outbound_call()``). Drive it with ``script_outbound(OutboundScript(...))``
+or ``rest.outbound.default_script``; ``route(public_base, local_base)`` says where the public
+callback and stream URLs really are.
 """
 
 # Waiting helpers take ``timeout=`` on purpose: tests read better as ``wait_for_x(timeout=5)``.
@@ -33,6 +41,16 @@ from urllib.parse import parse_qs, urlsplit
 if TYPE_CHECKING:
     from tests.fakes.twilio_caller import FakeTwilioCall
 
+from tests.fakes.twilio_outbound import (
+    Callback,
+    OutboundCall,
+    OutboundEngine,
+    OutboundScript,
+    create_error,
+    validate_create,
+)
+
+CALLS_PATH = re.compile(r"^/2010-04-01/Accounts/(?P<account>AC[0-9a-fA-F]{32})/Calls\.json$")
 CALL_PATH = re.compile(
     r"^/2010-04-01/Accounts/(?P<account>AC[0-9a-fA-F]{32})/Calls/(?P<call>CA[0-9a-fA-F]{32})\.json$"
 )
@@ -51,11 +69,18 @@ TWILIO_ERROR_CODES: dict[int, tuple[int, str]] = {
 
 @dataclass
 class RestReply:
-    """A scripted answer: HTTP ``status``, optional JSON ``body`` and a real-time ``delay``."""
+    """A scripted answer: HTTP ``status``, optional JSON ``body`` and a real-time ``delay``.
+
+    ``code``: a Twilio error code (``CREATE_ERRORS``) whose status and body Twilio would send
+    (``RestReply(code=21211)``; the status follows the code when left at 200). ``drop``: after
+    ``delay``, close the connection without any answer.
+    """
 
     status: int = 200
     body: dict[str, Any] | None = None
     delay: float = 0.0
+    code: int | None = None
+    drop: bool = False
 
 
 @dataclass
@@ -94,11 +119,17 @@ class FakeTwilioRest:
         statuses: list[int | RestReply] | None = None,
         *,
         expected_auth: tuple[str, str] | None = None,
+        auth_token: str | None = None,
     ) -> None:
         self.replies: deque[RestReply] = deque(
             r if isinstance(r, RestReply) else RestReply(r) for r in statuses or []
         )
         self.expected_auth = expected_auth
+        self.auth_token = auth_token
+        """Signs outbound calls' callbacks and stream upgrades (default: the Basic password)."""
+        self.create_replies: deque[RestReply] = deque()
+        self.outbound = OutboundEngine(self._signing_token, self.register_call, self._spawn)
+        self._last_password: str | None = None
         self.requests: list[RestRequest] = []
         self.calls: dict[str, FakeTwilioCall] = {}
         self.on_call_update: Callable[[RestRequest], Awaitable[None] | None] | None = None
@@ -118,6 +149,75 @@ class FakeTwilioRest:
     def script(self, *statuses: int | RestReply) -> None:
         """Append scripted replies."""
         self.replies.extend(r if isinstance(r, RestReply) else RestReply(r) for r in statuses)
+
+    def script_create(self, *replies: int | RestReply) -> None:
+        """Append scripted answers for ``Calls.json`` creates (then: validate and 201)."""
+        self.create_replies.extend(r if isinstance(r, RestReply) else RestReply(r) for r in replies)
+
+    def script_outbound(self, *scripts: OutboundScript) -> None:
+        """How the next created calls go, in order (then ``outbound.default_script``)."""
+        self.outbound.scripts.extend(scripts)
+
+    def route(self, public_base: str, local_base: str) -> None:
+        """Deliver callbacks for ``public_base`` (and streams for its ``wss://`` twin) to
+        ``local_base``; signatures stay over the public URLs, as Twilio signs them."""
+        self.outbound.route(public_base, local_base)
+
+    @property
+    def outbound_calls(self) -> dict[str, OutboundCall]:
+        return self.outbound.calls
+
+    @property
+    def callbacks(self) -> list[Callback]:
+        """Every webhook sent (status, amd, twiml), in the order sent."""
+        return self.outbound.callbacks
+
+    async def wait_for_outbound_call(
+        self, timeout: float = 5.0, *, count: int = 1
+    ) -> FakeTwilioCall:
+        """The ``count``-th outbound call's media stream, once it has sent ``start``."""
+
+        def nth() -> FakeTwilioCall | None:
+            streams = [c.stream for c in self.outbound.calls.values() if c.stream is not None]
+            return streams[count - 1] if len(streams) >= count else None
+
+        return await self.outbound.watch.wait(nth, timeout, f"outbound stream #{count}")
+
+    async def wait_for_callback(
+        self,
+        timeout: float = 5.0,
+        *,
+        count: int = 1,
+        predicate: Callable[[Callback], bool] | None = None,
+    ) -> Callback:
+        """The ``count``-th sent webhook (matching ``predicate``), once it has been answered."""
+
+        def nth() -> Callback | None:
+            hits = [c for c in self.outbound.callbacks if predicate is None or predicate(c)]
+            return hits[count - 1] if len(hits) >= count else None
+
+        return await self.outbound.watch.wait(nth, timeout, f"callback #{count}")
+
+    async def wait_for_outbound_end(self, call_sid: str, timeout: float = 5.0) -> OutboundCall:
+        """Wait until the call's flow is over (its final callback has been answered)."""
+        return await self.outbound.watch.wait(
+            lambda: (c := self.outbound.calls.get(call_sid)) is not None and c.done.is_set() and c,
+            timeout,
+            f"end of outbound call {call_sid}",
+        )
+
+    def _signing_token(self) -> str | None:
+        if self.auth_token is not None:
+            return self.auth_token
+        if self.expected_auth is not None:
+            return self.expected_auth[1]
+        return self._last_password
+
+    def _spawn(self, aw: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(aw)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     def register_call(self, call: FakeTwilioCall) -> None:
         """Let a successful update of this call end its media stream, like Twilio."""
@@ -141,6 +241,10 @@ class FakeTwilioRest:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, *self._handlers, return_exceptions=True)
+        for ob in self.outbound.calls.values():
+            if ob.stream is not None and not ob.stream.closed.is_set():
+                await ob.stream.close()
+        await self.outbound.aclose()
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -189,8 +293,8 @@ class FakeTwilioRest:
                     headers[name.strip().lower()] = value.strip()
                 body = await self._read_body(reader, headers)
                 keep_alive = headers.get("connection", "").lower() != "close"
-                await self._handle(method, target, headers, body, writer, keep_alive)
-                if not keep_alive:
+                answered = await self._handle(method, target, headers, body, writer, keep_alive)
+                if not keep_alive or not answered:
                     break
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass
@@ -225,7 +329,8 @@ class FakeTwilioRest:
         body: bytes,
         writer: asyncio.StreamWriter,
         keep_alive: bool,
-    ) -> None:
+    ) -> bool:
+        """Answer one request; False when a scripted ``drop`` left it unanswered."""
         split = urlsplit(target)
         form_lists: dict[str, list[str]] = {}
         if headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
@@ -244,7 +349,19 @@ class FakeTwilioRest:
         match = CALL_PATH.match(split.path)
         if match:
             req.account_sid, req.call_sid = match["account"], match["call"]
-        status, payload, reply_delay = self._decide(req, match is not None)
+        created: OutboundCall | None = None
+        drop = False
+        create = CALLS_PATH.match(split.path)
+        if create and method == "POST":
+            req.account_sid = create["account"]
+            status, payload, reply_delay, drop = self._decide_create(req)
+            if status == 201:
+                events = [e for v in form_lists.get("StatusCallbackEvent", []) for e in v.split()]
+                created = self.outbound.create(req.account_sid, req.form, events or ["completed"])
+                req.call_sid = created.sid
+                payload = created.resource(split.path)
+        else:
+            status, payload, reply_delay = self._decide(req, match is not None)
         req.status, req.response = status, payload
         self.requests.append(req)
         assert self._cond is not None
@@ -252,6 +369,9 @@ class FakeTwilioRest:
             self._cond.notify_all()
         if reply_delay:
             await asyncio.sleep(reply_delay)
+        if drop:
+            req.status, req.response = 0, {}
+            return False
         data = json.dumps(payload).encode()
         head = (
             f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
@@ -263,8 +383,32 @@ class FakeTwilioRest:
         )
         writer.write(head.encode("latin-1") + data)
         await writer.drain()
+        if created is not None:
+            self.outbound.start(created)
         if match and 200 <= status < 300 and method == "POST":
             self._after_update(req)
+        return True
+
+    def _decide_create(self, req: RestRequest) -> tuple[int, dict[str, Any], float, bool]:
+        """Status, JSON body, reply delay and drop for ``POST .../Calls.json`` (201: create)."""
+        if req.auth is None or (self.expected_auth is not None and req.auth != self.expected_auth):
+            return 401, _error_body(401, more="Authentication failed"), 0.0, False
+        self._last_password = req.auth[1]
+        reply = self.create_replies.popleft() if self.create_replies else None
+        if reply is not None and reply.drop:
+            return 0, {}, reply.delay, True
+        if reply is not None and reply.code is not None:
+            status, body = create_error(reply.code, req.form)
+            if reply.status != 200:
+                status = body["status"] = reply.status
+            return status, reply.body or body, reply.delay, False
+        if reply is not None and reply.status >= 400:
+            return reply.status, reply.body or _error_body(reply.status), reply.delay, False
+        code = validate_create(req.form)
+        if code is not None:
+            status, body = create_error(code, req.form)
+            return status, body, reply.delay if reply else 0.0, False
+        return 201, {}, reply.delay if reply else 0.0, False
 
     def _decide(self, req: RestRequest, is_call: bool) -> tuple[int, dict[str, Any], float]:
         """The status, JSON body and reply delay for ``req``."""
@@ -282,6 +426,12 @@ class FakeTwilioRest:
 
     def _call_resource(self, req: RestRequest) -> dict[str, Any]:
         """A Call resource JSON as Twilio returns it after fetch/update."""
+        outbound = self.outbound.calls.get(req.call_sid or "")
+        if outbound is not None:
+            resource = outbound.resource(req.path)
+            if req.form.get("Status"):
+                resource["status"] = req.form["Status"]
+            return resource
         status = req.form.get("Status") or "in-progress"
         uri = req.path
         return {
@@ -304,6 +454,9 @@ class FakeTwilioRest:
             result = self.on_call_update(req)
             if result is not None:
                 tasks.append(result)
+        outbound = self.outbound.calls.get(req.call_sid or "")
+        if outbound is not None:
+            self.outbound.on_update(outbound, req.form)
         call = self.calls.get(req.call_sid or "")
         ends_stream = req.form.get("Status") in ("completed", "canceled") or any(
             k in req.form for k in ("Twiml", "Url")
@@ -311,9 +464,7 @@ class FakeTwilioRest:
         if call is not None and ends_stream and not call.closed.is_set():
             tasks.append(call.hangup())
         for aw in tasks:
-            task = asyncio.ensure_future(aw)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(aw)
 
 
 def _basic_auth(value: str | None) -> tuple[str, str] | None:
