@@ -20,13 +20,12 @@ from collections.abc import Sequence
 from typing import Final
 
 from app.call.playback import BYTES_PER_MS, Chunk
-from app.voice import MULAW_TO_LINEAR
+from app.protocol.mulaw import mean_square
 
 QUIET_RMS: Final = 300
 QUIET_RUN_MS: Final = 40
 LEAD_MS: Final = 20
 _BLOCK: Final = 10 * BYTES_PER_MS
-_SQUARES: Final = tuple(v * v for v in MULAW_TO_LINEAR)
 
 
 def resume_point(chunks: Sequence[Chunk], heard: int, rewind_ms: int) -> int:
@@ -40,8 +39,7 @@ def resume_point(chunks: Sequence[Chunk], heard: int, rewind_ms: int) -> int:
     begin, audio = window
     quiet = []
     for i in range(0, len(audio) - _BLOCK + 1, _BLOCK):
-        energy = sum(_SQUARES[b] for b in audio[i : i + _BLOCK]) / _BLOCK
-        quiet.append(energy < QUIET_RMS**2)
+        quiet.append(mean_square(audio[i : i + _BLOCK]) < QUIET_RMS**2)
     need, run, best = QUIET_RUN_MS // 10, 0, None
     for index, is_quiet in enumerate(quiet):
         run = run + 1 if is_quiet else 0

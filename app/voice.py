@@ -36,6 +36,8 @@ from typing import Final
 
 import webrtcvad
 
+from app.protocol.mulaw import TO_LINEAR, mean_square
+
 __all__ = [
     "FRAME_BYTES",
     "FRAME_MS",
@@ -63,16 +65,8 @@ a fresh webrtcvad calls the first 80-100 ms of any non-silent audio voiced (its 
 starts empty), so without this every noise would show a 100 ms voiced run."""
 
 
-def _mulaw_to_linear(code: int) -> int:
-    """Decode one G.711 mu-law byte to a 16-bit linear sample (ITU-T G.711)."""
-    u = ~code & 0xFF
-    exponent = (u >> 4) & 0x07
-    sample = ((((u & 0x0F) << 3) + 0x84) << exponent) - 0x84
-    return -sample if u & 0x80 else sample
-
-
-MULAW_TO_LINEAR: Final[tuple[int, ...]] = tuple(_mulaw_to_linear(i) for i in range(256))
-"""The decode table: mu-law byte -> linear sample in [-32124, 32124]."""
+MULAW_TO_LINEAR: Final = TO_LINEAR
+"""The decode table (`app.protocol.mulaw`), as webrtcvad is fed."""
 
 _LOW_BYTES: Final = bytes(v & 0xFF for v in MULAW_TO_LINEAR)
 _HIGH_BYTES: Final = bytes((v >> 8) & 0xFF for v in MULAW_TO_LINEAR)
@@ -219,11 +213,10 @@ class VoiceDetector:
         )
 
 
-_SQUARES = tuple(_mulaw_to_linear(code) ** 2 for code in range(256))
 #: Frames quieter than this (16-bit linear RMS) are silence for the level spread.
 _SOUNDING_RMS: Final = 100
 
 
 def _rms(frame: bytes) -> int:
     """The RMS of a mu-law frame, in 16-bit linear units."""
-    return math.isqrt(sum(_SQUARES[b] for b in frame) // len(frame))
+    return math.isqrt(int(mean_square(frame)))

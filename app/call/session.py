@@ -815,11 +815,7 @@ class CallSession:
             # while the service still heard speech): nothing of a turn happens now, but
             # what waited for the speech to end goes on, as after noise.
             self.turns.speech_stopped(audio_end_ms)
-            if self._tool_answer_owed:
-                self._tool_answer_owed = False
-                self._answer_tools()  # the tools' answer waited for the speech to end
-            if self.ending.waiting_for_caller:
-                self._act(now, Input.NOISE)  # the last words have played: go ahead
+            self._noise_over(now)
             self._maybe_arm(now)
             return
         if ft is not None and ft.pending:
@@ -837,25 +833,28 @@ class CallSession:
             self.out.cancel_timer(Timer.CONFIRM)
         if outcome is Stop.TURN_INTERRUPT and self.playback.playing:
             self._interrupt(now)
-        elif outcome is Stop.NOISE:
+        if outcome is Stop.NOISE:
             log_event(logger, _INFO, "turn.noise_ignored")
-        if outcome is not Stop.NOISE:
+            self._noise_over(now)
+        else:
             self.nudges.caller_active()
             self.measures.turn_ended(now)
             self._caller_spoke(now)
             if self.turns.automatic:
                 self.tools.turn_answering()  # the service has committed it to answer it
-        elif self._tool_answer_owed:
-            self._tool_answer_owed = False
-            self._answer_tools()  # it was noise: the tools' answer is still wanted
-        if self.ending.waiting_for_caller:
-            # The last words have played while the caller was talking over them: noise
-            # lets the ending go ahead; a real turn calls it off.
-            if outcome is Stop.NOISE:
-                self._act(now, Input.NOISE)
-            else:
-                self._call_off(now)
+            if self.ending.waiting_for_caller:
+                self._call_off(now)  # a turn over the last words that played
         self._maybe_arm(now)
+
+    def _noise_over(self, now: float) -> None:
+        """The caller's sound was no turn: what waited to learn that goes on. A tools'
+        answer held back for it is asked for, and last words that played while it went on
+        go ahead (the ending acts)."""
+        if self._tool_answer_owed and self.turns.current is None and not self._judging:
+            self._tool_answer_owed = False
+            self._answer_tools()
+        if self.ending.waiting_for_caller:
+            self._act(now, Input.NOISE)
 
     def _committed(self, now: float, ev: dict[str, Any]) -> None:
         """The caller's turn is in the conversation (its place in the transcript); under the
@@ -1026,7 +1025,10 @@ class CallSession:
             self._call_off(now)
 
     def _answer_turn(self, now: float) -> None:
-        """The bridge answers a committed turn (the service doesn't, in resume mode)."""
+        """Resume mode: the bridge answers a real turn that is committed. An answer still
+        being generated is stopped (unless the verdict cut it off already: one cancel, not
+        two, unlike the min-speech policy's `_committed`), and the turn is answered once
+        the service confirms it is done (a second response would be refused)."""
         active = self.responses.active
         if active is not None:
             if not self.responses.was_cut_off(active):
@@ -1056,11 +1058,7 @@ class CallSession:
                 self.out.set_timer(Timer.RESUME, now + RESUME_WAIT_MS)
             else:
                 self._resume(now, None)
-        if self._tool_answer_owed and self.turns.current is None and not self._judging:
-            self._tool_answer_owed = False
-            self._answer_tools()  # the tools' answer is still wanted
-        if self.ending.waiting_for_caller:
-            self._act(now, Input.NOISE)
+        self._noise_over(now)
         self._maybe_arm(now)
 
     def _pause_found(self, now: float, answer: object) -> None:

@@ -28,6 +28,7 @@ from typing import Final
 
 from app.call.inbound import lookup
 from app.call.playback import BYTES_PER_MS
+from app.protocol.mulaw import TO_LINEAR
 from app.replay import Entry, Fixture
 from app.viewer.playout import playout
 
@@ -37,14 +38,7 @@ SAMPLES_PER_MS: Final = SAMPLE_RATE // 1000
 assert SAMPLES_PER_MS == BYTES_PER_MS
 
 
-def _ulaw_to_linear(byte: int) -> int:
-    """G.711 mu-law to 16-bit linear (the classic decoder; 0xFF and 0x7F are 0)."""
-    u = ~byte & 0xFF
-    magnitude = (((u & 0x0F) << 3) + 0x84) << ((u >> 4) & 0x07)
-    return 0x84 - magnitude if u & 0x80 else magnitude - 0x84
-
-
-ULAW_TABLE: Final = tuple(_ulaw_to_linear(b) for b in range(256))
+ULAW_TABLE: Final = TO_LINEAR
 
 
 def decode_ulaw(data: bytes) -> array[int]:
