@@ -7,7 +7,8 @@ checked here before the call is bridged:
 
 - the stream token (STREAM_TOKEN_REQUIRED, on whenever TWILIO_AUTH_TOKEN is set): our
   webhook, itself signed over the call's parameters, put an HMAC of the CallSid into the
-  TwiML; a `start` without its call's token, or for another account, is refused;
+  TwiML; a `start` without its call's token, or for another account, is refused (an
+  outbound call's token is bound to its `OutboundId`, made before Twilio had a CallSid);
 - one stream per call: a `start` for a CallSid that already has a live bridge is refused
   (else a second stream could act for the first: its silence hang-up would end the call);
 - MAX_CONCURRENT_CALLS admitted calls: the webhook answers busy when the process is full,
@@ -20,7 +21,12 @@ from __future__ import annotations
 from typing import Any
 
 from app.protocol import twilio as tw
-from app.security import STREAM_TOKEN_PARAMETER, check_stream_token
+from app.security import (
+    OUTBOUND_PARAMETER,
+    STREAM_TOKEN_PARAMETER,
+    check_stream_token,
+    outbound_binding,
+)
 
 
 class Admission:
@@ -62,7 +68,9 @@ class Admission:
             if self._account is not None and account_sid != self._account:
                 return "account_mismatch", None
             token = params.get(STREAM_TOKEN_PARAMETER)
-            if not check_stream_token(self._token, call_sid, token, params):
+            outbound = params.get(OUTBOUND_PARAMETER)
+            bound = outbound_binding(outbound) if outbound else call_sid
+            if not check_stream_token(self._token, bound, token, params):
                 return "bad_stream_token", None
         if call_sid in self.calls:
             return "duplicate_call", None

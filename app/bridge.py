@@ -34,7 +34,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 
@@ -63,6 +63,7 @@ from app.protocol import twilio as tw
 from app.realtime_socket import RealtimeLink, RealtimeTransport, RealtimeUnavailable
 from app.recording import CallRecorder
 from app.records import iso
+from app.security import OUTBOUND_PARAMETER
 from app.settings import Settings
 from app.telephony import RestOutcome, Telephony
 from app.tools.defs import ToolContext, ToolOutcome
@@ -128,6 +129,18 @@ def _parse(data: str | bytes) -> dict[str, Any] | str:
     return msg if type(msg) is dict else "not_an_object"
 
 
+class OutboundHook(Protocol):
+    """What an outbound call's stream asks of `app.outbound.OutboundCalls`."""
+
+    async def config_for(self, call_sid: str, parameters: dict[str, str]) -> CallConfig | str:
+        """Its configuration, or why its `start` is refused."""
+        ...
+
+    async def answered_by(self, outbound_id: str, limit_s: float) -> str | None:
+        """Twilio's answering-machine verdict, waited for up to `limit_s`."""
+        ...
+
+
 class Bridge:
     """Pairs one Twilio media stream with one Realtime link for the length of a call."""
 
@@ -148,6 +161,7 @@ class Bridge:
         configure: Callable[[dict[str, str]], CallConfig] | None = None,
         tools: ToolRunner | None = None,
         outgoing: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        outbound: OutboundHook | None = None,
     ) -> None:
         """`meter` takes the core's metric observations (`app.metrics`); `call_facts`
         (the model, the agent) go into the call's summary line. `clock` (seconds,
@@ -155,7 +169,9 @@ class Bridge:
         event loop. `configure` gives the call its agent's configuration from its
         `start` parameters (`app.agents`); `tools` runs its business tools;
         `outgoing` completes the `session.update` as it is sent (the MCP servers'
-        `${ENV}` header values: never recorded, never in the core)."""
+        `${ENV}` header values: never recorded, never in the core). `outbound` gives
+        an outbound call's stream its settings and its answering-machine verdict
+        (`app.outbound`)."""
         self.twilio = twilio
         self.session = session
         self.transport = transport
@@ -168,6 +184,11 @@ class Bridge:
         self.configure = configure
         self.tools = tools
         self.outgoing = outgoing
+        self.outbound = outbound
+        #: An outbound call's `start`, waiting for its settings (looked up once, awaited).
+        self._outbound_start: dict[str, Any] | None = None
+        #: Why the stream's `start` was refused (None: it wasn't).
+        self.refused: str | None = None
         self._tool_tasks: dict[str, asyncio.Task[Any]] = {}
         self._ignored = self._ignored_prefixes()
         #: Resume mode's local speech detector: the last caller frames (appended as they
@@ -305,6 +326,8 @@ class Bridge:
                     break
                 if type(data) is str:
                     self._twilio_frame(data)
+                    if self._outbound_start is not None:
+                        await self._start_outbound()
                 else:
                     self._input("from_twilio", {"_frame_error": "binary_frame"})
         except Exception:
@@ -412,6 +435,9 @@ class Bridge:
         if refused is not None:
             self._refuse(refused, msg)
             return
+        if fields is not None and self.outbound is not None and OUTBOUND_PARAMETER in fields[3]:
+            self._outbound_start = msg  # its settings are looked up first (`run` awaits it)
+            return
         if fields is not None and self.configure is not None:
             self._configure(fields[3])
         self._input("from_twilio", msg)
@@ -426,6 +452,52 @@ class Bridge:
         except Exception:  # a bug of ours must not cost the call: it keeps the defaults
             logger.exception("agents.configure_failed")
             return
+        self._configured(config)
+
+    async def _start_outbound(self) -> None:
+        """An outbound call's `start`: its settings from the call store (any replica's
+        `POST /calls` stored them), then the `start` is fed like any; a call with
+        detection waits for its verdict in a task of its own."""
+        msg, self._outbound_start = self._outbound_start, None
+        assert msg is not None and self.outbound is not None
+        fields = tw.start_fields(msg)
+        assert fields is not None
+        _, call_sid, _, parameters = fields
+        try:
+            found = await self.outbound.config_for(call_sid, parameters)
+        except Exception:
+            logger.exception("outbound.configure_failed")
+            found = "outbound_error"
+        if self._finished or self.session.done:
+            return
+        if isinstance(found, str):
+            self._refuse(found, msg)
+            return
+        self._configured(found)
+        self._input("from_twilio", msg)
+        if self.session.call_sid:
+            self._encoder = tw.StreamEncoder(self.session.stream_sid)
+        if found.machine_detection != "off":
+            limit_s = found.amd_limit_ms / 1000
+            verdict = self._watch_verdict(parameters[OUTBOUND_PARAMETER], limit_s)
+            task = self._loop.create_task(verdict, context=self._context.copy())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _watch_verdict(self, outbound_id: str, limit_s: float) -> None:
+        """Twilio's answering-machine verdict, fed as an input (recorded) when it comes."""
+        assert self.outbound is not None
+        try:
+            answered_by = await self.outbound.answered_by(outbound_id, limit_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("outbound.verdict_failed")
+            return
+        if answered_by is not None and not self._finished:
+            self._guarded(self._input, "rest", {"answered_by": answered_by})
+
+    def _configured(self, config: CallConfig) -> None:
         self.session.configure(config)
         self._ignored = self._ignored_prefixes()
         self._voice_setup()
@@ -465,6 +537,7 @@ class Bridge:
 
     def _refuse(self, reason: str, start: dict[str, Any]) -> None:
         log_event(logger, logging.WARNING, "stream.refused", reason=reason)
+        self.refused = reason
         if self.recorder is not None:
             self.recorder.discard()  # not a call: nothing to replay
             self.recorder = None

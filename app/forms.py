@@ -27,6 +27,13 @@ class FormRefused(Exception):
 
 async def read_form(request: Request, max_bytes: int, timeout_s: float) -> dict[str, str]:
     """The body's parameters (the last value of a repeated name), or raise FormRefused."""
+    body = await read_body(request, max_bytes, timeout_s)
+    text = body.decode("utf-8", errors="replace")
+    return dict(parse_qsl(text, keep_blank_values=True))
+
+
+async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
+    """The body's bytes within the bounds (any content type), or raise FormRefused."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.strip().isdigit():
@@ -44,5 +51,4 @@ async def read_form(request: Request, max_bytes: int, timeout_s: float) -> dict[
         raise FormRefused(408, "body_timeout") from None
     except ClientDisconnect:
         raise FormRefused(400, "client_disconnected") from None
-    text = body.decode("utf-8", errors="replace")
-    return dict(parse_qsl(text, keep_blank_values=True))
+    return bytes(body)

@@ -95,6 +95,7 @@ def _account(
         model=model_of(settings.openai_realtime_url),
         recording=summary.get("recording"),
         agent=session.config.agent,
+        direction=session.config.direction,
         with_text=settings.store_transcripts,
         extra={"audio_dropped": bridge.audio_dropped, "audio_flooded": bridge.audio_flooded},
     )

@@ -46,6 +46,8 @@ from app.operator_api import (
     install_error_handlers,
     operator_router,
 )
+from app.outbound.calls import OutboundCalls
+from app.outbound.routes import place_route, status_route
 from app.realtime_socket import RealtimeEndpoint, RealtimeTransport, WebsocketTransport
 from app.recording import CallRecorder, RecordingWriter, directory_problem
 from app.records import DEFAULT_AGENT, model_of
@@ -95,6 +97,8 @@ class AppState:
     metrics: Metrics
     #: Who answers which number, and their tools (`AGENTS_FILE`; `app.agents`).
     agents: Agents
+    #: The calls this process (and its replicas) placed (`POST /calls`).
+    outbound: OutboundCalls | None = None
     #: Runs the agents' HTTP and Python tools (None: the agents have none).
     tool_runner: ToolRunner | None = None
     #: Refusals by limit (README "Security").
@@ -239,6 +243,14 @@ def create_app(
             agents.executors, signing.get_secret_value() if signing else None
         )
     metrics = state.metrics
+    state.outbound = OutboundCalls(
+        settings=settings,
+        store=state.store,
+        telephony=state.telephony,
+        agents=agents,
+        metrics=metrics,
+        base_config=state.call_config,
+    )
     metrics.read_limit_hits(state.hits.counts)
     metrics.read_calls(
         lambda: len(state.calls), lambda: len(state.admission.calls), settings.max_concurrent_calls
@@ -295,6 +307,7 @@ def create_app(
     install_error_handlers(app)
     if auth.enabled:
         router = operator_router(state.store, auth)
+        place_route(router, state.outbound, settings, metrics)
         app.include_router(router)
         docs_routes(app, router, auth, _TITLE)
     if auth.enabled and operator_key is not None:  # the call viewer (README "Operating it")
@@ -307,6 +320,8 @@ def create_app(
             public_base_url=settings.public_base_url,
             request_timeout_s=settings.request_timeout_seconds,
         )
+
+    status_route(app, state.outbound, settings, state.checker, metrics)
 
     @app.get("/metrics")
     async def metrics_page(request: Request) -> Response:
@@ -448,6 +463,7 @@ class MediaStream:
             configure=state.agent_for,
             tools=state.tool_runner,
             outgoing=state.fill_secrets,
+            outbound=state.outbound,
         )
         state.calls.add(bridge)
         state.idle.clear()
@@ -455,7 +471,8 @@ class MediaStream:
             await bridge.run()
         finally:
             state.calls.discard(bridge)
-            admitted = ticket.call_sid is not None
+            # A stream its outbound call's settings refused is no call either.
+            admitted = ticket.call_sid is not None and bridge.refused is None
             ticket.release()  # the CallSid it took, before anyone waiting for idle looks
             try:
                 ledger.stream_over(

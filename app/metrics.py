@@ -58,7 +58,7 @@ CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 # them has data before the first event (an alert on "no data" is an alert on nothing).
 OUTCOMES: Final = (
     "caller_hung_up", "bot_hung_up", "transferred", "max_duration", "shutdown", "failure",
-    "bridge_error", "busy",
+    "bridge_error", "busy", "machine", "voicemail", "no_answer", "dial_failed", "canceled",
 )  # fmt: skip
 WEBHOOK_RESULTS: Final = (
     "connect", "busy", "apology", "bad_signature", "bad_request", "refused_body",
@@ -67,7 +67,20 @@ STREAM_REFUSALS: Final = (
     "bad_signature", "at_capacity", "no_openai_key", "bad_stream_token", "account_mismatch",
     "duplicate_call", "no_start",
 )  # fmt: skip
-REST_ACTIONS: Final = ("hangup", "transfer")
+REST_ACTIONS: Final = ("hangup", "transfer", "create")
+#: `POST /calls`: the call created, or why not (README "Outbound calls").
+PLACED_RESULTS: Final = (
+    "created", "invalid", "forbidden", "over_limit", "twilio_refused", "twilio_unreachable",
+    "store_unavailable",
+)  # fmt: skip
+#: How an outbound call ended, as Twilio's final `CallStatus` says.
+OUTBOUND_RESULTS: Final = ("completed", "busy", "no-answer", "failed", "canceled")
+ANSWERED_BY: Final = (
+    "human", "machine_start", "machine_end_beep", "machine_end_silence", "machine_end_other",
+    "fax", "unknown",
+)  # fmt: skip
+#: Ringing to answer: seconds (a quick pick-up) to a minute (Twilio's ring timeout).
+ANSWER_BUCKETS: Final = (1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0)
 REST_RESULTS: Final = ("ok", "error", "unreachable")
 DROP_REASONS: Final = ("realtime_not_reading", "flood")
 INPUT_SOURCES: Final = ("twilio", "realtime", "rest")
@@ -252,6 +265,32 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.outbound_placed = Counter(
+            "bridge_outbound_calls",
+            "`POST /calls` by result: `created`, or why not (`invalid`, `forbidden`, "
+            "`over_limit`, `twilio_refused`, `twilio_unreachable`, `store_unavailable`).",
+            ["result"],
+            registry=r,
+        )
+        self.outbound_results = Counter(
+            "bridge_outbound_results",
+            "Outbound calls by Twilio's final status (`completed`, `busy`, `no-answer`, "
+            "`failed`, `canceled`).",
+            ["status"],
+            registry=r,
+        )
+        self.answered_by = Counter(
+            "bridge_outbound_answered_by",
+            "Answering-machine detection verdicts (Twilio's `AnsweredBy`).",
+            ["answered_by"],
+            registry=r,
+        )
+        self.answer_time = Histogram(
+            "bridge_outbound_answer_seconds",
+            "Outbound calls: created -> answered (Twilio's `in-progress` status callback).",
+            buckets=ANSWER_BUCKETS,
+            registry=r,
+        )
         self._codes = _Bounded(known=KNOWN_REALTIME_CODES)
         self._tools = _Bounded()
         self._tool_names = _Bounded()
@@ -264,6 +303,9 @@ class Metrics:
             (self.frames_dropped, DROP_REASONS),
             (self.bad_input, INPUT_SOURCES),
             (self.tokens, ("input", "output")),
+            (self.outbound_placed, PLACED_RESULTS),
+            (self.outbound_results, OUTBOUND_RESULTS),
+            (self.answered_by, ANSWERED_BY),
         ):
             for label in values:
                 series.labels(label)

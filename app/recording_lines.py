@@ -16,7 +16,9 @@ events (`stalled`: the caller's side stopped taking frames),
 `{"request": {"kind", "params"}}` / `{"response": {"status", "code", "error"}}`, and for the
 business tools the bridge runs `{"tool_request": {"call_id", "name", "arguments",
 "timeout_ms"}}` / `{"tool_cancel": {"call_id"}}` (outputs) and `{"tool_result": {"call_id",
-"name", "result", "output", "detail", "ms"}}` (an input: a replay feeds it, nothing runs).
+"name", "result", "output", "detail", "ms"}}` (an input: a replay feeds it, nothing runs),
+and for an outbound call `{"answered_by": "human" | "machine_start" | ...}` (Twilio's
+answering-machine verdict, an input too).
 A tool's `redact` arguments are recorded as `***` wherever the call's arguments appear
 (the model's function-call items and events, `tool_request`): `redact`'s `redactions`.
 Audio payloads are replaced by `{"_audio_bytes": N}` unless RECORD_AUDIO is on: a

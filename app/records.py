@@ -15,6 +15,7 @@ no turn carries text.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -114,7 +115,7 @@ def call_record(
             for call in measures.tool_calls
         ],
         "rest_actions": list(measures.rest),
-        "answered_by": None,
+        "answered_by": summary.get("answered_by"),
         "recording": recording,
         "caller_audio_ms": summary["caller_audio_ms"],
         "bot_audio_ms": summary["bot_audio_ms"],
@@ -129,15 +130,22 @@ def call_record(
 
 
 def unanswered_record(
-    params: dict[str, str], at: datetime, *, outcome: str, detail: str, agent: str = DEFAULT_AGENT
+    params: Mapping[str, str | None],
+    at: datetime,
+    *,
+    outcome: str,
+    detail: str,
+    agent: str = DEFAULT_AGENT,
+    direction: str = "inbound",
 ) -> dict[str, Any]:
-    """The record of an inbound call the webhook turned away before any media stream (the
-    process full: `busy`; no OpenAI key: the apology), so that it can be looked up too."""
+    """The record of a call that never had a media stream: an inbound call the webhook
+    turned away (the process full: `busy`; no OpenAI key: the apology), or an outbound
+    call that never connected (`app.outbound`), so that it can be looked up too."""
     moment = iso(at)
     return {
-        "call_sid": params.get("CallSid", ""),
+        "call_sid": params.get("CallSid") or "",
         "stream_sid": None,
-        "direction": "inbound",
+        "direction": direction,
         "from": params.get("From") or None,
         "to": params.get("To") or None,
         "agent": agent,

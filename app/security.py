@@ -131,6 +131,15 @@ class SignatureChecker:
 
 #: The `<Parameter>` that carries a call's stream token.
 STREAM_TOKEN_PARAMETER = "StreamToken"
+#: The `<Parameter>` naming an outbound call the bridge placed (`app.outbound`): its
+#: TwiML is made before Twilio gives the call a CallSid, so its stream token is bound to
+#: this id (`outbound_binding`) instead, and its settings are found in the call store by it.
+OUTBOUND_PARAMETER = "OutboundId"
+
+
+def outbound_binding(outbound_id: str) -> str:
+    """What an outbound call's stream token is bound to, in place of a CallSid."""
+    return "outbound:" + outbound_id
 
 
 #: Parameters a stream token does not cover: itself, and the CallSid (covered as the call).

@@ -29,6 +29,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.outbound.destinations import country_code, parse_prefixes
+
 BUILTIN_VOICES: frozenset[str] = frozenset(
     {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
 )
@@ -215,6 +217,15 @@ class Settings(BaseSettings):
     echo_guard_ms: int = Field(default=0, ge=0, le=5000)
     hangup_tail_ms: int = Field(default=300, ge=0, le=3000)
 
+    # --- Outbound calls (README "Outbound calls") ---------------------------------------
+    twilio_from_number: str | None = None
+    # Unset: the caller ID's own country only (README "Outbound calls": toll fraud).
+    outbound_allowed_prefixes: str | None = None
+    max_outbound_calls: int = Field(default=20, ge=1, le=10_000)
+    outbound_greet_silence_ms: int = Field(default=1500, ge=0, le=10_000)
+    outbound_amd_wait_ms: int = Field(default=4000, ge=500, le=30_000)
+    outbound_detection_timeout_seconds: int = Field(default=30, ge=3, le=59)
+
     # --- Fallback -----------------------------------------------------------------------
     fallback_message: str = DEFAULT_FALLBACK_MESSAGE
     fallback_number: str | None = None
@@ -297,6 +308,24 @@ class Settings(BaseSettings):
         if not _ACCOUNT_SID_RE.match(value):
             raise ValueError("must be 'AC' followed by 32 hexadecimal characters")
         return value
+
+    @field_validator("twilio_from_number")
+    @classmethod
+    def _from_number(cls, value: str | None) -> str | None:
+        return None if value is None else check_e164(value)
+
+    @field_validator("outbound_allowed_prefixes")
+    @classmethod
+    def _allowed_prefixes(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return ",".join(parse_prefixes(value))
+
+    @property
+    def allowed_prefixes(self) -> list[str] | None:
+        """`OUTBOUND_ALLOWED_PREFIXES` as a list (None: the default rule)."""
+        value = self.outbound_allowed_prefixes
+        return None if value is None else value.split(",")
 
     @field_validator("transfer_number", "fallback_number", "transfer_caller_id")
     @classmethod
@@ -508,6 +537,12 @@ class Settings(BaseSettings):
             )
         if self.bot_instructions_file is not None and not self.instructions:
             found.append("BOT_INSTRUCTIONS_FILE is empty: the model gets no instructions.")
+        if self.twilio_from_number is not None and self.outbound_allowed_prefixes is None:
+            found.append(
+                "OUTBOUND_ALLOWED_PREFIXES is not set: POST /calls dials only numbers in "
+                f"the caller ID's own country (+{country_code(self.twilio_from_number)}, "
+                "premium and shared-cost ranges excluded); list the prefixes you call."
+            )
         if self.operator_api_key is None:
             found.append(
                 "OPERATOR_API_KEY is not set: the operator API (/calls) and its docs (/docs) "

@@ -314,7 +314,18 @@ SCENARIOS: dict[str, Callable[[], object]] = {
     "time limit hard while closing": lambda: _hard_limit("closing"),
     "time limit hard while playing out": lambda: _hard_limit("playing_out"),
     "time limit hard over the last word": lambda: _hard_limit("waiting"),
+    "an answering machine (outbound)": lambda: _machine(),
 }
+
+
+def _machine() -> None:
+    """An outbound call with detection: Twilio says a machine answered."""
+    cfg = quiet(**REST, direction="outbound", machine_detection="hangup")
+    s = connecting(cfg)
+    socket(s, 9, "openai", "open")
+    realtime(s, 60, {"type": "session.updated", "session": {}})
+    s.feed(900, "rest", {"answered_by": "machine_start"})
+    assert s.ending.stage is Stage.REST
 
 
 def _over_last_words(audio_end_ms: int, **extra: Any) -> None:

@@ -193,10 +193,15 @@ def test_redacted_hides_the_password() -> None:
 # --- Schema ------------------------------------------------------------------------------
 
 
-def _schema_report(conn: sa.Connection) -> tuple[list[str], set[str], list[Any]]:
+def _schema_report(
+    conn: sa.Connection,
+) -> tuple[dict[str, list[str]], dict[str, set[str]], list[Any]]:
     inspector = sa.inspect(conn)
-    columns = [column["name"] for column in inspector.get_columns("calls")]
-    indexes = {index["name"] for index in inspector.get_indexes("calls") if index["name"]}
+    columns: dict[str, list[str]] = {}
+    indexes: dict[str, set[str]] = {}
+    for table in metadata.tables:
+        columns[table] = [column["name"] for column in inspector.get_columns(table)]
+        indexes[table] = {index["name"] for index in inspector.get_indexes(table) if index["name"]}
     context = MigrationContext.configure(conn, opts={"compare_type": True})
     diff = [d for d in compare_metadata(context, metadata) if "alembic_version" not in str(d)]
     return columns, indexes, diff
@@ -213,13 +218,15 @@ async def test_migrations_create_the_schema_and_are_idempotent(
 
     engine = make_engine(database_url(db_url), connect_timeout_s=5)
     try:
-        assert await migrate.current_revision(engine) == migrate.head_revision() == "0001"
+        assert await migrate.current_revision(engine) == migrate.head_revision() == "0002"
         await migrate.upgrade(engine)  # and once more, directly
         async with engine.connect() as conn:
             columns, indexes, diff = await conn.run_sync(_schema_report)
     finally:
         await engine.dispose()
-    assert columns == [column.name for column in metadata.tables["calls"].c]
+    assert set(metadata.tables) == {"calls", "outbound_calls"}
+    for name, table in metadata.tables.items():
+        assert columns[name] == [column.name for column in table.c]
     assert {
         "ix_calls_started_at_call_sid",
         "ix_calls_outcome",
@@ -227,7 +234,8 @@ async def test_migrations_create_the_schema_and_are_idempotent(
         "ix_calls_to_number",
         "ix_calls_direction",
         "ix_calls_agent",
-    } <= indexes
+    } <= indexes["calls"]
+    assert {"ix_outbound_calls_call_sid", "ix_outbound_calls_open"} <= indexes["outbound_calls"]
     assert diff == []  # the migrations build exactly what schema.py describes
 
 
@@ -332,7 +340,7 @@ async def test_a_database_migrated_by_a_newer_release_is_used_as_it_is(
     engine = make_engine(database_url(db_url), connect_timeout_s=5)
     try:
         async with engine.begin() as conn:
-            await conn.execute(sa.text("UPDATE alembic_version SET version_num = '0002_future'"))
+            await conn.execute(sa.text("UPDATE alembic_version SET version_num = '0099_future'"))
     finally:
         await engine.dispose()
 
@@ -347,12 +355,12 @@ async def test_a_database_migrated_by_a_newer_release_is_used_as_it_is(
         await store.close()
     newer = store_log.events("store.schema_newer")
     assert [(line.level, line.fields) for line in newer] == [
-        (logging.WARNING, {"database_revision": "0002_future", "code_revision": "0001"})
+        (logging.WARNING, {"database_revision": "0099_future", "code_revision": "0002"})
     ]
-    assert store_log.events("store.ready")[-1].fields["revision"] == "0002_future"
+    assert store_log.events("store.ready")[-1].fields["revision"] == "0099_future"
     engine = make_engine(database_url(db_url), connect_timeout_s=5)
     try:
-        assert await migrate.current_revision(engine) == "0002_future"  # left as it was
+        assert await migrate.current_revision(engine) == "0099_future"  # left as it was
     finally:
         await engine.dispose()
 

@@ -39,6 +39,9 @@ def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
+#: Past Twilio's detection timeout, how long its verdict's callback may take to arrive.
+AMD_MARGIN_MS: Final = 3000
+
 _PRESENT: Final = object()
 
 
@@ -137,6 +140,21 @@ class CallConfig:
     reasoning_effort: str | None = _derived(lambda s: None)
     #: `session.parallel_tool_calls`, or None: the model's default.
     parallel_tool_calls: bool | None = _derived(lambda s: None)
+    #: "inbound", or "outbound" for a call the bridge placed (`POST /calls`).
+    direction: str = _derived(lambda s: "inbound")
+    #: Outbound: Twilio's answering-machine detection, "off" | "hangup" | "voicemail".
+    machine_detection: str = _derived(lambda s: "off")
+    #: Outbound with `machine_detection = "voicemail"`: what is said after the beep.
+    voicemail_message: str = _derived(lambda s: "")
+    #: Outbound: the bot greets after the callee's hello, or after this much silence.
+    greet_silence_ms: int = _setting("outbound_greet_silence_ms")
+    #: Outbound with detection: how long the greeting waits for Twilio's verdict.
+    amd_wait_ms: int = _setting("outbound_amd_wait_ms")
+    #: Outbound voicemail: the longest wait for the end of a machine's greeting (Twilio's
+    #: detection timeout and a margin for its callback).
+    amd_limit_ms: int = _setting(
+        "outbound_detection_timeout_seconds", convert=lambda s: _ms(s) + AMD_MARGIN_MS
+    )
     connect_buffer_ms: int = CONNECT_BUFFER_MS
 
     @classmethod

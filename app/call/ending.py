@@ -139,6 +139,13 @@ class Ending:
         self._start(Input.BRIDGE_ENDS, kind, reason, summary_reason, None)
         self._bound_last_words(now)
 
+    def at_once(self, reason: str, summary_reason: str) -> bool:
+        """Hang up now, without last words (an answering machine under
+        `machine_detection = "hangup"`). False as `act` says it (no REST credentials)."""
+        self.kind, self.reason, self.summary_reason = "hangup", reason, summary_reason
+        self.response_id, self.attempts = None, 0
+        return self.act(Input.MACHINE)
+
     def _start(
         self, via: Input, kind: str, reason: str, summary_reason: str, response_id: str | None
     ) -> None:

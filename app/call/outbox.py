@@ -69,6 +69,8 @@ class Timer(Enum):
     HANGUP_TAIL = "hangup_tail"  # the last words' tail plays before the hang-up
     RESUME = "resume"  # resume mode: the driver never said where the pause is
     JUDGE_LIMIT = "turn_judge_limit"  # resume mode: the longest a paused answer waits
+    GREET = "outbound_greet"  # outbound: nobody said hello; the bot greets
+    DETECTION = "outbound_detection"  # outbound: no answering-machine verdict in time
 
 
 class Outbox:

@@ -80,11 +80,19 @@ from app.call.mcp import ITEM_TYPES as MCP_ITEM_TYPES
 from app.call.mcp import McpCalls
 from app.call.measures import Measures
 from app.call.nudges import SILENCE_GOODBYE, WRAP_UP, Nudges, Silence
+from app.call.opening import (
+    ANSWERED_BY,
+    DEFAULT_OUTBOUND_GREETING,
+    REACHED_VOICEMAIL,
+    VOICEMAIL,
+    Opening,
+    Step,
+)
 from app.call.outbox import Outbox, Timer, logged, tally
 from app.call.playback import BYTES_PER_MS, Chunk, Echo, PlaybackTracker
 from app.call.responses import Refusal, Responses
 from app.call.resume import Resume, around, plan
-from app.call.setup import session_update
+from app.call.setup import automatic_turns, session_update
 from app.call.state import PHASES, WORDS_STAGES, Input, Machine, Phase, Stage
 from app.call.toolcalls import Flush, ToolCalls
 from app.call.transcript import Transcript
@@ -203,6 +211,14 @@ class CallSession:
         self.false_turn_count = 0
         self.resume_count = 0
         self.ending = Ending(self.out, config)
+        #: How the conversation starts (an outbound call waits for the callee's hello).
+        self.opening = Opening(
+            outbound=config.direction == "outbound",
+            machine_detection=config.machine_detection,
+            greet_silence_ms=config.greet_silence_ms,
+            amd_wait_ms=config.amd_wait_ms,
+            amd_limit_ms=config.amd_limit_ms,
+        )
         self.nudges = Nudges(self.out, config)
         self.tools = ToolCalls(self.out, config, self.measures, trust_redacted=self._replaying)
         labels = tuple(str(entry.get("server_label")) for entry in config.mcp_servers)
@@ -306,6 +322,8 @@ class CallSession:
                 self._voice(now, msg["voice"])
             elif "pause" in msg:
                 self._pause_found(now, msg["pause"])
+            elif "answered_by" in msg:
+                self._answered_by(now, msg["answered_by"])
             else:
                 self._rest_answer(now, msg.get("response"))
         else:
@@ -418,6 +436,10 @@ class CallSession:
         elif event == "connected":
             log_event(logger, _DEBUG, "twilio.connected", protocol=preview(msg.get("protocol")))
         elif event == "dtmf":
+            if self.opening.deaf:
+                if not self.opening.open:  # a key is as good as a hello: someone is there
+                    self._opening_step(now, self.opening.committed())
+                return
             if self.false_turns is not None and self.false_turns.pending:
                 self._verdict(now, self.false_turns.key_pressed())  # a key is a turn
             if self.nudges.dtmf(msg["dtmf"]["digit"], self.ending.committed):
@@ -487,6 +509,10 @@ class CallSession:
         self.phase.move(Input.REALTIME_OPEN)
         # The time limit counts from the start, but only a call that can speak can wrap up.
         self.nudges.call_started(self.started_ms, now)
+        if self.opening.outbound:
+            self.out.open_realtime(session_update(self.config, hold=True))
+            self._opening_timers(now)
+            return
         self.out.open_realtime(session_update(self.config))
         if self.config.greeting and not self.responding:
             self.responses.request(self._instructions(self.config.greeting), droppable=True)
@@ -779,8 +805,11 @@ class CallSession:
 
     def _speech_started(self, now: float, ev: dict[str, Any]) -> None:
         start_ms: int = ev.get("audio_start_ms") or 0
-        self.measures.speech_started(now)
         self.nudges.disarm()
+        if self.opening.deaf:  # the callee's hello, or a voicemail's recorder
+            self.opening.speech_started()
+            return
+        self.measures.speech_started(now)
         decision = self.turns.speech_started(ev.get("item_id"), start_ms, self.playback.playing)
         if self.false_turns is not None:
             # Over the bot: it is heard, or an answer of its is being made or asked for.
@@ -808,6 +837,11 @@ class CallSession:
 
     def _speech_stopped(self, now: float, ev: dict[str, Any]) -> None:
         audio_end_ms: int = ev.get("audio_end_ms") or 0
+        if self.opening.deaf:
+            self.opening.speech_stopped()
+            if not self.opening.open:
+                self.measures.turn_ended(now)  # the greeting answers the hello
+            return
         ft = self.false_turns
         stopped_item = ev.get("item_id")
         if ft is not None and type(stopped_item) is str and stopped_item in self.turns.noise_items:
@@ -860,6 +894,12 @@ class CallSession:
         """The caller's turn is in the conversation (its place in the transcript); under the
         min-speech policy the bridge, not the service, answers real turns."""
         item_id: str | None = ev.get("item_id")
+        if self.opening.deaf:
+            if not self.opening.open:  # the hello: in the conversation, answered on opening
+                if item_id is not None:
+                    self.transcript.caller_committed(item_id)
+                self._opening_step(now, self.opening.committed())
+            return
         ft = self.false_turns
         if ft is not None and ft.owns(item_id):
             # Judged by its words (or their absence) once it is committed.
@@ -1121,6 +1161,76 @@ class CallSession:
             self._ending_played_out(now)  # all of it had been heard
         self._maybe_arm(now)
 
+    # -- the opening (outbound calls: `app.call.opening`) ----------------------------------
+
+    def _opening_timers(self, now: float) -> None:
+        """An outbound call's Realtime session is ready to be used: the silence after which
+        the bot greets unasked, and the wait for the detection's verdict."""
+        opening = self.opening
+        self.out.set_timer(Timer.GREET, max(now, self.started_ms + opening.greet_silence_ms))
+        if opening.waiting:
+            self.out.set_timer(Timer.DETECTION, max(now, self.started_ms + opening.amd_wait_ms))
+
+    def _detection_timer(self, now: float) -> None:
+        opening = self.opening
+        limit = self.started_ms + opening.amd_limit_ms
+        at_limit = now >= limit
+        step = opening.wait_over(at_limit)
+        if opening.waiting:  # voicemail: a machine still talking; wait for its beep
+            log_event(
+                logger, _INFO, "outbound.detection_waits", waited_ms=round(now - self.started_ms)
+            )
+            self.out.set_timer(Timer.DETECTION, limit)
+            return
+        log_event(
+            logger, _WARNING, "outbound.detection_timeout", waited_ms=round(now - self.started_ms)
+        )
+        self._opening_step(now, step)
+
+    def _answered_by(self, now: float, value: object) -> None:
+        """Twilio's answering-machine verdict (`AnsweredBy`), as the driver learned it."""
+        if type(value) is not str or value not in ANSWERED_BY:
+            self.out.bad("rest", "bad_answered_by", value=preview(value))
+            return
+        if not self.opening.outbound or self.phase.state is not Phase.LIVE:
+            log_event(logger, _DEBUG, "outbound.answered_by_ignored", answered_by=value)
+            self.opening.answered_by = self.opening.answered_by or value
+            return
+        log_event(logger, _INFO, "outbound.answered_by", answered_by=value)
+        self._opening_step(now, self.opening.verdict(value))
+
+    def _opening_step(self, now: float, step: Step) -> None:
+        """Do what the opening decided."""
+        if step is Step.NOTHING:
+            return
+        self.out.cancel_timer(Timer.GREET)
+        self.out.cancel_timer(Timer.DETECTION)
+        opening = self.opening
+        log_event(
+            logger, _INFO, "outbound.opened", how=opening.how, answered_by=opening.answered_by
+        )
+        if step is Step.GREET:
+            if automatic_turns(self.config):
+                self.out.realtime(session_update(self.config))  # the policy's own turns now
+            if opening.how != "hello":
+                self.measures.unanswered()
+            if not self.responding:
+                words = self.config.greeting or DEFAULT_OUTBOUND_GREETING
+                self.responses.request(self._instructions(words), droppable=True)
+        elif step is Step.HANG_UP:
+            if self.ending.stage is not Stage.NONE:
+                return  # an ending under way ends the call as well
+            if not self.ending.at_once("machine_detected", "machine"):
+                self._end(now, Input.NO_REST, "machine", detail="no_rest_credentials")
+        elif step is Step.VOICEMAIL:
+            if self._bot_holds_floor or self.responding:
+                self._interrupt(now)  # a verdict after the bot began: the machine gets the message
+            if self.ending.stage is Stage.NONE:
+                self.out.realtime(rt.system_text(REACHED_VOICEMAIL))
+            words = VOICEMAIL.format(message=self.config.voicemail_message)
+            self._begin_ending(now, "voicemail", "voicemail", words)
+        self._maybe_arm(now)
+
     # -- endings --------------------------------------------------------------------------
 
     def _begin_ending(self, now: float, reason: str, summary_reason: str, words: str) -> None:
@@ -1254,6 +1364,10 @@ class CallSession:
                 self.responses.request(droppable=True)
             elif silence is Silence.GOODBYE:
                 self._begin_ending(now, "silence", "bot_hung_up", SILENCE_GOODBYE)
+        elif timer is Timer.GREET:
+            self._opening_step(now, self.opening.silence())
+        elif timer is Timer.DETECTION:
+            self._detection_timer(now)
         elif timer is Timer.TOOL_FILLER:
             self._filler_timer(now)
         elif timer is Timer.TOOL_DEADLINE:
@@ -1272,6 +1386,7 @@ class CallSession:
             self.tools.line_quiet(now)
         quiet = (
             self.phase.state is Phase.LIVE
+            and not self.opening.deaf  # a call not yet opened is not silent: it waits
             and not self.ending.active
             and not self._bot_holds_floor
             and not self.responding
@@ -1322,6 +1437,8 @@ class CallSession:
             "barge_ins": self.barge_ins,
             "false_turns": self.false_turn_count,
             "resumes": self.resume_count,
+            "direction": self.config.direction,
+            "answered_by": self.opening.answered_by,
             "reprompts": self.nudges.reprompts_total,
             "heard_latency_ms": self.measures.median_latency_ms(),
             "unheard_audio_ms": self.measures.unheard_ms,

@@ -93,6 +93,7 @@ class Input(Enum):
     CALLED_OFF = "caller spoke"
     PLAYOUT_TIMEOUT = "last-words timeout"
     HARD_LIMIT = "time limit, second time"
+    MACHINE = "answering machine or fax (outbound)"
     REST_OK = "REST accepted"
     REST_RETRY = "REST 429, 5xx or no answer"
     RETRY_TIMER = "retry timer"
@@ -195,6 +196,8 @@ ENDINGS: tuple[Transition[Stage], ...] = (
     *(Transition(s, _I.PLAYOUT_TIMEOUT, _S.REST, _ACT) for s in WORDS_STAGES),
     *(Transition(s, _I.CALLED_OFF, _S.NONE, _CALLED_OFF) for s in _OPEN),
     *(Transition(s, _I.HARD_LIMIT, _S.REST, _ACT) for s in _OPEN if s is not _S.SPEAKING),
+    # Outbound, a machine detected (`app.call.opening`): hang up at once, no word said.
+    Transition(_S.NONE, _I.MACHINE, _S.REST, _ACT),
     Transition(_S.REST, _I.REST_OK, _S.DONE, ("CloseRealtime", "timer:stop_grace")),
     Transition(_S.REST, _I.REST_RETRY, _S.REST, ("timer:rest_retry",)),
     Transition(_S.REST, _I.RETRY_TIMER, _S.REST, ("RestRequest",)),

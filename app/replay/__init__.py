@@ -60,6 +60,11 @@ STREAMS: Final = tuple(f"{d}/{k}" for d in OUTPUT_DIRS for k in ("control", "aud
 Message = dict[str, Any]
 
 
+#: `rest` lines that are inputs (a replay feeds them): REST answers, tool outcomes, the
+#: driver's audio answers and an outbound call's answering-machine verdict.
+_REST_INPUTS: Final = ("response", "tool_result", "voice", "pause", "answered_by")
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     t_ms: float
@@ -70,7 +75,7 @@ class Entry:
     @property
     def is_input(self) -> bool:
         if self.dir == "rest":
-            return any(key in self.msg for key in ("response", "tool_result", "voice", "pause"))
+            return any(key in self.msg for key in _REST_INPUTS)
         return self.dir in ("from_twilio", "from_openai")
 
 
@@ -395,6 +400,8 @@ def describe(e: Entry) -> str:
             return f"find a pause before byte {_get(m, 'pause_find', 'heard')}"
         if "pause" in m:
             return f"resume at byte {_get(m, 'pause', 'resume_at')}"
+        if "answered_by" in m:
+            return f"answered by {_get(m, 'answered_by')} (machine detection)"
         return f"REST answer {_get(m, 'response')}"
     if "event" in m:
         event = m["event"]

@@ -9,7 +9,7 @@ This package depends on nothing of the call layer (`app.call`, `app.bridge`, `ap
 it takes records as plain JSON-able dicts.
 """
 
-from app.store.errors import BadCursor, StoreUnavailable
+from app.store.errors import BadCursor, StoreConflict, StoreUnavailable
 from app.store.queries import MAX_LIMIT
 from app.store.records import InvalidRecord
 from app.store.stats import StoreStats
@@ -22,6 +22,7 @@ __all__ = [
     "BadCursor",
     "CallStore",
     "InvalidRecord",
+    "StoreConflict",
     "StoreStats",
     "StoreUnavailable",
     "database_url",

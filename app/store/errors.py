@@ -4,7 +4,7 @@ Why: the writer retries a write that failed because the database was away (refus
 reset, timed out, shutting down), gives up at once on one the database rejected for its
 content, and tries a record alone when its batch failed for a reason of neither kind (so
 one record the driver chokes on fails by itself); the query side turns database errors
-into `StoreUnavailable` (HTTP 503).
+into `StoreUnavailable` (HTTP 503), and a write the database refused into `StoreConflict`.
 
 Logging an error safely matters as much: SQLAlchemy's text of a failed statement carries
 the statement's parameters, i.e. phone numbers and transcripts, and PostgreSQL's detail
@@ -43,6 +43,12 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (
 
 class StoreUnavailable(Exception):
     """The database could not be reached for a query (the API answers 503)."""
+
+
+class StoreConflict(StoreUnavailable):
+    """The database answered and refused a write for its content: a key already taken (a
+    second outbound call of one CallSid). A StoreUnavailable to every caller that handles
+    only that; unlike one, it leaves the store available."""
 
 
 class BadCursor(ValueError):

@@ -4,11 +4,13 @@ Why it looks like this: the store sits beside live calls, so nothing it does may
 up or take the process down. `submit()` is synchronous and only queues (writer.py does
 the writing); a database that is down at start-up is a warning, not a crash, and the
 records wait (and are retried) until it is back or their time is up; queries raise
-`StoreUnavailable`, which the operator API answers with 503.
+`StoreUnavailable`, which the operator API answers with 503 (`StoreConflict`, one of
+them, for a write the database refused: a duplicate key, not an outage).
 
 The pieces, one module each: urls.py (DATABASE_URL), engine.py (driver settings),
 migrate.py (schema to head, under an advisory lock on PostgreSQL), records.py (record to
-row), writer.py (the queue and its task), queries.py (get, list, prune).
+row), writer.py (the queue and its task), queries.py (get, list, prune), outbound.py (the
+outbound calls' rows: `app.outbound`'s settings and status, written and read directly).
 
 Life cycle: `CallStore(url)` connects to nothing; `await start()` migrates (waiting up to
 `timeout_s` for the database, on SQLite at least its busy timeout and a second) and starts
@@ -27,14 +29,16 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 import app.store.migrate as migrate
+import app.store.outbound as outbound
 import app.store.queries as queries
 from app.limits import power_of_two
 from app.observability import log_event
 from app.store.engine import SQLITE_BUSY_TIMEOUT_S, make_engine, writing
-from app.store.errors import DATABASE_ERRORS, StoreUnavailable, describe, logger
+from app.store.errors import DATABASE_ERRORS, StoreConflict, StoreUnavailable, describe, logger
 from app.store.queries import CallFilter
 from app.store.stats import StoreStats
 from app.store.urls import database_url, dialect_of, redacted
@@ -270,6 +274,38 @@ class CallStore:
             lambda conn: queries.list_calls(conn, limit=checked, before=position, where=where)
         )
 
+    # --- Outbound calls (`app.outbound`) --------------------------------------------------
+
+    async def add_outbound(self, row: dict[str, Any]) -> None:
+        """Insert an outbound call's row (keys: `outbound_calls`' columns; ValueError for
+        another key or a required one left out). StoreConflict when its `outbound_id` or
+        `call_sid` is taken."""
+        values = outbound.checked(row, whole=True)
+        await self._query(lambda conn: outbound.add(conn, values), write=True)
+
+    async def outbound(self, outbound_id: str) -> dict[str, Any] | None:
+        """The outbound call's row (column name to value), or None."""
+        return await self._query(lambda conn: outbound.get(conn, "outbound_id", outbound_id))
+
+    async def outbound_by_call_sid(self, call_sid: str) -> dict[str, Any] | None:
+        """The row of the outbound call Twilio named `call_sid`, or None."""
+        return await self._query(lambda conn: outbound.get(conn, "call_sid", call_sid))
+
+    async def update_outbound(
+        self, outbound_id: str, values: dict[str, Any], *, only_if_open: bool = False
+    ) -> bool:
+        """Set `values` on an outbound call's row (`only_if_open`: only while its
+        `ended_at` is unset); True when a row was updated. ValueError for a key that is
+        not a column, or none; StoreConflict for a `call_sid` another row has."""
+        checked = outbound.checked(values)
+        return await self._query(
+            lambda conn: outbound.update(conn, outbound_id, checked, only_if_open), write=True
+        )
+
+    async def outbound_in_flight(self, since: datetime) -> int:
+        """Outbound calls created at or after `since` without a final status yet."""
+        return await self._query(lambda conn: outbound.in_flight(conn, since))
+
     async def prune(self, now: datetime | None = None) -> int:
         """Delete the records that started more than `retention_days` before `now`
         (0 days: keep all, a no-op); the number deleted."""
@@ -294,7 +330,9 @@ class CallStore:
         self, run: Callable[[AsyncConnection], Awaitable[T]], *, write: bool = False
     ) -> T:
         """Run `run` on a connection (in a transaction if `write`); database trouble of
-        any kind becomes StoreUnavailable, logged at the 1st, 2nd, 4th... in a row."""
+        any kind becomes StoreUnavailable, logged at the 1st, 2nd, 4th... in a row. A
+        write the database refused (a key taken: it answered, so it is not down) becomes
+        StoreConflict, logged each time, the store still available."""
         try:
             await self._ensure_schema()
             if write:
@@ -303,6 +341,12 @@ class CallStore:
             else:
                 async with self._engine.connect() as conn:
                     result = await run(conn)
+        except sa_exc.IntegrityError as exc:
+            self._available = True
+            self._query_failures = 0
+            fields = describe(exc)
+            log_event(logger, logging.WARNING, "store.conflict", **fields)
+            raise StoreConflict(f"call store refused the write ({fields['error']})") from exc
         except DATABASE_ERRORS as exc:
             self._available = False
             self._query_failures += 1

@@ -305,16 +305,21 @@ class OutboundEngine:
 
     # ------------------------------------------------------------------ configuration
 
-    def route(self, public_base: str, local_base: str) -> None:
+    def route(self, public_base: str, local_base: str, *, streams_to: str | None = None) -> None:
         """Deliver requests for ``public_base`` (https) to ``local_base`` (http), and open
-        streams for its ``wss://`` twin at the ``ws://`` twin of ``local_base``."""
+        streams for its ``wss://`` twin at the ``ws://`` twin of ``local_base``. Routing a
+        public base again replaces its route (a load balancer now picking another replica);
+        ``streams_to`` sends the streams to another server than the callbacks."""
         public_base, local_base = public_base.rstrip("/"), local_base.rstrip("/")
-        self.routes.append((public_base, local_base))
+        stream_base = (streams_to or local_base).rstrip("/")
+        new = [(public_base, local_base)]
         for secure, plain in (("https://", "wss://"), ("http://", "ws://")):
             if public_base.startswith(secure):
                 ws_public = plain + public_base[len(secure) :]
-                ws_local = local_base.replace("https://", "wss://").replace("http://", "ws://")
-                self.routes.append((ws_public, ws_local))
+                ws_local = stream_base.replace("https://", "wss://").replace("http://", "ws://")
+                new.append((ws_public, ws_local))
+        replaced = {public for public, _ in new}
+        self.routes[:] = [r for r in self.routes if r[0] not in replaced] + new
 
     def local(self, url: str) -> str:
         """Where a public URL really is: the longest routed prefix wins."""

@@ -158,10 +158,11 @@ class FakeTwilioRest:
         """How the next created calls go, in order (then ``outbound.default_script``)."""
         self.outbound.scripts.extend(scripts)
 
-    def route(self, public_base: str, local_base: str) -> None:
+    def route(self, public_base: str, local_base: str, *, streams_to: str | None = None) -> None:
         """Deliver callbacks for ``public_base`` (and streams for its ``wss://`` twin) to
-        ``local_base``; signatures stay over the public URLs, as Twilio signs them."""
-        self.outbound.route(public_base, local_base)
+        ``local_base`` (streams to ``streams_to`` when given); signatures stay over the
+        public URLs, as Twilio signs them."""
+        self.outbound.route(public_base, local_base, streams_to=streams_to)
 
     @property
     def outbound_calls(self) -> dict[str, OutboundCall]:
