@@ -84,7 +84,16 @@ def test_without_a_file_there_is_one_default_agent_that_changes_nothing() -> Non
 
 def test_the_example_loads_with_todays_defaults() -> None:
     directory = Agents.from_settings(settings(agents_file=EXAMPLE), {})
-    assert directory.names == ("default", "sales", "support")
+    assert directory.names == ("default", "sales", "reminders", "support")
+    reminder = directory.for_call(
+        {"To": "+15550123", "From": "+15550100"},
+        base(**REST),
+        NOW,
+        context={"name": "Ada", "slot": "tomorrow at nine"},
+        agent="reminders",
+    )
+    assert 'You call "Ada" on behalf of Example Clinic ("+15550100")' in reminder.instructions
+    assert reminder.greeting.endswith('whether "tomorrow at nine" still suits them.')
     assert [directory.pick(n) for n in ("+15550100", "+15550101", "+15550999", None)] == [
         "sales",
         "support",

@@ -76,6 +76,7 @@ VERDICT_POLL_S: Final = 0.25
 #: Beyond the call's own limit, how long an open row still counts as in flight (its final
 #: status callback may never come: then it stops counting).
 IN_FLIGHT_SLACK: Final = timedelta(minutes=15)
+#: Twilio rings for 60 s by default (`Timeout`): a stream comes well within this, or never.
 _RING_LIMIT: Final = timedelta(minutes=2)
 
 
@@ -168,6 +169,7 @@ class OutboundCalls:
         except StoreUnavailable:
             metrics.labels("store_unavailable").inc()
             return _error(503, "store_unavailable", "the call store can't be reached now")
+        self._forget_stale(now)
         self._placed[outbound_id] = row
         created = await self._create(self._create_params(call, outbound_id, base_url))
         if created.status == 201 and created.call_sid:
@@ -230,6 +232,13 @@ class OutboundCalls:
             f"Twilio did not answer: {created.error}{maybe}",
             outbound_id=outbound_id,
         )
+
+    def _forget_stale(self, now: datetime) -> None:
+        """Drop placed rows whose stream went to another replica (or never came): past
+        the ring limit it won't come here, and the store still has them."""
+        stale = [oid for oid, row in self._placed.items() if now - row["created_at"] > _RING_LIMIT]
+        for oid in stale:
+            del self._placed[oid]
 
     def _in_flight_window(self) -> timedelta:
         longest = self.settings.max_call_seconds or 3600.0
