@@ -280,12 +280,15 @@ async def test_bad_input_from_either_side_is_survived(
         await conn.send(
             {"type": "error", "error": {"type": "server_error", "message": "Something broke"}}
         )
-        # The call goes on: audio still flows both ways.
+        # The call goes on: audio still flows both ways. The caller's turn is answered by
+        # the bridge's own request (a response forced while the turn is still to be
+        # committed would be a second answer, cut off at the commit).
+        reply = speech("Yes, I am here.")
+        realtime.add_responses(ScriptedResponse(audio=reply, transcript="Yes"))
         before = len(conn.appended_audio)
         await call.say(speech("Are you still there?"))
         await conn.wait_until(lambda: len(conn.appended_audio) > before + 8000)
-        reply = speech("Yes, I am here.")
-        await conn.start_response(ScriptedResponse(audio=reply, transcript="Yes"))
+        await conn.wait_for("response.create", timeout=10)
         await call.wait_for_heard(len(reply), timeout=20)
         await call.hangup()
     reasons = {
