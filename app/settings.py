@@ -540,8 +540,9 @@ class Settings(BaseSettings):
         if self.twilio_from_number is not None and self.outbound_allowed_prefixes is None:
             found.append(
                 "OUTBOUND_ALLOWED_PREFIXES is not set: POST /calls dials only numbers in "
-                f"the caller ID's own country (+{country_code(self.twilio_from_number)}, "
-                "premium and shared-cost ranges excluded); list the prefixes you call."
+                f"the caller ID's own country (+{country_code(self.twilio_from_number)}; "
+                "within +1, not the Caribbean area codes or +1 900; other countries' premium "
+                "ranges are not known); list the prefixes you call."
             )
         if self.operator_api_key is None:
             found.append(

@@ -309,6 +309,25 @@ async def test_the_create_is_retried_only_where_no_call_can_exist(
     reply = await place(app, {"to": TO})
     assert reply.status_code == 502 and reply.json()["error"] == "twilio_unreachable"
     assert len([r for r in rest.requests if r.path.endswith("/Calls.json")]) == 3  # not again
+    rest.script_create(RestReply(code=20500))  # a 5xx: the call may exist all the same
+    reply = await place(app, {"to": TO})
+    assert reply.status_code == 502, reply.text
+    body = reply.json()
+    assert body["error"] == "twilio_unreachable" and body["outbound_id"].startswith("OB")
+    assert body["twilio_status"] == 500
+    assert len([r for r in rest.requests if r.path.endswith("/Calls.json")]) == 4  # not again
+    # Its slot stays taken until its status callbacks (if any) tell: no second dial.
+    assert not await _in_flight_zero(app)
+
+
+async def test_no_public_base_url_no_outbound_calls(
+    app_with: AppFactory, rest: FakeTwilioRest
+) -> None:
+    app = await start(app_with, rest, public_base_url=None)
+    reply = await place(app, {"to": TO})
+    assert reply.status_code == 503 and reply.json()["error"] == "outbound_unavailable"
+    assert "PUBLIC_BASE_URL" in reply.json()["detail"]
+    assert rest.outbound_calls == {}
 
 
 async def test_each_bad_field_is_named(app_with: AppFactory, rest: FakeTwilioRest) -> None:

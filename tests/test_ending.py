@@ -71,7 +71,8 @@ def test_hang_up_comes_only_after_the_last_word_has_played() -> None:
         output["item"]["type"] == "function_call_output" and output["item"]["call_id"] == "call_1"
     )
     out = realtime(s, 120, response_done("resp_1"))
-    assert not rests(out) and s.out.timers[Timer.LAST_WORDS] == 120 + LAST_WORDS_MS
+    # The bound counts from when the 1000 ms still queued will have played.
+    assert not rests(out) and s.out.timers[Timer.LAST_WORDS] == 120 + 1000 + LAST_WORDS_MS
     assert not rests(echo_all(s, 500, marks[:-1]))  # 900 ms played: not yet
     out = twilio(s, 1100, mark_msg(marks[-1]))
     assert rests(out) == [HANG_UP]
@@ -156,8 +157,10 @@ def test_last_words_wait_is_bounded() -> None:
     play(s, 100, "item_a", 10)
     realtime(s, 110, function_call("end_call"))
     realtime(s, 120, response_done("resp_1"))
-    # Twilio never echoes the last mark: after the bound, act anyway.
-    assert s.deadline == 120 + LAST_WORDS_MS == 30_120
+    # Twilio never echoes the last mark: after the bound, act anyway. The bound is the
+    # audio still to play (1000 ms queued) plus LAST_WORDS_TIMEOUT_SECONDS, so a long
+    # goodbye (or voicemail) generated faster than real time is never cut by it.
+    assert s.deadline == 120 + 1000 + LAST_WORDS_MS == 31_120
     assert rests(fire(s, Timer.LAST_WORDS))
 
 

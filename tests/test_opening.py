@@ -12,17 +12,20 @@ import pytest
 from app.call.actions import Action, RestRequest
 from app.call.opening import DEFAULT_OUTBOUND_GREETING, Opening, Step
 from app.call.outbox import Timer
-from app.call.session import CallSession
+from app.call.session import GREET_AFTER_OPEN_MS, CallSession
+from app.call.state import Stage
 from tests.core import (
     CANCEL,
     RESUME,
     config,
     dtmf_msg,
     fire,
+    function_call,
     hear,
     mark_msg,
     play,
     realtime,
+    response_done,
     rest,
     socket,
     speech_started,
@@ -271,3 +274,71 @@ def test_verdict_table(detection: str, answered_by: str, step: Step) -> None:
     )
     assert opening.verdict(answered_by) is step
     assert opening.verdict("human") is Step.NOTHING  # only the first verdict counts
+
+
+# -- found in review ----------------------------------------------------------------------
+
+
+def connecting_outbound(detection: str, **overrides: Any) -> CallSession:
+    """An outbound call whose Realtime socket is still opening."""
+    cfg = config(
+        direction="outbound",
+        machine_detection=detection,
+        voicemail_message=MESSAGE,
+        greeting=GREETING,
+        rest_available=True,
+        **{"silence_reprompt_ms": 0, "max_call_ms": 0, **RESUME, **overrides},
+    )
+    s = CallSession(cfg)
+    s.opened(0)
+    twilio(s, 1, start_msg(To="+15550002222"))
+    return s
+
+
+def test_a_verdict_before_the_session_opens_is_acted_on_as_it_opens() -> None:
+    s = connecting_outbound("hangup")
+    assert verdict(s, 30, "machine_start") == []  # nothing can be done yet
+    actions = socket(s, 2500, "openai", "open")
+    [request] = rest_requests(actions)
+    assert request.params == {"Status": "completed"}
+    assert creates(to_realtime(actions)) == []
+
+
+def test_a_human_verdict_before_the_session_opens_is_not_waited_for_again() -> None:
+    s = connecting_outbound("voicemail")
+    verdict(s, 30, "human")
+    socket(s, 2500, "openai", "open")
+    assert not s.opening.waiting and Timer.DETECTION not in s.out.timers
+    assert len(creates(hello(s, 2600))) == 1  # greeted at the hello, not after 33 s
+
+
+def test_a_slow_session_open_does_not_greet_over_a_buffered_hello() -> None:
+    s = connecting_outbound("off")
+    socket(s, 3000, "openai", "open")  # past the silence already
+    assert s.out.timers[Timer.GREET] == 3000 + GREET_AFTER_OPEN_MS
+    realtime(s, 3100, speech_started("u1", 400))  # the hello the service buffered
+    assert creates(to_realtime(fire(s, Timer.GREET))) == []
+
+
+def test_a_machine_found_during_an_ending_can_no_longer_call_it_off() -> None:
+    s = outbound("hangup", **CANCEL, tools=("end_call",))
+    fire(s, Timer.DETECTION)  # taken for a human: greeted
+    realtime(s, 5000, {"type": "response.created", "response": {"id": "resp_1"}})
+    names = play(s, 5010, "b1", 5)
+    realtime(s, 5020, function_call("end_call"))  # "goodbye"
+    verdict(s, 5100, "machine_start")  # the ending hangs up anyway
+    out = realtime(s, 5200, speech_started("u9", 5200))  # the machine talks over it
+    assert to_twilio(out) == []  # no barge-in: nobody is there
+    realtime(s, 5300, response_done("resp_1"))
+    assert s.ending.stage is Stage.PLAYING_OUT  # not called off
+    hear(s, 5300, names[:-1])
+    [request] = rest_requests(twilio(s, 5900, mark_msg(names[-1])))  # after the last word
+    assert request.params == {"Status": "completed"}
+
+
+def test_machine_start_under_voicemail_still_waits_for_the_beep() -> None:
+    s = outbound("voicemail")
+    assert verdict(s, 2000, "machine_start") == []
+    assert s.opening.waiting and s.opening.answered_by is None
+    [create] = creates(to_realtime(verdict(s, 9000, "machine_end_beep")))
+    assert MESSAGE in create["response"]["instructions"]

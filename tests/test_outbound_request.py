@@ -137,3 +137,25 @@ def test_voicemail_needs_its_message() -> None:
 @pytest.mark.parametrize("body", [[], "call", None, 3])
 def test_the_body_must_be_an_object(body: Any) -> None:
     assert set(problems(body)) == {"request"}
+
+
+@pytest.mark.parametrize("to", ["+1\u0668\u0667\u06665550123", "+1\uff18\uff17\uff165550123"])
+def test_only_ascii_digits_make_a_number(to: str) -> None:
+    assert set(problems({"to": to})) == {"to"}
+
+
+def test_nulls_mean_the_defaults_but_a_voicemail_needs_its_words() -> None:
+    call = parse(
+        {"to": "+14155550123", "from": None, "agent": None, "machine_detection": None},
+        default_from=FROM,
+        agents=Agents(),
+    )
+    assert (call.from_, call.agent, call.machine_detection) == (FROM, "default", "off")
+    found = problems(
+        {"to": "+14155550123", "machine_detection": "voicemail", "voicemail_message": None}
+    )
+    assert set(found) == {"voicemail_message"}
+    found = problems(
+        {"to": "+14155550123", "machine_detection": "voicemail", "voicemail_message": "Hi {who}"}
+    )
+    assert set(found) == {"voicemail_message"}  # a placeholder of no value

@@ -348,3 +348,17 @@ async def test_a_database_at_0001_is_upgraded_at_start_and_keeps_its_calls(
         assert await migrate.current_revision(engine) == migrate.head_revision() == "0002"
     finally:
         await engine.dispose()
+
+
+async def test_retention_prunes_old_outbound_rows_with_the_records(
+    open_store: OpenStore,
+) -> None:
+    """The rows hold the callee's number and the call's context: kept no longer than the
+    call records (`CALL_RECORDS_RETENTION_DAYS`)."""
+    store = await open_store(retention_days=30, prune_interval_s=3600)
+    now = BASE_TIME + timedelta(days=400)
+    await store.add_outbound(make_row("OB-old", created=BASE_TIME))
+    await store.add_outbound(make_row("OB-recent", created=now - timedelta(days=1)))
+    await store.prune(now)
+    assert await store.outbound("OB-old") is None
+    assert await store.outbound("OB-recent") is not None

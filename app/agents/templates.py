@@ -128,6 +128,16 @@ class Template:
             parts.append((literal, name))
         return cls(tuple(parts))
 
+    def fill(self, values: Mapping[str, str]) -> str:
+        """The text with each name's value inserted as it is (cut to `MAX_VALUE_CHARS`):
+        for words said verbatim (a voicemail), never for instructions."""
+        out: list[str] = []
+        for literal, name in self.parts:
+            out.append(literal)
+            if name is not None:
+                out.append(values.get(name, "")[:MAX_VALUE_CHARS])
+        return "".join(out)
+
     def render(self, values: Mapping[str, str]) -> str:
         """The text with each name's value inserted safely (`quote`); missing: `""`."""
         out: list[str] = []

@@ -165,8 +165,11 @@ class Ending:
             self.response_id = response_id
 
     def response_done(
-        self, now: float, response_id: str, had_audio: bool, playing: bool
+        self, now: float, response_id: str, had_audio: bool, playing: bool, queued_ms: int = 0
     ) -> Progress:
+        """The last words' response is done. `queued_ms`: its audio still to be heard (the
+        service sends faster than real time): the wait for it to play is that long plus
+        `playout_timeout_ms`, so a long goodbye or voicemail is never cut by the bound."""
         state = self.machine.state
         if state not in (Stage.SPEAKING, Stage.CLOSING) or self.response_id != response_id:
             return Progress.NOTHING
@@ -179,7 +182,7 @@ class Ending:
         self.machine.move(Input.DONE_WITH_WORDS if state is Stage.SPEAKING else Input.CLOSING_DONE)
         if not playing:
             return Progress.PLAYED_OUT
-        self._bound_last_words(now)
+        self._bound_last_words(now + queued_ms)
         return Progress.NOTHING
 
     def caller_over_last_words(self) -> None:

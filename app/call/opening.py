@@ -98,13 +98,16 @@ class Opening:
         self.answered_by: str | None = None
         #: Leaving a voicemail: the line's sounds are nobody's turn.
         self.voicemail = False
+        #: A machine answered (hang-up mode): its sounds are nobody's turn either, so
+        #: they can't call off an ending under way.
+        self.machine = False
         #: How the opening ended: "hello", "silence", "machine", "voicemail" (the log's).
         self.how = ""
 
     @property
     def deaf(self) -> bool:
         """The caller's sounds are nobody's turn (before the opening, or on voicemail)."""
-        return not self.open or self.voicemail
+        return not self.open or self.voicemail or self.machine
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -128,6 +131,8 @@ class Opening:
         """Twilio's detection said who answered (first verdict only)."""
         if self.answered_by is not None or self.voicemail:
             return Step.NOTHING
+        if answered_by == MACHINE_START and self.detection == "voicemail":
+            return Step.NOTHING  # (not sent under DetectMessageEnd) its beep is to come
         self.answered_by = answered_by
         self.waiting = False
         if answered_by in HUMAN:
@@ -137,9 +142,7 @@ class Opening:
             self.how = "voicemail"
             return Step.VOICEMAIL
         if answered_by in MESSAGE_END or answered_by in (MACHINE_START, FAX):
-            if answered_by == MACHINE_START and self.detection == "voicemail":
-                return Step.NOTHING  # the message's end is still to come
-            self.open = True
+            self.open = self.machine = True
             self.how = "machine"
             return Step.HANG_UP
         return Step.NOTHING

@@ -113,6 +113,9 @@ FILLER: Final = 'A tool is still working. Say only this, in the language of the 
 RESUME_WAIT_MS: Final = 100
 RESUME_LEAD_MS: Final = 20
 
+#: Outbound: the least time from the Realtime session's opening to a greeting unasked.
+GREET_AFTER_OPEN_MS: Final = 800
+
 #: A media stream that never sends `start` is closed after this long.
 START_TIMEOUT_MS: Final = 10_000
 
@@ -219,6 +222,8 @@ class CallSession:
             amd_wait_ms=config.amd_wait_ms,
             amd_limit_ms=config.amd_limit_ms,
         )
+        #: An answering-machine verdict that came before the Realtime session opened.
+        self._early_verdict: str | None = None
         self.nudges = Nudges(self.out, config)
         self.tools = ToolCalls(self.out, config, self.measures, trust_redacted=self._replaying)
         labels = tuple(str(entry.get("server_label")) for entry in config.mcp_servers)
@@ -512,6 +517,9 @@ class CallSession:
         if self.opening.outbound:
             self.out.open_realtime(session_update(self.config, hold=True))
             self._opening_timers(now)
+            if self._early_verdict is not None:
+                log_event(logger, _INFO, "outbound.answered_by", answered_by=self._early_verdict)
+                self._opening_step(now, self.opening.verdict(self._early_verdict))
             return
         self.out.open_realtime(session_update(self.config))
         if self.config.greeting and not self.responding:
@@ -634,7 +642,11 @@ class CallSession:
             self._responses_failing(now)
             return
         progress = self.ending.response_done(
-            now, finished.response_id, finished.had_audio, self._bot_holds_floor
+            now,
+            finished.response_id,
+            finished.had_audio,
+            self._bot_holds_floor,
+            self.playback.queued_ms(),
         )
         if progress is Progress.ASK_FOR_WORDS:
             words = self._instructions(CLOSING_WORDS[self.ending.kind])
@@ -1167,7 +1179,10 @@ class CallSession:
         """An outbound call's Realtime session is ready to be used: the silence after which
         the bot greets unasked, and the wait for the detection's verdict."""
         opening = self.opening
-        self.out.set_timer(Timer.GREET, max(now, self.started_ms + opening.greet_silence_ms))
+        # At least GREET_AFTER_OPEN_MS after the session opened: caller audio buffered
+        # while it connected (a hello, perhaps) must reach the service's VAD first.
+        greet_at = max(now + GREET_AFTER_OPEN_MS, self.started_ms + opening.greet_silence_ms)
+        self.out.set_timer(Timer.GREET, greet_at)
         if opening.waiting:
             self.out.set_timer(Timer.DETECTION, max(now, self.started_ms + opening.amd_wait_ms))
 
@@ -1192,15 +1207,21 @@ class CallSession:
         if type(value) is not str or value not in ANSWERED_BY:
             self.out.bad("rest", "bad_answered_by", value=preview(value))
             return
-        if not self.opening.outbound or self.phase.state is not Phase.LIVE:
+        if not self.opening.outbound or self.phase.state is Phase.ENDED:
             log_event(logger, _DEBUG, "outbound.answered_by_ignored", answered_by=value)
-            self.opening.answered_by = self.opening.answered_by or value
+            return
+        if self.phase.state is not Phase.LIVE:
+            # Before the Realtime session is open (the verdict can come first): acted on
+            # as it opens.
+            self._early_verdict = self._early_verdict or value
             return
         log_event(logger, _INFO, "outbound.answered_by", answered_by=value)
         self._opening_step(now, self.opening.verdict(value))
 
     def _opening_step(self, now: float, step: Step) -> None:
         """Do what the opening decided."""
+        if not self.opening.waiting:
+            self.out.cancel_timer(Timer.DETECTION)  # nothing left to wait for
         if step is Step.NOTHING:
             return
         self.out.cancel_timer(Timer.GREET)

@@ -36,6 +36,7 @@ from app import twiml
 from app.agents import Agents
 from app.agents.templates import BUILTIN_NAMES, Template, call_values
 from app.call.config import CallConfig
+from app.call.opening import DEFAULT_OUTBOUND_GREETING
 from app.metrics import Metrics
 from app.observability import log_event
 from app.outbound.destinations import allowed
@@ -133,6 +134,16 @@ class OutboundCalls:
                 "forbidden_destination",
                 "the destination is outside OUTBOUND_ALLOWED_PREFIXES",
             )
+        if self.settings.public_base_url is None:
+            # Twilio must reach our stream and callbacks at the public URL: one derived
+            # from the operator's request (`curl localhost:8000/calls`) would have Twilio
+            # ring the callee, then fail to connect them.
+            metrics.labels("twilio_unreachable").inc()
+            return _error(
+                503,
+                "outbound_unavailable",
+                "PUBLIC_BASE_URL must be set: Twilio reaches the call's stream and callbacks there",
+            )
         if self.telephony is None:
             metrics.labels("twilio_unreachable").inc()
             return _error(
@@ -200,10 +211,11 @@ class OutboundCalls:
         return await self._not_created(outbound_id, created)
 
     async def _not_created(self, outbound_id: str, created: Created) -> Answer:
-        """Twilio refused, or never answered: 502. A row no call can exist for is closed
-        (it no longer counts in flight); one that may have a call stays open for its
-        status callbacks to tell."""
-        refused = created.status != 0
+        """Twilio refused, or never answered: 502. A row no call can exist for (a 4xx, or
+        a request that never left) is closed, and no longer counts in flight; one that may
+        have a call (no answer, a 5xx, a 201 without a CallSid) stays open for its status
+        callbacks to tell, and the answer says so, with its `outbound_id`."""
+        refused = 400 <= created.status < 500
         if refused or not created.reached:
             self._placed.pop(outbound_id, None)
             await self._update(outbound_id, {"status": "refused", "ended_at": datetime.now(UTC)})
@@ -226,11 +238,14 @@ class OutboundCalls:
                 twilio_code=created.code,
             )
         maybe = "" if not created.reached else " (the call may have been placed)"
+        said = created.error or (f"HTTP {created.status}" if created.status else "no answer")
         return _error(
             502,
             "twilio_unreachable",
-            f"Twilio did not answer: {created.error}{maybe}",
+            f"Twilio did not answer as expected: {said}{maybe}",
             outbound_id=outbound_id,
+            twilio_status=created.status or None,
+            twilio_code=created.code,
         )
 
     def _forget_stale(self, now: datetime) -> None:
@@ -312,7 +327,12 @@ class OutboundCalls:
         """The configuration of an outbound call's stream (its `start` already passed the
         stream token check), or why it is refused."""
         outbound_id = parameters.get(OUTBOUND_PARAMETER, "")
-        row = self._placed.pop(outbound_id, None) or await self._find(outbound_id)
+        placed = self._placed.pop(outbound_id, None)
+        # The store's row first, even on the replica that placed the call: it alone knows
+        # whether a stream has started elsewhere (a replayed `start`). Memory serves when
+        # the database can't be reached.
+        row = await self._find(outbound_id, 0.0 if placed is not None else SETTINGS_WAIT_S)
+        row = row or placed
         if row is None:
             log_event(logger, logging.ERROR, "outbound.unknown", outbound_id=outbound_id[:40])
             return "unknown_outbound_call"
@@ -323,9 +343,9 @@ class OutboundCalls:
         await self._update(outbound_id, {"call_sid": call_sid, "stream_at": datetime.now(UTC)})
         return self._config(row, parameters)
 
-    async def _find(self, outbound_id: str) -> dict[str, Any] | None:
+    async def _find(self, outbound_id: str, wait_s: float) -> dict[str, Any] | None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + SETTINGS_WAIT_S
+        deadline = loop.time() + wait_s
         while True:
             try:
                 return await self.store.outbound(outbound_id)
@@ -359,6 +379,13 @@ class OutboundCalls:
             text = chosen.get(name)
             if text:
                 changes[name] = Template.parse(text, known).render(values)
+        voicemail = chosen.get("voicemail_message")
+        if voicemail:  # said word for word: the values go in as they are, not quoted
+            changes["voicemail_message"] = Template.parse(voicemail, known).fill(values)
+        if not chosen.get("greeting") and config.greeting == self.base_config.greeting:
+            # Not the agent's own: the settings' greeting is an inbound one ("how can I
+            # help?"); the person called is told who calls and why.
+            changes["greeting"] = DEFAULT_OUTBOUND_GREETING
         return replace(config, **changes)
 
     async def answered_by(self, outbound_id: str, limit_s: float) -> str | None:
@@ -468,9 +495,8 @@ class OutboundCalls:
         if not call_sid:
             return
         outcome = FINAL[status]
-        detail = (
-            "no_media_stream" if status == "completed" else f"twilio_{status.replace('-', '_')}"
-        )
+        answered = status == "completed"
+        detail = "no_media_stream" if answered else f"twilio_{status.replace('-', '_')}"
         record = unanswered_record(
             {"CallSid": call_sid, "From": row.get("from_number"), "To": row.get("to_number")},
             now,
@@ -479,7 +505,10 @@ class OutboundCalls:
             agent=row.get("agent") or self.agents.default,
             direction="outbound",
         )
-        record["started_at"] = iso(row["created_at"])
+        # An answered call's record starts now, not at its creation: should its stream
+        # have run after all (its start unrecorded in a database blip), the stream's own
+        # record started earlier, and the earliest start wins (`app.store.writer`).
+        record["started_at"] = iso(now if answered else row["created_at"])
         record["answered_by"] = answered_by or row.get("answered_by")
         record["duration_s"] = float(_int(params.get("CallDuration")))
         sip = params.get("SipResponseCode")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-_PREFIX = re.compile(r"^\+\d{1,15}$")
+_PREFIX = re.compile(r"^\+[0-9]{1,15}$")
 
 #: E.164 country codes of two digits (1 and 7 have one; every other code has three).
 _TWO_DIGIT: Final = frozenset((

@@ -16,7 +16,9 @@ from typing import Any, Final
 from app.agents import Agents
 from app.agents.templates import BUILTIN_NAMES, Template, TemplateError
 
-E164: Final = re.compile(r"^\+[1-9]\d{1,14}$")
+#: ASCII digits only: `\d` would take Arabic-Indic or full-width digits, which no
+#: prefix rule would see for what they are.
+E164: Final = re.compile(r"^\+[1-9][0-9]{1,14}$")
 _CONTEXT_KEY: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 DETECTION_MODES: Final = ("off", "hangup", "voicemail")
 #: Longest instructions, greeting and voicemail message (characters), and context.
@@ -131,18 +133,24 @@ def parse(body: object, *, default_from: str | None, agents: Agents) -> PlaceCal
     to = body.get("to")
     if type(to) is not str or not E164.match(to):
         problems.append({"field": "to", "message": "required: an E.164 number like +14155550100"})
-    from_ = body.get("from", default_from)
+    from_ = body.get("from")
+    if from_ is None:  # absent or null: the configured caller ID
+        from_ = default_from
     if from_ is None:
         problems.append(
             {"field": "from", "message": "required: no TWILIO_FROM_NUMBER is configured"}
         )
     elif type(from_) is not str or not E164.match(from_):
         problems.append({"field": "from", "message": "must be an E.164 number like +14155550100"})
-    agent = body.get("agent", agents.default)
+    agent = body.get("agent")
+    if agent is None:
+        agent = agents.default
     if type(agent) is not str or agent not in agents.names:
         names = ", ".join(agents.names)
         problems.append({"field": "agent", "message": f"must be one of the agents: {names}"})
-    detection = body.get("machine_detection", "off")
+    detection = body.get("machine_detection")
+    if detection is None:
+        detection = "off"
     if detection not in DETECTION_MODES:
         problems.append(
             {"field": "machine_detection", "message": "must be one of off, hangup, voicemail"}
@@ -151,14 +159,19 @@ def parse(body: object, *, default_from: str | None, agents: Agents) -> PlaceCal
     known = {*BUILTIN_NAMES, *context}
     instructions = _text(body, "instructions", MAX_INSTRUCTIONS_CHARS, problems)
     greeting = _text(body, "greeting", MAX_GREETING_CHARS, problems)
-    for name, text in (("instructions", instructions), ("greeting", greeting)):
+    voicemail = _text(body, "voicemail_message", MAX_VOICEMAIL_CHARS, problems)
+    templates = (
+        ("instructions", instructions),
+        ("greeting", greeting),
+        ("voicemail_message", voicemail),
+    )
+    for name, text in templates:
         if text is not None:
             try:
                 Template.parse(text, known)
             except TemplateError as exc:
                 problems.append({"field": name, "message": str(exc)})
-    voicemail = _text(body, "voicemail_message", MAX_VOICEMAIL_CHARS, problems)
-    if detection == "voicemail" and voicemail is None and "voicemail_message" not in body:
+    if detection == "voicemail" and body.get("voicemail_message") is None:
         problems.append(
             {"field": "voicemail_message", "message": "required with machine_detection voicemail"}
         )

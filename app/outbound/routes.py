@@ -41,6 +41,15 @@ class PlaceCallBody(BaseModel):
     )
 
 
+#: The largest request every field's own limit allows (instructions, greeting, voicemail,
+#: 50 context values), with room for JSON's escapes.
+_MAX_CALL_BODY = 256 * 1024
+
+
+def _body_limit(settings: Settings) -> int:
+    return max(settings.webhook_max_body_bytes, _MAX_CALL_BODY)
+
+
 class PlacedCall(BaseModel):
     call_sid: str
     outbound_id: str
@@ -76,9 +85,7 @@ def place_route(
     )
     async def place_call(request: Request) -> Response:
         try:
-            raw = await read_body(
-                request, settings.webhook_max_body_bytes, settings.request_timeout_seconds
-            )
+            raw = await read_body(request, _body_limit(settings), settings.request_timeout_seconds)
         except FormRefused as refused:
             return JSONResponse(
                 {"error": "bad_body", "detail": refused.reason}, status_code=refused.status

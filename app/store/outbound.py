@@ -71,3 +71,12 @@ async def in_flight(conn: AsyncConnection, since: datetime) -> int:
         .where(outbound_calls.c.ended_at.is_(None), outbound_calls.c.created_at >= as_utc(since))
     )
     return int(result.scalar_one())
+
+
+async def prune(conn: AsyncConnection, *, cutoff: datetime) -> int:
+    """Delete the rows of calls created before `cutoff` (they hold the callee's number and
+    the call's context, kept no longer than the call records); how many were deleted."""
+    result = await conn.execute(
+        sa.delete(outbound_calls).where(outbound_calls.c.created_at < as_utc(cutoff))
+    )
+    return max(int(result.rowcount or 0), 0)

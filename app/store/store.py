@@ -307,15 +307,19 @@ class CallStore:
         return await self._query(lambda conn: outbound.in_flight(conn, since))
 
     async def prune(self, now: datetime | None = None) -> int:
-        """Delete the records that started more than `retention_days` before `now`
-        (0 days: keep all, a no-op); the number deleted."""
+        """Delete the records that started more than `retention_days` before `now`, and
+        the outbound calls' rows created before then (0 days: keep all, a no-op); the
+        number of records deleted."""
         if self._retention_days <= 0:
             return 0
         cutoff = queries.retention_cutoff(now or datetime.now(UTC), self._retention_days)
         count = await self._query(lambda conn: queries.prune(conn, cutoff=cutoff), write=True)
-        if count:
+        placed = await self._query(lambda conn: outbound.prune(conn, cutoff=cutoff), write=True)
+        if count or placed:
             self._stats.pruned += count
-            log_event(logger, logging.INFO, "store.pruned", count=count, before=cutoff)
+            log_event(
+                logger, logging.INFO, "store.pruned", count=count, outbound=placed, before=cutoff
+            )
         return count
 
     async def _run_pruner(self) -> None:
