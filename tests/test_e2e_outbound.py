@@ -235,6 +235,13 @@ async def test_a_call_that_never_connects_is_in_the_history_with_its_outcome(
     record = await record_of(app, call_sid)
     assert record["outcome"] == recorded and record["direction"] == "outbound"
     assert (record["from"], record["to"], record["turns"]) == (FROM, TO, [])
+    # Twilio's final callback again (a retry, or another replica's copy): counted once.
+    final = [c for c in rest.callbacks if c.kind == "status"][-1]
+    async with httpx.AsyncClient() as client:
+        again = await client.post(
+            final.delivered_to, data=final.params, headers={"X-Twilio-Signature": final.signature}
+        )
+    assert again.status_code == 204
     samples = await scrape(app, BEARER)
     assert value(samples, "bridge_outbound_results_total", status=outcome) == 1
     assert value(samples, "bridge_calls_total", outcome=recorded) == 1

@@ -87,6 +87,12 @@ class Agents:
             return self.default
         return self._numbers.get(to_number.strip(), self.default)
 
+    def timezone(self, agent: str) -> str | None:
+        """The zone of `agent`'s `{local_time}` (None: no agents file; then the
+        settings' `TIMEZONE`, which the caller passes)."""
+        found = self._agents.get(agent)
+        return found.timezone if found else None
+
     def context_names(self, agent: str) -> tuple[str, ...]:
         """The outbound context values `agent`'s templates may name."""
         found = self._agents.get(agent)

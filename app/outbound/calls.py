@@ -365,7 +365,7 @@ class OutboundCalls:
             parameters,
             agent=config.agent,
             now=now,
-            timezone=self.settings.timezone,
+            timezone=self.agents.timezone(config.agent) or self.settings.timezone,
             context=context,
             context_names=list(context),
         )
@@ -447,9 +447,12 @@ class OutboundCalls:
                 self.metrics.answer_time.observe(max(0.0, (now - created).total_seconds()))
             if status in FINAL:
                 changes["ended_at"] = now
+        closed = True
         if changes:
-            await self._update(oid, changes, only_if_open="ended_at" in changes)
-        if status in FINAL and not ended:
+            closed = await self._update(oid, changes, only_if_open="ended_at" in changes)
+        # Only the callback that closed the row counts it (two final callbacks racing,
+        # on two replicas, count once); a store that is away doesn't cost the record.
+        if status in FINAL and not ended and closed:
             self._placed.pop(oid, None)
             self._finished(row, status, now, params, changes.get("answered_by"))
 
@@ -519,13 +522,15 @@ class OutboundCalls:
 
     async def _update(
         self, outbound_id: str, values: dict[str, Any], *, only_if_open: bool = False
-    ) -> None:
+    ) -> bool:
+        """Whether the row was updated (True too when the store is away: logged)."""
         try:
-            await self.store.update_outbound(outbound_id, values, only_if_open=only_if_open)
+            return await self.store.update_outbound(outbound_id, values, only_if_open=only_if_open)
         except StoreUnavailable:
             log_event(
                 logger, logging.ERROR, "outbound.store_update_failed", fields=",".join(values)
             )
+            return True
 
 
 _KNOWN_VERDICTS: Final = frozenset(
