@@ -440,9 +440,14 @@ class Bridge:
             return
         if fields is not None and self.configure is not None:
             self._configure(fields[3])
+        self._feed_start(msg)
+
+    def _feed_start(self, msg: dict[str, Any]) -> None:
+        """The accepted `start`, fed (recorded) once the call is configured; a call that
+        went live gets its `media` encoder."""
         self._input("from_twilio", msg)
-        if session.call_sid:
-            self._encoder = tw.StreamEncoder(session.stream_sid)
+        if self.session.call_sid:
+            self._encoder = tw.StreamEncoder(self.session.stream_sid)
 
     def _configure(self, parameters: dict[str, str]) -> None:
         """The call's agent, from its `start`: before the `start` is recorded and fed."""
@@ -474,9 +479,7 @@ class Bridge:
             self._refuse(found, msg)
             return
         self._configured(found)
-        self._input("from_twilio", msg)
-        if self.session.call_sid:
-            self._encoder = tw.StreamEncoder(self.session.stream_sid)
+        self._feed_start(msg)
         if found.machine_detection != "off":
             limit_s = found.amd_limit_ms / 1000
             verdict = self._watch_verdict(parameters[OUTBOUND_PARAMETER], limit_s)

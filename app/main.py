@@ -35,11 +35,10 @@ from app.agents import TEMPLATE_PARAMETERS, Agents, fill
 from app.bridge import Bridge, BridgeLimits
 from app.call.config import CallConfig
 from app.call.session import CallSession
-from app.forms import FormRefused, read_form
 from app.lifecycle import Drain
 from app.limits import LimitHits
 from app.metrics import CONTENT_TYPE, Metrics
-from app.observability import bind_call, configure_logging, log_event, register_secret
+from app.observability import configure_logging, log_event, register_secret
 from app.operator_api import (
     OperatorAuth,
     docs_routes,
@@ -56,7 +55,6 @@ from app.security import (
     STREAM_TOKEN_PARAMETER,
     SignatureChecker,
     public_base_url,
-    public_url,
     stream_token,
     stream_url,
 )
@@ -66,6 +64,7 @@ from app.telephony import Telephony
 from app.tools.runner import ToolRunner
 from app.twilio_socket import Receive, Send, TwilioSocket
 from app.ui import mount_ui
+from app.webhooks import signed_params
 
 logger = logging.getLogger("app.main")
 
@@ -321,7 +320,7 @@ def create_app(
             request_timeout_s=settings.request_timeout_seconds,
         )
 
-    status_route(app, state.outbound, settings, state.checker, metrics)
+    status_route(app, state.outbound, settings, state.checker, metrics, state.hits)
 
     @app.get("/metrics")
     async def metrics_page(request: Request) -> Response:
@@ -347,26 +346,12 @@ def create_app(
 
     @app.post("/incoming-call")
     async def incoming_call(request: Request) -> Response:
-        try:
-            params = await read_form(
-                request, settings.webhook_max_body_bytes, settings.request_timeout_seconds
-            )
-        except FormRefused as refused:
-            state.hits.hit("webhook_body", reason=refused.reason)
-            metrics.webhooks.labels("refused_body").inc()
-            return Response(status_code=refused.status)
-        bind_call(call_sid=params.get("CallSid") or None)
-        try:
-            base = public_base_url(settings.public_base_url, request.headers, request.url.scheme)
-        except ValueError as exc:
-            log_event(logger, logging.WARNING, "webhook.bad_request", reason=str(exc))
-            metrics.webhooks.labels("bad_request").inc()
-            return Response(status_code=400)
-        url = public_url(base, request.url.path, request.url.query)
-        if not state.checker.check_webhook(url, params, request.headers.get("x-twilio-signature")):
-            log_event(logger, logging.WARNING, "webhook.bad_signature", url=url)
-            metrics.webhooks.labels("bad_signature").inc()
-            return Response(status_code=403)
+        signed = await signed_params(
+            request, settings=settings, checker=state.checker, metrics=metrics, hits=state.hits
+        )
+        if isinstance(signed, Response):
+            return signed
+        params, base = signed.params, signed.base
         if not params.get("CallSid"):
             log_event(logger, logging.WARNING, "webhook.missing_call_sid")
         if state.transport is None:

@@ -38,6 +38,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from app.call import opening
 from app.call.actions import Measure
 from app.call.actions import Metric as CallMetric
 from app.protocol import realtime as rt
@@ -75,10 +76,7 @@ PLACED_RESULTS: Final = (
 )  # fmt: skip
 #: How an outbound call ended, as Twilio's final `CallStatus` says.
 OUTBOUND_RESULTS: Final = ("completed", "busy", "no-answer", "failed", "canceled")
-ANSWERED_BY: Final = (
-    "human", "machine_start", "machine_end_beep", "machine_end_silence", "machine_end_other",
-    "fax", "unknown",
-)  # fmt: skip
+ANSWERED_BY: Final = tuple(sorted(opening.ANSWERED_BY))
 #: Ringing to answer: seconds (a quick pick-up) to a minute (Twilio's ring timeout).
 ANSWER_BUCKETS: Final = (1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0)
 REST_RESULTS: Final = ("ok", "error", "unreachable")

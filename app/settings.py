@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.outbound.destinations import country_code, parse_prefixes
+from app.outbound.destinations import E164, country_code, parse_prefixes
 
 BUILTIN_VOICES: frozenset[str] = frozenset(
     {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
@@ -67,7 +67,7 @@ DEFAULT_FALLBACK_MESSAGE = (
 DEFAULT_APOLOGY_MESSAGE = "Sorry, this line is not set up yet. Goodbye."
 
 _ACCOUNT_SID_RE = re.compile(r"^AC[0-9a-fA-F]{32}$")
-_E164_RE = re.compile(r"^\+[1-9]\d{1,14}$")
+_E164_RE = E164
 _PHONE_SEPARATORS_RE = re.compile(r"[\s().-]")
 _SIP_RE = re.compile(r"^sip:[^\s<>@]+@[^\s<>@]+$", re.IGNORECASE)
 _MAX_ECHO = 80

@@ -27,11 +27,12 @@ from twilio.request_validator import RequestValidator
 from app.main import create_app
 from app.security import STREAM_TOKEN_PARAMETER, stream_token
 from app.settings import Settings, load_settings
+from app.store import CallStore
 from tests.browser import BrowserMissing, Shots, chromium_path, launched, opened_page
 from tests.fakes.realtime_server import FakeRealtime
 from tests.fakes.twilio_caller import FakeTwilioCall
 from tests.pg import PgServer, PgUnavailable
-from tests.store_support import StoreLog, capture_store_log, sqlite_url
+from tests.store_support import OpenStore, StoreLog, capture_store_log, sqlite_url
 
 AUTH_TOKEN = "test-auth-token-0123456789"
 ACCOUNT_SID = "AC" + "a" * 32
@@ -267,3 +268,31 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def store_log() -> Iterator[StoreLog]:
     with capture_store_log() as log:
         yield log
+
+
+@pytest.fixture
+async def open_store(db_url: str) -> AsyncIterator[OpenStore]:
+    """Start stores on `db_url` (each must come up); all are closed at the end."""
+    stores: list[CallStore] = []
+
+    async def start(**options: Any) -> CallStore:
+        store = CallStore(db_url, **options)
+        stores.append(store)
+        assert await store.start(timeout_s=10)
+        assert store.available
+        return store
+
+    yield start
+    for store in stores:
+        await store.close()
+
+
+@pytest.fixture
+def own_pg() -> Iterator[PgServer]:
+    """A PostgreSQL server of this test's own, running; the test may stop and start it."""
+    server = PgServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from app.observability import StructuredFormatter, current_call
+from app.store import CallStore
+
+#: `open_store` (tests/conftest.py): start a store on the test's database.
+OpenStore = Callable[..., Awaitable[CallStore]]
 
 BASE_TIME = datetime(2026, 12, 2, 1, 21, 17, 123000, tzinfo=UTC)
 PRIVATE_TEXT = "my card number is 4111 1111 1111 1111"

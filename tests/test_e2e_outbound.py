@@ -13,6 +13,7 @@ second process sharing the PostgreSQL store getting its call's own instructions.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -188,7 +189,6 @@ async def test_a_machine_gets_the_voicemail_after_the_beep_and_the_hang_up_after
     assert amd.params["AnsweredBy"] == "machine_end_beep"
     create = await conn.wait_for("response.create", timeout=10)
     assert MESSAGE in create["response"]["instructions"]
-    assert conn.events.count(create) == 1
     # Nothing was said to the machine's greeting: the only response is the voicemail.
     assert [e["type"] for e in conn.events].count("response.create") == 1
     hangup = await rest.wait_for_request(timeout=30, predicate=_update)
@@ -253,7 +253,7 @@ async def test_a_call_that_never_connects_is_in_the_history_with_its_outcome(
 
 
 async def test_a_destination_outside_the_allowed_prefixes_is_refused(
-    app_with: AppFactory, rest: FakeTwilioRest, caplog: pytest.LogCaptureFixture
+    app_with: AppFactory, rest: FakeTwilioRest
 ) -> None:
     app = await start(app_with, rest)
     for to in ("+447700900123", "+18765550123", "+19005550123"):  # abroad, Jamaica, premium
@@ -284,8 +284,6 @@ async def test_over_the_limit_is_429_until_a_call_ends(
 
 
 async def _in_flight_zero(app: RunningApp) -> bool:
-    from datetime import UTC, datetime, timedelta
-
     since = datetime.now(UTC) - timedelta(hours=3)
     return await app.state.store.outbound_in_flight(since) == 0  # type: ignore[no-any-return]
 

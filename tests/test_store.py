@@ -15,7 +15,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -41,30 +40,12 @@ from app.store.schema import calls, metadata
 from app.store.store import SQLITE_MIGRATE_WAIT_S
 from tests.store_support import (
     BASE_TIME,
+    OpenStore,
     StoreLog,
     eventually,
     make_record,
     sqlite_url,
 )
-
-OpenStore = Callable[..., Awaitable[CallStore]]
-
-
-@pytest.fixture
-async def open_store(db_url: str) -> AsyncIterator[OpenStore]:
-    """Start stores on `db_url` (each must come up); all are closed at the end."""
-    stores: list[CallStore] = []
-
-    async def start(**options: Any) -> CallStore:
-        store = CallStore(db_url, **options)
-        stores.append(store)
-        assert await store.start(timeout_s=10)
-        assert store.available
-        return store
-
-    yield start
-    for store in stores:
-        await store.close()
 
 
 async def submit_all(store: CallStore, records: list[dict[str, Any]]) -> None:

@@ -7,7 +7,7 @@ stops a PostgreSQL server of its own (as test_store_writer.py's do).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -20,41 +20,11 @@ from app.store.engine import make_engine, writing
 from app.store.records import to_row
 from app.store.schema import calls
 from tests.pg import PgServer
-from tests.store_support import BASE_TIME, StoreLog, eventually, make_record
-
-OpenStore = Callable[..., Awaitable[CallStore]]
+from tests.store_support import BASE_TIME, OpenStore, StoreLog, eventually, make_record
 
 TO, FROM = "+15550009876", "+15550001234"
 SECRET_CONTEXT = "account 4111 1111 1111 1111"
 """In every test row's settings: it must never reach a log line."""
-
-
-@pytest.fixture
-async def open_store(db_url: str) -> AsyncIterator[OpenStore]:
-    """Start stores on `db_url` (each must come up); all are closed at the end."""
-    stores: list[CallStore] = []
-
-    async def start(**options: Any) -> CallStore:
-        store = CallStore(db_url, **options)
-        stores.append(store)
-        assert await store.start(timeout_s=10)
-        assert store.available
-        return store
-
-    yield start
-    for store in stores:
-        await store.close()
-
-
-@pytest.fixture
-def own_pg() -> Iterator[PgServer]:
-    """A PostgreSQL server of this test's own, running; the test may stop and start it."""
-    server = PgServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
 
 
 def make_row(outbound_id: str, *, created: datetime = BASE_TIME, **overrides: Any) -> dict:

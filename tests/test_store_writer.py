@@ -11,7 +11,6 @@ import asyncio
 import inspect
 import logging
 import math
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,17 +30,6 @@ from tests.store_support import (
     eventually,
     make_record,
 )
-
-
-@pytest.fixture
-def own_pg() -> Iterator[PgServer]:
-    """A PostgreSQL server of this test's own, running; the test may stop and start it."""
-    server = PgServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
 
 
 def powers_of_two(attempts: list[Any]) -> bool:

@@ -36,7 +36,7 @@ from app import twiml
 from app.agents import Agents
 from app.agents.templates import BUILTIN_NAMES, Template, call_values
 from app.call.config import CallConfig
-from app.call.opening import DEFAULT_OUTBOUND_GREETING
+from app.call.opening import ANSWERED_BY, DEFAULT_OUTBOUND_GREETING
 from app.metrics import Metrics
 from app.observability import log_event
 from app.outbound.destinations import allowed
@@ -463,7 +463,7 @@ class OutboundCalls:
             return
         changes["answered_by"] = answered_by
         self.metrics.answered_by.labels(
-            answered_by if answered_by in _KNOWN_VERDICTS else "other"
+            answered_by if answered_by in ANSWERED_BY else "other"
         ).inc()
         log_event(logger, logging.INFO, "outbound.answered_by", answered_by=answered_by)
         waiting = self._waiting.get(outbound_id)
@@ -531,19 +531,6 @@ class OutboundCalls:
                 logger, logging.ERROR, "outbound.store_update_failed", fields=",".join(values)
             )
             return True
-
-
-_KNOWN_VERDICTS: Final = frozenset(
-    {
-        "human",
-        "machine_start",
-        "machine_end_beep",
-        "machine_end_silence",
-        "machine_end_other",
-        "fax",
-        "unknown",
-    }
-)
 
 
 def _int(value: str | None) -> int:

@@ -18,6 +18,9 @@ import re
 from typing import Final
 
 _PREFIX = re.compile(r"^\+[0-9]{1,15}$")
+#: An E.164 number. ASCII digits only: `\d` would take Arabic-Indic or full-width digits,
+#: which no prefix rule would see for what they are.
+E164: Final = re.compile(r"^\+[1-9][0-9]{1,14}$")
 
 #: E.164 country codes of two digits (1 and 7 have one; every other code has three).
 _TWO_DIGIT: Final = frozenset((

@@ -15,10 +15,8 @@ from typing import Any, Final
 
 from app.agents import Agents
 from app.agents.templates import BUILTIN_NAMES, Template, TemplateError
+from app.outbound.destinations import E164
 
-#: ASCII digits only: `\d` would take Arabic-Indic or full-width digits, which no
-#: prefix rule would see for what they are.
-E164: Final = re.compile(r"^\+[1-9][0-9]{1,14}$")
 _CONTEXT_KEY: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 DETECTION_MODES: Final = ("off", "hangup", "voicemail")
 #: Longest instructions, greeting and voicemail message (characters), and context.

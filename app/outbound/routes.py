@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Literal
 
 import orjson
@@ -11,15 +10,14 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from app.forms import FormRefused, read_body, read_form
+from app.forms import FormRefused, read_body
+from app.limits import LimitHits
 from app.metrics import Metrics
-from app.observability import bind_call, log_event
 from app.outbound.calls import OutboundCalls
 from app.outbound.request import Invalid, parse
-from app.security import SignatureChecker, public_base_url, public_url
+from app.security import SignatureChecker, public_base_url
 from app.settings import Settings
-
-logger = logging.getLogger("app.outbound")
+from app.webhooks import signed_params
 
 
 class PlaceCallBody(BaseModel):
@@ -119,29 +117,16 @@ def status_route(
     settings: Settings,
     checker: SignatureChecker,
     metrics: Metrics,
+    hits: LimitHits,
 ) -> None:
     """`POST /call-status`: Twilio's status and AMD callbacks for the calls we placed."""
 
     @app.post("/call-status", include_in_schema=False)
     async def call_status(request: Request) -> Response:
-        try:
-            params = await read_form(
-                request, settings.webhook_max_body_bytes, settings.request_timeout_seconds
-            )
-        except FormRefused as refused:
-            metrics.webhooks.labels("refused_body").inc()
-            return Response(status_code=refused.status)
-        bind_call(call_sid=params.get("CallSid") or None)
-        try:
-            base = public_base_url(settings.public_base_url, request.headers, request.url.scheme)
-        except ValueError as exc:
-            log_event(logger, logging.WARNING, "webhook.bad_request", reason=str(exc))
-            metrics.webhooks.labels("bad_request").inc()
-            return Response(status_code=400)
-        url = public_url(base, request.url.path, request.url.query)
-        if not checker.check_webhook(url, params, request.headers.get("x-twilio-signature")):
-            log_event(logger, logging.WARNING, "webhook.bad_signature", url=url)
-            metrics.webhooks.labels("bad_signature").inc()
-            return Response(status_code=403)
-        await calls.status(request.query_params.get("outbound"), params)
+        signed = await signed_params(
+            request, settings=settings, checker=checker, metrics=metrics, hits=hits
+        )
+        if isinstance(signed, Response):
+            return signed
+        await calls.status(request.query_params.get("outbound"), signed.params)
         return Response(status_code=204)
