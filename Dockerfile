@@ -20,9 +20,11 @@
 # media stream (a few seconds of teardown) and exits 0 (app/lifecycle.py). Docker
 # sends SIGKILL 10 s after SIGTERM unless told otherwise, which would cut every
 # live call with no fallback, so the stop timeout must be at least
-# SHUTDOWN_DRAIN_SECONDS plus about 10 s: `docker run --stop-timeout 630`,
+# SHUTDOWN_DRAIN_SECONDS plus 20 s (up to 5 s ending the calls left, 5 s of server
+# teardown, 10 s flushing call records), with a margin: `docker run --stop-timeout 630`,
 # `docker stop -t 630`, compose `stop_grace_period: 630s`, Kubernetes
-# `terminationGracePeriodSeconds: 630` (adjust to your SHUTDOWN_DRAIN_SECONDS).
+# `terminationGracePeriodSeconds: 640` (deploy/k8s: with its 10 s preStop sleep;
+# adjust to your SHUTDOWN_DRAIN_SECONDS).
 
 ARG BASE_IMAGE=python:3.12-slim
 
@@ -76,7 +78,26 @@ ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
 # RECORD_DIR=/data/recordings to record every call as a call fixture (a new named
 # volume takes its owner). Records and recordings hold transcripts, and recordings the
 # caller's audio too with RECORD_AUDIO=true: personal data.
-RUN groupadd --system --gid 10001 app \
+#
+# No pip in the image, the base's included (each step is a no-op where there is
+# none): a Debian-packaged pip and the wheels that venv's ensurepip installs from
+# (python3-venv pulls python3-pip-whl, itself a runnable pip), then a pip installed
+# with Python itself (python:3.12-slim has one in /usr/local). The last line fails
+# the build if a pip is still importable.
+RUN set -eu; \
+    if command -v dpkg-query >/dev/null 2>&1; then \
+        pkgs=$(dpkg-query -W -f '${db:Status-Abbrev} ${Package}\n' 'python3-pip*' \
+               'python3*-venv' 'python3-setuptools*' python3-wheel 2>/dev/null \
+               | awk '$1 ~ /^.i/ {print $2}' || true); \
+        if [ -n "$pkgs" ]; then dpkg --purge $pkgs; fi; \
+    fi; \
+    if python3 -m pip --version >/dev/null 2>&1; then \
+        PIP_ROOT_USER_ACTION=ignore python3 -m pip uninstall --yes pip setuptools wheel; \
+    fi; \
+    if python3 -m pip --version >/dev/null 2>&1; then \
+        echo "pip is still in the image" >&2; exit 1; \
+    fi; \
+    groupadd --system --gid 10001 app \
  && useradd --system --uid 10001 --gid app --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin app \
  && mkdir -p /data/recordings \
@@ -102,9 +123,12 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
 # `exec` replaces the shell, so uvicorn is PID 1 and gets SIGTERM directly.
 # No websocket compression: base64 mu-law barely compresses and deflate costs CPU and
 # memory per call (measured with the load benchmark, `make bench`).
-# Behind a load balancer: trust X-Forwarded-Proto/-For (the app's Twilio
-# signature check needs the public scheme) from any peer by default; set
-# FORWARDED_ALLOW_IPS to the balancer's addresses when the container is
-# reachable other than through it. No --timeout-graceful-shutdown: the app
-# drains its own calls on SIGTERM (see "Run" above) before uvicorn shuts down.
-CMD ["sh", "-c", "exec uvicorn app.main:app --host 0.0.0.0 --port \"${PORT:-8000}\" --ws-per-message-deflate false --proxy-headers --forwarded-allow-ips \"${FORWARDED_ALLOW_IPS:-*}\""]
+# Behind a load balancer: X-Forwarded-Proto/-For are trusted only from the
+# addresses or networks in FORWARDED_ALLOW_IPS (uvicorn reads it; unset, only
+# loopback: 127.0.0.1 and ::1). Set it to the balancer's, never `*` on a container
+# reachable other than through the balancer: anyone could then claim any client
+# address. The Twilio
+# signature check does not depend on it when PUBLIC_BASE_URL is set (README,
+# "Scaling out"). No --timeout-graceful-shutdown: the app drains its own calls on
+# SIGTERM (see "Run" above) before uvicorn shuts down.
+CMD ["sh", "-c", "exec uvicorn app.main:app --host 0.0.0.0 --port \"${PORT:-8000}\" --ws-per-message-deflate false --proxy-headers"]

@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP) $(RUN_STAMP)
 
 # Test audio is real speech made with espeak-ng + sox, the call store's tests need
-# PostgreSQL's server binaries, the browser tests chromium; install them when missing.
+# PostgreSQL's server binaries, the browser tests chromium, the scale-out proof HAProxy;
+# install them when missing.
 tools:
 	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || { \
 	  echo "installing espeak-ng and sox (test speech)"; \
@@ -43,6 +44,14 @@ tools:
 	    postgresql >/dev/null; }
 	@# The call viewer's browser tests (tests/browser.py) drive Debian's chromium through
 	@# Playwright, which never downloads a browser of its own.
+	@# The rolling-restart proof (tests/test_e2e_rolling.py) runs a real HAProxy in front of
+	@# three app processes; the deploy files' test (tests/test_deploy.py) checks the compose
+	@# file with docker-compose (v1, from Debian: `config` needs no Docker engine).
+	@{ command -v haproxy || test -x /usr/sbin/haproxy; } >/dev/null && command -v docker-compose >/dev/null || { \
+	  echo "installing haproxy and docker-compose (scale-out proof, deploy files)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy docker-compose >/dev/null; }
 	@command -v chromium >/dev/null || { \
 	  echo "installing chromium (browser tests)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

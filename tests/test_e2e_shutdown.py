@@ -109,8 +109,18 @@ class ServerProcess:
 async def server(
     realtime: FakeRealtime, tmp_path: Path, **env: str
 ) -> AsyncIterator[ServerProcess]:
+    """`uvicorn app.main:app` on a new loopback socket of ours."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
+    async with server_on(sock, realtime, tmp_path, env) as running:
+        yield running
+
+
+@asynccontextmanager
+async def server_on(
+    sock: socket.socket, realtime: FakeRealtime, tmp_path: Path, env: dict[str, str]
+) -> AsyncIterator[ServerProcess]:
+    """`uvicorn app.main:app` on `sock` (bound, not yet listening), settings over `env`."""
     sock.listen(64)
     sock.set_inheritable(True)
     settings = {

@@ -834,3 +834,62 @@ async def test_the_render_cache_keeps_to_its_byte_budget(
     await renderer.svg(paths[0])
     assert renderer.renders == 3
     renderer.close()
+
+
+async def test_with_no_writable_temp_dir_the_audio_is_a_clear_503_not_a_crash(
+    signed_in: Viewer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The image run `--read-only` without a /tmp mount: the audio can't be stored; the
+    answer says what to mount, and nothing is kept (the next request tries again)."""
+    import tempfile
+
+    import app.viewer.wav
+
+    monkeypatch.setattr(app.viewer.wav, "render_wav", lambda fixture: b"RIFF" + bytes(64))
+    _kept_copy(LIBRARY / "greeting.jsonl", signed_in.record_dir / "greeting.jsonl")
+    await signed_in.seed(record(1, recording="greeting.jsonl"))
+    sid = record(1)["call_sid"]
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "read-only-root" / "tmp"))
+    reply = await signed_in.client.get(f"/ui/calls/{sid}/audio.wav")
+    assert reply.status_code == 503 and "mount one at /tmp" in reply.text
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # /tmp mounted
+    reply = await signed_in.client.get(f"/ui/calls/{sid}/audio.wav")
+    assert reply.status_code == 200 and reply.content == b"RIFF" + bytes(64)
+
+
+async def test_an_unreadable_recording_has_no_audio_and_says_no_more(
+    signed_in: Viewer,
+) -> None:
+    """The recording's own fault: 404, and the reader's error (a server path) stays in."""
+    (signed_in.record_dir / "broken.jsonl").write_text('{"audio": "kept"}\nnot json\n')
+    await signed_in.seed(record(1, recording="broken.jsonl"))
+    sid = record(1)["call_sid"]
+    reply = await signed_in.client.get(f"/ui/calls/{sid}/audio.wav")
+    assert reply.status_code == 404 and reply.text == "no audio in this recording\n"
+
+
+async def test_a_wav_too_big_for_the_cache_is_served_then_removed_at_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not kept, but not left on disk either: /tmp (a small volume in a read-only pod)
+    holds the cache's budget plus at most one such file."""
+    import app.ui.recordings as recordings
+
+    def render(path: Path, target: Path) -> recordings.Rendered:
+        target.write_bytes(b"x" * 2000)
+        return recordings.Rendered(wav=target, wav_bytes=2000)
+
+    monkeypatch.setattr(recordings, "_render_wav", render)
+    renderer = recordings.Renderer(budget_bytes=1000)
+    paths = []
+    for name in ("a.jsonl", "b.jsonl"):
+        (tmp_path / name).write_text("{}\n")
+        paths.append(tmp_path / name)
+    first = await renderer.wav(paths[0])
+    assert first.wav is not None and first.wav.exists()  # served
+    second = await renderer.wav(paths[1])
+    assert second.wav is not None and second.wav.exists()
+    assert not first.wav.exists()  # the one before is gone
+    again = await renderer.wav(paths[1])  # not cached: rendered again, the same file kept
+    assert again.wav == second.wav and second.wav.exists() and renderer.renders == 3
+    renderer.close()

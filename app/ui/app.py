@@ -32,7 +32,15 @@ from app.forms import FormRefused, read_form
 from app.observability import log_event
 from app.operator_api import OperatorAuth
 from app.store import BadCursor, CallStore, StoreUnavailable
-from app.ui.recordings import TOO_LONG, Renderer, audio_kept, recording_path
+from app.ui.recordings import (
+    NO_AUDIO,
+    NO_TEMP_DIR,
+    NOT_STORED,
+    TOO_LONG,
+    Renderer,
+    audio_kept,
+    recording_path,
+)
 from app.ui.session import (
     COOKIE,
     COOKIE_PATH,
@@ -381,7 +389,9 @@ class CallViewer:
         if rendered.too_long:
             return self.too_long()
         if rendered.wav is None:
-            return Response("no audio in this recording\n", 404, media_type="text/plain")
+            if rendered.problem in (NO_TEMP_DIR, NOT_STORED):  # the server's, not the call's
+                return Response(rendered.problem + "\n", 503, media_type="text/plain")
+            return Response(NO_AUDIO + "\n", 404, media_type="text/plain")
         # A file, so that Range requests get 206 (seeking in the player).
         return FileResponse(rendered.wav, media_type="audio/wav")
 

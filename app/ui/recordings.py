@@ -115,6 +115,19 @@ def _render_svg(path: Path) -> Rendered:
         return Rendered(problem="the timeline could not be drawn")
 
 
+#: The one problem that is the recording's, not the server's (404 rather than 503).
+NO_AUDIO = "no audio in this recording"
+
+#: The server couldn't write the WAV file it made (503: a disk or mount problem).
+NOT_STORED = "the audio could not be stored"
+
+#: A read-only root filesystem with no writable /tmp (the image run `--read-only`).
+NO_TEMP_DIR = (
+    "the audio could not be stored: no writable temporary directory "
+    "(mount one at /tmp, or set TMPDIR)"
+)
+
+
 def _render_wav(path: Path, target: Path) -> Rendered:
     """Load a fixture and write its audio to `target` (in a worker thread)."""
     from app.replay import FixtureError, load
@@ -133,14 +146,14 @@ def _render_wav(path: Path, target: Path) -> Rendered:
         log_event(logger, logging.WARNING, "ui.render_failed", what="wav", error=repr(exc))
         return Rendered(problem="the audio could not be made")
     if wav is None:
-        return Rendered(problem="no audio in this recording")
+        return Rendered(problem=NO_AUDIO)
     partial = target.with_suffix(".part")
     try:
         partial.write_bytes(wav)
         os.replace(partial, target)
     except OSError as exc:
         log_event(logger, logging.WARNING, "ui.render_failed", what="wav", error=repr(exc))
-        return Rendered(problem="the audio could not be stored")
+        return Rendered(problem=NOT_STORED)
     return Rendered(wav=target, wav_bytes=len(wav))
 
 
@@ -164,6 +177,9 @@ class Renderer:
         self._one_at_a_time = asyncio.Semaphore(1)
         self._in_flight: dict[_Key, asyncio.Task[Rendered]] = {}
         self._dir: Path | None = None
+        #: The last WAV too big for the cache: served, not kept, removed at the next one
+        #: (a response already reading it keeps its open file), so disk use stays bounded.
+        self._transient: Path | None = None
         #: How many renders actually ran (for tests and logs).
         self.renders = 0
 
@@ -178,6 +194,7 @@ class Renderer:
         with self._lock:
             self._cache.clear()
             self._held = 0
+            self._transient = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
@@ -217,15 +234,25 @@ class Renderer:
                 rendered = await asyncio.to_thread(_render_svg, path)
             else:
                 name = hashlib.sha256(repr(key).encode()).hexdigest() + ".wav"
-                target = self._cache_dir() / name
+                try:
+                    target = self._cache_dir() / name
+                except OSError as exc:
+                    log_event(
+                        logger, logging.ERROR, "ui.render_failed", what="wav", error=repr(exc)
+                    )
+                    return Rendered(problem=NO_TEMP_DIR)  # not kept: a mount may fix it
                 rendered = await asyncio.to_thread(_render_wav, path, target)
         self._keep(key, rendered)
         return rendered
 
     def _keep(self, key: _Key, rendered: Rendered) -> None:
         size = rendered.size
-        if size > self._budget:
-            return  # served this once, not kept
+        if size > self._budget:  # served this once, not kept
+            with self._lock:
+                previous, self._transient = self._transient, rendered.wav
+            if previous is not None and previous != rendered.wav:
+                previous.unlink(missing_ok=True)
+            return
         with self._lock:
             self._cache[key] = (rendered, size)
             self._held += size
