@@ -67,7 +67,6 @@ DEFAULT_FALLBACK_MESSAGE = (
 DEFAULT_APOLOGY_MESSAGE = "Sorry, this line is not set up yet. Goodbye."
 
 _ACCOUNT_SID_RE = re.compile(r"^AC[0-9a-fA-F]{32}$")
-_E164_RE = E164
 _PHONE_SEPARATORS_RE = re.compile(r"[\s().-]")
 _SIP_RE = re.compile(r"^sip:[^\s<>@]+@[^\s<>@]+$", re.IGNORECASE)
 _MAX_ECHO = 80
@@ -115,7 +114,7 @@ def check_dial_target(value: str) -> str:
             raise ValueError("must be a SIP URI like sip:user@host")
         return value
     number = _PHONE_SEPARATORS_RE.sub("", value)
-    if not _E164_RE.match(number):
+    if not E164.match(number):
         raise ValueError("must be an E.164 phone number like +14155550100, or a sip: URI")
     return number
 
@@ -123,7 +122,7 @@ def check_dial_target(value: str) -> str:
 def check_e164(value: str) -> str:
     """Validate an E.164 phone number (separators allowed and removed); return it bare."""
     number = _PHONE_SEPARATORS_RE.sub("", value.strip())
-    if not _E164_RE.match(number):
+    if not E164.match(number):
         raise ValueError("must be an E.164 phone number like +14155550100")
     return number
 

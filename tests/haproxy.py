@@ -42,6 +42,15 @@ class HaproxyUnavailable(RuntimeError):
     """The haproxy binary is not installed."""
 
 
+def haproxy_binary() -> str:
+    """Debian's haproxy (in /usr/sbin, off a non-root user's PATH), or raise saying how to
+    get it."""
+    found = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+    if found is None:
+        raise HaproxyUnavailable("haproxy is not installed (`make tools` installs it)")
+    return found
+
+
 def balancer_config(listen_fd: int, servers: dict[str, int], admin_socket: Path) -> str:
     """The deploy's config, bound to `listen_fd`, balancing over loopback `servers`."""
     text = DEPLOY_CONFIG.read_text()
@@ -66,12 +75,7 @@ class Haproxy:
     """One HAProxy process in front of `servers` (name -> loopback port)."""
 
     def __init__(self, workdir: Path, servers: dict[str, int]) -> None:
-        binary = shutil.which("haproxy") or next(
-            (p for p in ("/usr/sbin/haproxy",) if Path(p).exists()), None
-        )
-        if binary is None:
-            raise HaproxyUnavailable("haproxy is not installed (`make tools` installs it)")
-        self.binary = binary
+        self.binary = haproxy_binary()
         self.workdir = workdir
         self.servers = dict(servers)
         self.admin = workdir / "admin.sock"

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import string
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
@@ -131,21 +131,17 @@ class Template:
     def fill(self, values: Mapping[str, str]) -> str:
         """The text with each name's value inserted as it is (cut to `MAX_VALUE_CHARS`):
         for words said verbatim (a voicemail), never for instructions."""
-        out: list[str] = []
-        for literal, name in self.parts:
-            out.append(literal)
-            if name is not None:
-                out.append(values.get(name, "")[:MAX_VALUE_CHARS])
-        return "".join(out)
+        return self._insert(values, lambda value: value[:MAX_VALUE_CHARS])
 
     def render(self, values: Mapping[str, str]) -> str:
         """The text with each name's value inserted safely (`quote`); missing: `""`."""
-        out: list[str] = []
-        for literal, name in self.parts:
-            out.append(literal)
-            if name is not None:
-                out.append(quote(values.get(name, "")))
-        return "".join(out)
+        return self._insert(values, quote)
+
+    def _insert(self, values: Mapping[str, str], shape: Callable[[str], str]) -> str:
+        return "".join(
+            literal if name is None else literal + shape(values.get(name, ""))
+            for literal, name in self.parts
+        )
 
 
 def local_time(now: datetime, timezone: str) -> str:

@@ -518,8 +518,7 @@ class CallSession:
             self.out.open_realtime(session_update(self.config, hold=True))
             self._opening_timers(now)
             if self._early_verdict is not None:
-                log_event(logger, _INFO, "outbound.answered_by", answered_by=self._early_verdict)
-                self._opening_step(now, self.opening.verdict(self._early_verdict))
+                self._act_on_verdict(now, self._early_verdict)
             return
         self.out.open_realtime(session_update(self.config))
         if self.config.greeting and not self.responding:
@@ -1215,6 +1214,9 @@ class CallSession:
             # as it opens.
             self._early_verdict = self._early_verdict or value
             return
+        self._act_on_verdict(now, value)
+
+    def _act_on_verdict(self, now: float, value: str) -> None:
         log_event(logger, _INFO, "outbound.answered_by", answered_by=value)
         self._opening_step(now, self.opening.verdict(value))
 

@@ -87,6 +87,12 @@ def _text(
     return value
 
 
+def _given(body: dict[str, Any], name: str, default: object) -> Any:
+    """`body[name]`, or `default` when it is absent or null (null means the default)."""
+    value = body.get(name)
+    return default if value is None else value
+
+
 def _context(body: dict[str, Any], problems: list[dict[str, str]]) -> dict[str, str]:
     value = body.get("context")
     if value is None:
@@ -131,24 +137,18 @@ def parse(body: object, *, default_from: str | None, agents: Agents) -> PlaceCal
     to = body.get("to")
     if type(to) is not str or not E164.match(to):
         problems.append({"field": "to", "message": "required: an E.164 number like +14155550100"})
-    from_ = body.get("from")
-    if from_ is None:  # absent or null: the configured caller ID
-        from_ = default_from
+    from_ = _given(body, "from", default_from)  # absent or null: the configured caller ID
     if from_ is None:
         problems.append(
             {"field": "from", "message": "required: no TWILIO_FROM_NUMBER is configured"}
         )
     elif type(from_) is not str or not E164.match(from_):
         problems.append({"field": "from", "message": "must be an E.164 number like +14155550100"})
-    agent = body.get("agent")
-    if agent is None:
-        agent = agents.default
+    agent = _given(body, "agent", agents.default)
     if type(agent) is not str or agent not in agents.names:
         names = ", ".join(agents.names)
         problems.append({"field": "agent", "message": f"must be one of the agents: {names}"})
-    detection = body.get("machine_detection")
-    if detection is None:
-        detection = "off"
+    detection = _given(body, "machine_detection", "off")
     if detection not in DETECTION_MODES:
         problems.append(
             {"field": "machine_detection", "message": "must be one of off, hangup, voicemail"}
